@@ -14,8 +14,10 @@ Public API
 - ``default_encoder_path()``: the all-MiniLM-L6-v2 directory inside the installed package.
 - ``SentenceEncoder.encode(texts, batch_size=64, max_length=256) -> np.ndarray [N, D] float32``:
   the sentence-transformers recipe (mean pooling over the attention mask, then L2 normalisation).
-  The forward is jit-compiled; batches are padded to power-of-two buckets in batch size and
-  length so that only a handful of shapes are ever compiled.
+  The forward is jit-compiled; texts are sorted by length and batches padded to buckets
+  (powers of two in batch size; 2^k and 1.5 * 2^k in length) so that only a handful of shapes
+  are ever compiled. max_length is clamped to the model's max_position_embeddings (512 for
+  MiniLM: DRA's 3584-token jina setting is not reproducible with an absolute-position BERT).
 - ``embed_tokens(model, input_ids, attention_mask) -> [B, D]``: the same, jittable (use it inside
   ``nnx.jit``, or ``nnx.merge`` a split model inside ``jax.jit``).
 - ``mean_pool_normalize(hidden [B,T,H], mask [B,T]) -> [B,H]``: the pooling alone, usable on a
@@ -407,9 +409,15 @@ def _load_tokenizer(ckpt: Path):
 # SentenceEncoder
 # --------------------------------------------------------------------------------------------
 
-def _bucket(n: int, lo: int, hi: int) -> int:
-    """Smallest power of two >= n (at least lo), capped at hi."""
+def _bucket(n: int, lo: int, hi: int, fine: bool = False) -> int:
+    """Smallest bucket >= n (at least lo), capped at hi.
+
+    Buckets are powers of two; with ``fine`` also 1.5 x powers of two (16, 24, 32, 48, 64, 96,
+    128, 192, 256, ...), which wastes at most a third of a padded batch for a few more compiles.
+    """
     b = max(lo, 1 << max(0, (n - 1)).bit_length())
+    if fine and b >= 4 and 3 * b // 4 >= max(n, lo):
+        b = 3 * b // 4
     return min(b, hi)
 
 
@@ -466,7 +474,8 @@ class SentenceEncoder:
         pad = self.config.pad_token_id
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            t = _bucket(max(len(ids[i]) for i in idx), self.MIN_LEN_BUCKET, max_length)
+            t = _bucket(max(len(ids[i]) for i in idx), self.MIN_LEN_BUCKET, max_length,
+                        fine=True)
             b = _bucket(len(idx), 1, batch_size)
             tok = np.full((b, t), pad, np.int32)
             mask = np.zeros((b, t), np.int32)
