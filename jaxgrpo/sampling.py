@@ -1,0 +1,274 @@
+"""Jit-compiled autoregressive sampling: prefill once per prompt, G samples per prompt, KV cache.
+
+One compiled function does: prefill the left-padded prompts [P, Tp] into a preallocated KV cache
+of Tp + max_new_tokens slots, repeat the cache G times (row p*G + g is sample g of prompt p), then
+a ``lax.while_loop`` decodes one token per step until every row has emitted one of the EOS ids or
+``max_new_tokens`` is reached (early exit).
+
+Sampling: greedy (argmax), or temperature with optional top-k and top-p (nucleus), applied in the
+order of transformers' logits processors (temperature -> top-k -> top-p). The reported per-token
+log-probs are those of the temperature-scaled distribution softmax(logits / T) BEFORE top-k/top-p
+truncation: that is the policy the loss recomputes (``jaxgrpo.logprobs.completion_logprobs``), so
+the importance ratio is 1 at the first update. (With truncation active the actual sampling
+distribution differs; this is the usual convention of GRPO implementations.)
+
+Randomness: the uniform draw of row r at step i is a function of (key, i) and r only, so results
+do not depend on prompt padding, and a key gives the same samples on every call.
+
+Usage::
+
+    cfg = SamplingConfig(max_new_tokens=256, temperature=1.0, eos_token_ids=(2,), num_samples=8)
+    out = sample(model, prompt_tokens, prompt_mask, key, cfg)       # model: nnx module
+    # or, inside a training step with sharded params:
+    sampler = make_sampler(graphdef, cfg)                            # jitted, cached
+    out = sampler(params_state, prompt_tokens, prompt_mask, key)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from jaxgrpo.logprobs import _shift_prompt_scores
+from jaxgrpo.models.decoder import positions_from_mask
+
+__all__ = ["SamplingConfig", "SampleOutput", "sample", "make_sampler", "generate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static sampling settings (hashable: part of the compiled function's identity).
+
+    Attributes:
+      max_new_tokens: completion length Tc (tokens generated per row, EOS included).
+      temperature: logits are divided by it for sampling and for the reported log-probs (> 0).
+      top_k: keep the k most likely tokens (0: off).
+      top_p: keep the smallest set of most likely tokens with mass >= top_p (1.0: off). Ties at
+        the threshold probability are all kept.
+      greedy: argmax decoding (ignores top_k / top_p; log-probs still use ``temperature``).
+      eos_token_ids: a row stops after emitting any of these ids (the EOS is part of the
+        completion and of its mask). Empty: rows always run ``max_new_tokens``.
+      pad_token_id: written after a row has stopped.
+      num_samples: G, completions per prompt.
+      return_prompt_logprobs: compute ``prompt_logprobs`` (one [P, Tp, V] LM-head pass).
+      prompt_logprobs_chunk: time-chunk size for that pass (memory); None: one pass.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    eos_token_ids: Tuple[int, ...] = ()
+    pad_token_id: int = 0
+    num_samples: int = 1
+    return_prompt_logprobs: bool = True
+    prompt_logprobs_chunk: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.eos_token_ids, int):
+            object.__setattr__(self, "eos_token_ids", (self.eos_token_ids,))
+        else:
+            object.__setattr__(self, "eos_token_ids", tuple(int(e) for e in self.eos_token_ids))
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+
+@struct.dataclass
+class SampleOutput:
+    """Sampler result. P prompts, G = num_samples, rows are prompt-major (row p*G + g).
+
+    Attributes:
+      prompt_tokens: int32 [P, Tp] the input prompts (not repeated; repeat G times for rows).
+      prompt_mask: bool [P, Tp].
+      completion_tokens: int32 [P*G, Tc] generated ids, ``pad_token_id`` after the stop.
+      completion_mask: bool [P*G, Tc] True on generated tokens up to and including the EOS.
+      lengths: int32 [P*G] number of valid completion tokens.
+      truncated: bool [P*G] reached max_new_tokens without emitting an EOS.
+      logprobs: float32 [P*G, Tc] log softmax(logits / T)[token] (before top-k/top-p), 0 on pad.
+      prompt_logprobs: float32 [P, Tp] log softmax(logits / T)[q_t] given q_<t from the prefill;
+        0 at the first real token and on padding (zeros if not requested).
+    """
+
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+    completion_tokens: jax.Array
+    completion_mask: jax.Array
+    lengths: jax.Array
+    truncated: jax.Array
+    logprobs: jax.Array
+    prompt_logprobs: jax.Array
+
+    @property
+    def group_size(self) -> int:
+        return self.completion_tokens.shape[0] // self.prompt_tokens.shape[0]
+
+
+# --------------------------------------------------------------------------- token selection
+
+def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Index i with cdf[i-1] <= u * total < cdf[i] for non-negative weights [B, N]; u [B]."""
+    cdf = jnp.cumsum(weights, axis=-1)
+    x = u * cdf[:, -1]
+    idx = jnp.sum((cdf <= x[:, None]).astype(jnp.int32), axis=-1)
+    # Round-off guard: never return past the last index with positive weight.
+    last = weights.shape[-1] - 1 - jnp.argmax((weights > 0)[:, ::-1], axis=-1)
+    return jnp.minimum(idx, last)
+
+
+def select_tokens(logits: jax.Array, u: jax.Array, cfg: SamplingConfig):
+    """Pick next tokens and their log-probs from float32 logits [B, V] and uniforms u [B].
+
+    Returns (tokens int32 [B], logprobs float32 [B]) with logprobs under softmax(logits / T).
+    """
+    z = logits if cfg.temperature == 1.0 else logits / jnp.float32(cfg.temperature)
+    m = jnp.max(z, axis=-1, keepdims=True)
+    e = jnp.exp(z - m)
+    lse = jnp.log(jnp.sum(e, axis=-1)) + m[:, 0]
+    if cfg.greedy:
+        tok = jnp.argmax(z, axis=-1).astype(jnp.int32)
+    elif cfg.top_k == 0 and cfg.top_p >= 1.0:
+        tok = _inverse_cdf(e, u).astype(jnp.int32)
+    else:
+        k = cfg.top_k if cfg.top_k else z.shape[-1]
+        vals, idx = jax.lax.top_k(z, min(k, z.shape[-1]))  # sorted descending
+        w = jnp.exp(vals - vals[:, :1])
+        if cfg.top_p < 1.0:
+            p = w / jnp.sum(w, axis=-1, keepdims=True)
+            before = jnp.cumsum(p, axis=-1) - p  # mass strictly before each candidate
+            keep = before < cfg.top_p
+            # keep ties of the smallest kept value (order-independent nucleus)
+            thresh = jnp.min(jnp.where(keep, vals, jnp.inf), axis=-1, keepdims=True)
+            w = jnp.where(vals >= thresh, w, 0.0)
+        j = _inverse_cdf(w, u)
+        tok = jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    lp = jnp.take_along_axis(z, tok[:, None], axis=-1)[:, 0] - lse
+    return tok, lp
+
+
+# --------------------------------------------------------------------------- the sampler
+
+def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
+    p, tp = prompt_tokens.shape
+    g, tc = cfg.num_samples, cfg.max_new_tokens
+    b, s = p * g, tp + tc
+    prompt_tokens = prompt_tokens.astype(jnp.int32)
+    pmask = prompt_mask.astype(bool)
+    eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
+
+    # Prefill each prompt once.
+    cache = model.init_cache(p, s)
+    key_mask_p = jnp.concatenate([pmask, jnp.ones((p, tc), bool)], axis=1)
+    pos_p = positions_from_mask(pmask)
+    hidden, cache = model.hidden_states(prompt_tokens, attention_mask=key_mask_p, positions=pos_p,
+                                        cache=cache, cache_index=0)
+    if cfg.return_prompt_logprobs:
+        plp = _shift_prompt_scores(model, hidden, prompt_tokens, pmask, cfg.temperature, False,
+                                   cfg.prompt_logprobs_chunk)
+    else:
+        plp = jnp.zeros((p, tp), jnp.float32)
+    last_logits = model.logits_from_hidden(hidden[:, -1])  # [P, V]
+
+    # Broadcast to G samples per prompt (prompt-major rows).
+    rep = lambda a: jnp.repeat(a, g, axis=0) if g > 1 else a
+    cache = jax.tree.map(rep, cache)
+    key_mask = rep(key_mask_p)
+    next_pos = rep(jnp.sum(pmask, axis=1).astype(jnp.int32))  # position of completion token 0
+    logits0 = rep(last_logits)
+
+    def draw(i):
+        return jax.random.uniform(jax.random.fold_in(key, i), (b,), jnp.float32)
+
+    def record(state, i, tok, lp):
+        toks, lps, done = state
+        tok = jnp.where(done, cfg.pad_token_id, tok)
+        lp = jnp.where(done, 0.0, lp)
+        toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
+        lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
+        valid = ~done
+        done = done | jnp.any(tok[:, None] == eos[None, :], axis=-1)
+        return (toks, lps, done), tok, valid
+
+    toks = jnp.full((b, tc), cfg.pad_token_id, jnp.int32)
+    lps = jnp.zeros((b, tc), jnp.float32)
+    done = jnp.zeros((b,), bool)
+    tok0, lp0 = select_tokens(logits0, draw(0), cfg)
+    (toks, lps, done), tok0, _ = record((toks, lps, done), 0, tok0, lp0)
+
+    def cond(carry):
+        i, _, _, _, done, _ = carry
+        return (i < tc) & ~jnp.all(done)
+
+    def body(carry):
+        i, tok, cache, (toks, lps), done, _ = carry
+        # Feed token i-1 (already recorded) at cache slot tp + i - 1; sample token i.
+        logits, cache = model(tok[:, None], attention_mask=key_mask,
+                              positions=(next_pos + i - 1)[:, None], cache=cache,
+                              cache_index=tp + i - 1)
+        t, lp = select_tokens(logits[:, 0], draw(i), cfg)
+        (toks, lps, done), t, _ = record((toks, lps, done), i, t, lp)
+        return i + 1, t, cache, (toks, lps), done, 0
+
+    carry = (jnp.int32(1), tok0, cache, (toks, lps), done, 0)
+    _, _, _, (toks, lps), done, _ = jax.lax.while_loop(cond, body, carry)
+
+    # Mask: tokens up to and including the first EOS.
+    is_eos = jnp.any(toks[:, :, None] == eos[None, None, :], axis=-1)
+    if not cfg.eos_token_ids:
+        is_eos = jnp.zeros_like(is_eos)
+    after_eos = jnp.cumsum(is_eos.astype(jnp.int32), axis=1) - is_eos.astype(jnp.int32) > 0
+    cmask = ~after_eos
+    lengths = jnp.sum(cmask, axis=1).astype(jnp.int32)
+    truncated = ~jnp.any(is_eos, axis=1)
+    return SampleOutput(prompt_tokens=prompt_tokens, prompt_mask=pmask, completion_tokens=toks,
+                        completion_mask=cmask, lengths=lengths, truncated=truncated,
+                        logprobs=jnp.where(cmask, lps, 0.0), prompt_logprobs=plp)
+
+
+@functools.lru_cache(maxsize=64)
+def make_sampler(graphdef, cfg: SamplingConfig):
+    """A jitted pure function ``(state, prompt_tokens, prompt_mask, key) -> SampleOutput``.
+
+    ``graphdef, state = nnx.split(model)``. Cached per (graphdef, cfg); recompiles only for new
+    input shapes. Pass sharded ``state`` to run under a mesh.
+    """
+    @jax.jit
+    def sampler(state, prompt_tokens, prompt_mask, key):
+        model = nnx.merge(graphdef, state)
+        return _sample_impl(model, prompt_tokens, prompt_mask, key, cfg)
+
+    return sampler
+
+
+def sample(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
+    """Sample ``cfg.num_samples`` completions for each left-padded prompt.
+
+    Args:
+      model: an nnx ``Decoder`` or a ``(graphdef, state)`` pair.
+      prompt_tokens: int [P, Tp], left-padded. prompt_mask: [P, Tp] True/1 on real tokens.
+      key: a PRNG key; the same key gives the same output.
+      cfg: SamplingConfig.
+    Returns:
+      SampleOutput (rows prompt-major: row p*G + g).
+    """
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+    else:
+        graphdef, state = model
+    return make_sampler(graphdef, cfg)(state, jnp.asarray(prompt_tokens),
+                                       jnp.asarray(prompt_mask), key)
+
+
+generate = sample
