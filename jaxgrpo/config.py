@@ -18,7 +18,7 @@ CHOICES = {
     "data.template": ("chat", "plain"),
     "advantage.baseline": ("grpo", "dr_grpo", "dagrpo"),
     "loss.kl_estimator": ("k1", "k2", "k3"),
-    "loss.aggregation": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
+    "loss.agg_mode": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
     "optim.schedule": ("constant", "cosine", "linear"),
     "embedding.model": ("minilm", "policy"),
     "anchors.trigger": ("none_correct", "always", "at_most_one_correct"),
@@ -99,11 +99,12 @@ def base_config() -> mc.ConfigDict:
 
     # The clipped policy loss.
     c.loss = mc.ConfigDict()
-    c.loss.clip_low = 0.2
-    c.loss.clip_high = 0.2
+    c.loss.eps_low = 0.2
+    c.loss.eps_high = 0.2  # 0.28 = DAPO's clip-higher
     c.loss.beta = 0.0  # KL weight; 0 keeps no reference model
     c.loss.kl_estimator = "k3"
-    c.loss.aggregation = "token-mean"
+    c.loss.kl_clamp = 0.0  # 0 = no clamp of the per-token KL
+    c.loss.agg_mode = "token-mean"
     c.loss.anchor_gamma = 0.1
 
     # Optimisation.
@@ -185,8 +186,8 @@ def validate(c: mc.ConfigDict) -> mc.ConfigDict:
         raise ValueError(f"config.sampling.temperature must be > 0, got {c.sampling.temperature}")
     if not 0 < c.sampling.top_p <= 1:
         raise ValueError(f"config.sampling.top_p must be in (0, 1], got {c.sampling.top_p}")
-    if c.loss.clip_low < 0 or c.loss.clip_high < 0:
-        raise ValueError("config.loss.clip_low / clip_high must be >= 0")
+    if c.loss.eps_low < 0 or c.loss.eps_high < 0:
+        raise ValueError("config.loss.eps_low / eps_high must be >= 0")
     if c.loss.beta < 0:
         raise ValueError(f"config.loss.beta must be >= 0, got {c.loss.beta}")
     if not c.optim.lr > 0:

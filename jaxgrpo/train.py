@@ -127,8 +127,8 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest) -> Callable:
         return losses.policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
             ref_logprobs=batch.get("ref_logprobs"), is_anchor=batch["is_anchor"],
-            entropy=entropy, clip_low=lc.clip_low, clip_high=lc.clip_high, beta=lc.beta,
-            kl_estimator=lc.kl_estimator, aggregation=lc.aggregation,
+            token_entropy=entropy, eps_low=lc.eps_low, eps_high=lc.eps_high, beta=lc.beta,
+            kl_estimator=lc.kl_estimator, kl_clamp=lc.kl_clamp or None, agg_mode=lc.agg_mode,
             anchor_gamma=lc.anchor_gamma, **norms)
 
     return loss_fn
@@ -163,9 +163,9 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
 
         def opt_step(carry, mb):
             params, opt_state = carry
-            norms = dict(num_tokens=jnp.sum(mb["completion_mask"]),
-                         num_sequences=jnp.sum(jnp.any(mb["completion_mask"], axis=-1)),
-                         max_len=max_len)
+            norms = dict(global_num_tokens=jnp.sum(mb["completion_mask"]),
+                         global_num_seqs=jnp.sum(jnp.any(mb["completion_mask"], axis=-1)),
+                         max_completion_length=max_len)
 
             def micro(gsum, micro_batch):
                 (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms)

@@ -1,0 +1,104 @@
+"""Prompt batches: rows {question, answer} -> templated, left-padded token arrays.
+
+A ``PromptIterator`` walks a list of rows in a seeded order, one epoch after another; its whole
+state is one integer (``position``: rows consumed), which is saved in checkpoints so a resumed run
+sees exactly the prompts the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def render_prompt(tokenizer, question: str, *, template: str, prompt_format: str,
+                  system_prompt: str = "") -> str:
+    """The prompt text for one question: ``prompt_format`` filled in, then the tokenizer's chat
+    template (``template='chat'``) or nothing more (``'plain'``)."""
+    user = prompt_format.format(question=question)
+    if template == "plain":
+        return user
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("data.template='chat' but the tokenizer has no chat template; "
+                         "use --config.data.template=plain")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": user})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_left_padded(tokenizer, texts: Sequence[str], max_len: int, pad_id: int,
+                         ) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Token ids [B, L] left-padded to the longest prompt (L <= max_len) and a bool mask.
+
+    Prompts longer than ``max_len`` keep their last ``max_len`` tokens (the question's end and the
+    generation prompt matter most); the number truncated is returned third.
+    """
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    n_trunc = sum(len(x) > max_len for x in ids)
+    ids = [x[-max_len:] for x in ids]
+    width = max(1, max(len(x) for x in ids))
+    tokens = np.full((len(ids), width), pad_id, np.int32)
+    mask = np.zeros((len(ids), width), bool)
+    for i, x in enumerate(ids):
+        if x:
+            tokens[i, width - len(x):] = x
+            mask[i, width - len(x):] = True
+    return tokens, mask, n_trunc
+
+
+def bucket_length(n: int, multiple: int = 16) -> int:
+    """Round a length up to a multiple, so jitted functions see few distinct shapes."""
+    return -(-n // multiple) * multiple
+
+
+def pad_left_to(tokens: np.ndarray, mask: np.ndarray, width: int, pad_id: int):
+    extra = width - tokens.shape[1]
+    if extra <= 0:
+        return tokens, mask
+    return (np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id),
+            np.pad(mask, ((0, 0), (extra, 0)), constant_values=False))
+
+
+@dataclasses.dataclass
+class PromptIterator:
+    """Deterministic, resumable iteration over rows in a seeded order (reshuffled each epoch)."""
+
+    rows: List[dict]
+    seed: int
+    position: int = 0
+
+    def __post_init__(self):
+        if not self.rows:
+            raise ValueError("the prompt source has no rows")
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+
+    def next_batch(self, n: int) -> List[dict]:
+        out = []
+        while len(out) < n:
+            epoch, i = divmod(self.position, len(self.rows))
+            out.append(self.rows[int(self._order(epoch)[i])])
+            self.position += 1
+        return out
+
+
+def encode_prompts(tokenizer, rows: Sequence[dict], data_cfg, pad_id: int,
+                   question_key: str = "question") -> Tuple[np.ndarray, np.ndarray, int]:
+    """Render and tokenize rows; pads to a bucketed width (fewer recompiles)."""
+    texts = [render_prompt(tokenizer, r[question_key], template=data_cfg.template,
+                           prompt_format=data_cfg.prompt_format,
+                           system_prompt=data_cfg.system_prompt) for r in rows]
+    tokens, mask, n_trunc = tokenize_left_padded(tokenizer, texts, data_cfg.max_prompt_tokens,
+                                                 pad_id)
+    width = min(bucket_length(tokens.shape[1]), max(data_cfg.max_prompt_tokens, tokens.shape[1]))
+    tokens, mask = pad_left_to(tokens, mask, width, pad_id)
+    return tokens, mask, n_trunc
+
+
+def decode_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray,
+                       eos_ids: Optional[Sequence[int]] = None) -> List[str]:
+    """Completion texts: valid tokens only, special tokens (EOS) dropped."""
+    return [tokenizer.decode(t[m].tolist(), skip_special_tokens=True)
+            for t, m in zip(np.asarray(tokens), np.asarray(mask))]
