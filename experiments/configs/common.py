@@ -1,0 +1,80 @@
+"""Shared starting points for experiment configs (each experiment file overrides a few fields)."""
+from jaxgrpo.config import base_config
+
+
+def smoke_config(name: str):
+    """CPU smoke size: SmolLM2-135M-Instruct (packaged, offline) on a reasoning-gym task.
+
+    Small enough to finish in minutes on a 2-core CPU; the advantage chain is set by the caller.
+    """
+    c = base_config()
+    c.name = name
+    c.steps = 20
+    c.data.source = "reasoning_gym"
+    c.data.task = "basic_arithmetic"
+    c.data.task_kwargs = '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}'
+    c.data.template = "chat"
+    c.data.prompt_format = "{question}\nGive only the final answer in \\boxed{{}}."
+    c.sampling.num_generations = 4
+    c.sampling.max_new_tokens = 32
+    c.sampling.temperature = 1.0
+    c.train.prompts_per_step = 8
+    c.optim.lr = 3e-6
+    c.eval.num_prompts = 32
+    c.eval.num_samples = 4
+    c.eval.ks = "1,4"
+    c.checkpoint.every = 10
+    return c
+
+
+def paper_dra_config(name: str, baseline: str):
+    """DRA paper scale (arXiv 2505.09655, METHODS.md §2): DeepSeek-R1-Distill-Qwen-1.5B, G = 6,
+    lr 1e-6 cosine, beta 0.04 (k3), temperature 0.7, 3,584 completion tokens, 48 completions per
+    optimiser step, 500 steps, rewards format (1.0) + cosine-scaled correctness (2.0)."""
+    c = base_config()
+    c.name = name
+    c.steps = 500
+    c.model.path = "/path/to/DeepSeek-R1-Distill-Qwen-1.5B"  # a local HF checkpoint directory
+    c.model.dtype = "bfloat16"
+    c.data.source = "file"
+    c.data.path = "/path/to/open-rs.jsonl"  # local copy of the 7,000-problem Open-RS mix
+    c.data.question_field = "problem"
+    c.data.answer_field = "solution"
+    c.data.template = "chat"
+    c.data.system_prompt = (
+        "A conversation between User and Assistant. The user asks a question, and the Assistant "
+        "solves it. The assistant first thinks about the reasoning process in the mind and then "
+        "provides the user with the answer, and put your final answer within \\boxed{} . The "
+        "reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+        "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+        "</answer>. Note that you should respond by English, NOT use other languages.")
+    c.data.prompt_format = "{question}"
+    c.data.max_prompt_tokens = 512
+    c.sampling.num_generations = 6
+    c.sampling.max_new_tokens = 3584
+    c.sampling.temperature = 0.7
+    c.rewards.accuracy = 0.0
+    c.rewards.format = 1.0
+    c.rewards.cosine = 2.0
+    c.advantage.baseline = baseline
+    c.advantage.reward_transforms = "dra"
+    c.embedding.model = "minilm"  # the paper used jina-embeddings-v2-small-en: set encoder_path
+    c.loss.beta = 0.04
+    c.loss.kl_estimator = "k3"
+    c.loss.agg_mode = "seq-mean-token-mean" if baseline == "grpo" else "seq-mean-token-sum-norm"
+    c.train.prompts_per_step = 8  # 8 prompts x G=6 = 48 completions per optimiser step
+    c.train.num_iterations = 1
+    c.train.num_minibatches = 1
+    c.train.grad_accum = 4
+    c.optim.lr = 1e-6
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 50  # warmup_ratio 0.1 of 500 steps
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.eval.every = 50
+    c.eval.num_prompts = 500
+    c.eval.num_samples = 1
+    c.eval.ks = "1"
+    c.eval.temperature = 0.6
+    c.checkpoint.every = 50
+    return c

@@ -1,0 +1,16 @@
+"""Dr.GRPO (arXiv 2503.20783): advantages R - mean (no std), sum-norm aggregation.
+
+Command:  python -m experiments.run --config experiments/configs/dr_grpo.py
+Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym 2-digit addition), minutes.
+Expected: reward and held-out accuracy rise over 20 steps, as for the default GRPO run; the
+          CPU-scale comparison of all methods is experiments/tables/compare_methods.py.
+"""
+from experiments.configs.common import smoke_config
+
+
+def get_config():
+    c = smoke_config("dr_grpo")
+    c.advantage.baseline = "dr_grpo"
+    c.advantage.reward_transforms = ""
+    c.loss.agg_mode = "seq-mean-token-sum-norm"
+    return c
