@@ -1,0 +1,414 @@
+"""Evaluation: pass@k, accuracy, maj@k, entropy and diversity of correct answers; a benchmark runner.
+
+Metrics (METHODS.md §5):
+
+* ``accuracy``: mean of the per-sample correctness, i.e. pass@1 averaged over samples and prompts.
+* ``pass@k``: the unbiased estimator 1 - C(n - c, k) / C(n, k) of Chen et al. 2021
+  (arXiv 2107.03374), from n >= k samples with c correct, averaged over prompts
+  (``jaxgrpo.metrics.pass_at_k``, re-exported here).
+* ``maj@k``: majority vote over the normalised final answers of the first k samples
+  (``jaxgrpo.metrics.maj_at_k``): None answers do not vote, ties go to the answer seen first, the
+  vote is correct when the first sample carrying the winning answer is correct, a prompt with no
+  answer at all among the first k scores 0.
+* ``mean_length``: mean completion length in tokens; ``mean_entropy``: mean over samples of the
+  per-sample mean token entropy of the policy over the generated tokens.
+* Diversity of correct answers: ``distinct_correct_answers`` (number of distinct normalised final
+  answers among a prompt's correct samples, mean over all prompts: unsolved prompts count 0) and
+  ``pairwise_cosine_distance_correct`` (mean 1 - cos between embeddings of a prompt's correct
+  completions, averaged over the ``pairwise_cosine_prompts`` prompts with >= 2 correct; 0.0 when
+  there are none, so check the count).
+
+Pieces:
+
+* ``summarize``: the metrics from host arrays of one evaluation ([P, n] per prompt and sample).
+* ``evaluate_policy``: sample n completions per prompt with the jitted sampler in fixed-shape
+  prompt batches, decode, score with a user ``score_fn``, optionally compute entropies and
+  sentence embeddings, then ``summarize``; also returns per-prompt records (``write_jsonl``).
+* ``load_benchmark``: rows ``{"question", "answer", "metadata"}`` from a local JSON / JSONL /
+  Parquet benchmark file (MATH-500, AIME, AMC, ... shapes), with errors that name the file.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxgrpo.data import (bucket_length, decode_completions, pad_left_to, render_prompt,
+                          tokenize_left_padded)
+from jaxgrpo.logprobs import completion_logprobs
+from jaxgrpo.metrics import maj_at_k, mean_pairwise_cosine_distance, pass_at_k
+from jaxgrpo.sampling import SamplingConfig, make_sampler
+
+__all__ = ["pass_at_k", "normalize_answer", "default_ks", "summarize", "evaluate_policy",
+           "write_jsonl", "load_benchmark"]
+
+ScoreFn = Callable[[List[str], List[dict]], Tuple[np.ndarray, List[Optional[str]]]]
+
+
+# --------------------------------------------------------------------------- metrics
+
+_WS_RE = re.compile(r"\s+")
+
+
+def normalize_answer(answer: Optional[str]) -> Optional[str]:
+    """A canonical string for comparing extracted final answers (maj@k, distinct answers).
+
+    Strips surrounding ``$`` math delimiters, a trailing period, and all whitespace
+    (``"x = 5"`` and ``"$x=5$."`` both become ``"x=5"``); case is kept. None, or a string that is
+    empty after normalisation, gives None (no answer). Not a semantic equivalence check: ``0.5``
+    and ``\\frac{1}{2}`` stay distinct.
+    """
+    if answer is None:
+        return None
+    s = _WS_RE.sub("", str(answer)).rstrip(".")
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s[1:-1].rstrip(".")
+    return s or None
+
+
+def default_ks(n: int) -> Tuple[int, ...]:
+    """The k's reported by default for n samples: powers of two up to n, and n itself."""
+    ks = [k for k in (2 ** i for i in range(n.bit_length())) if k <= n]
+    return tuple(sorted(set(ks + [n])))
+
+
+def _check_ks(ks: Sequence[int], n: int) -> Tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks:
+        raise ValueError("ks is empty; give at least one k (e.g. ks=(1,)).")
+    bad = [k for k in ks if not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"every k in ks must satisfy 1 <= k <= n = {n} samples per prompt; "
+                         f"got {bad}.")
+    return tuple(sorted(set(ks)))
+
+
+def _pass_at_k_mean(correct: np.ndarray, k: int) -> float:
+    """Unbiased pass@k averaged over prompts; correct bool [P, n]."""
+    n = correct.shape[1]
+    return float(np.mean(pass_at_k(n, correct.sum(axis=1), k)))
+
+
+def _maj_at_k_mean(norm_answers: List[List[Optional[str]]], correct: np.ndarray, k: int) -> float:
+    """maj@k averaged over prompts (see the module docstring for ties and None answers)."""
+    return float(np.mean([maj_at_k(a, c, k) for a, c in zip(norm_answers, correct.tolist())]))
+
+
+def _distinct_correct(norm_answers: List[List[Optional[str]]], correct: np.ndarray) -> np.ndarray:
+    """int [P]: distinct non-None normalised answers among each prompt's correct samples."""
+    return np.array([len({a for a, ok in zip(row, oks) if ok and a is not None})
+                     for row, oks in zip(norm_answers, correct.tolist())], np.int64)
+
+
+def _pairwise_distance_correct(embeddings: np.ndarray, correct: np.ndarray) -> Tuple[float, int]:
+    """Mean pairwise cosine distance among correct completions, over prompts with >= 2 correct.
+
+    embeddings [P, n, D], correct bool [P, n]. Returns (mean over used prompts or 0.0, count).
+    """
+    used = correct.sum(axis=1) >= 2
+    if not used.any():
+        return 0.0, 0
+    d = np.asarray(mean_pairwise_cosine_distance(jnp.asarray(embeddings[used], jnp.float32),
+                                                 jnp.asarray(correct[used])), np.float64)
+    return float(d.mean()), int(used.sum())
+
+
+def summarize(correct, answers: Sequence[Sequence[Optional[str]]], lengths, *,
+              ks: Optional[Sequence[int]] = None, entropy=None, embeddings=None) -> Dict[str, float]:
+    """Evaluation metrics of P prompts with n samples each.
+
+    Args:
+      correct: bool [P, n] per-sample correctness.
+      answers: P lists of n extracted final answers (str or None), compared after
+        ``normalize_answer``.
+      lengths: [P, n] completion lengths in tokens.
+      ks: the k's for pass@k and maj@k (each 1 <= k <= n); default ``default_ks(n)``.
+      entropy: optional float [P, n] per-sample mean token entropy.
+      embeddings: optional float [P, n, D] completion embeddings (need not be normalised).
+
+    Returns:
+      A dict of Python numbers: ``num_prompts``, ``num_samples`` (n), ``accuracy``,
+      ``pass@k`` and ``maj@k`` for each k, ``mean_length``, ``num_solved`` (prompts with >= 1
+      correct), ``distinct_correct_answers``; with ``entropy``: ``mean_entropy``; with
+      ``embeddings``: ``pairwise_cosine_distance_correct`` and ``pairwise_cosine_prompts``. The
+      metric definitions are in the module docstring.
+
+    Raises:
+      ValueError: inconsistent shapes, no prompts / samples, or a k outside [1, n].
+    """
+    correct = np.asarray(correct).astype(bool)
+    if correct.ndim != 2 or correct.size == 0:
+        raise ValueError(f"correct must be a non-empty [P, n] array; got shape {correct.shape}.")
+    p, n = correct.shape
+    if len(answers) != p or any(len(a) != n for a in answers):
+        raise ValueError(f"answers must be {p} lists of {n} answers (matching correct [P, n]); got "
+                         f"lengths {[len(a) for a in answers]}.")
+    lengths = np.asarray(lengths)
+    if lengths.shape != (p, n):
+        raise ValueError(f"lengths must have shape {(p, n)}; got {lengths.shape}.")
+    ks = default_ks(n) if ks is None else _check_ks(ks, n)
+    norm = [[normalize_answer(a) for a in row] for row in answers]
+
+    out: Dict[str, float] = {"num_prompts": p, "num_samples": n,
+                             "accuracy": float(correct.mean())}
+    for k in ks:
+        out[f"pass@{k}"] = _pass_at_k_mean(correct, k)
+    for k in ks:
+        out[f"maj@{k}"] = _maj_at_k_mean(norm, correct, k)
+    out["mean_length"] = float(lengths.astype(np.float64).mean())
+    if entropy is not None:
+        entropy = np.asarray(entropy, np.float64)
+        if entropy.shape != (p, n):
+            raise ValueError(f"entropy must have shape {(p, n)}; got {entropy.shape}.")
+        out["mean_entropy"] = float(entropy.mean())
+    out["num_solved"] = int(correct.any(axis=1).sum())
+    out["distinct_correct_answers"] = float(_distinct_correct(norm, correct).mean())
+    if embeddings is not None:
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 3 or embeddings.shape[:2] != (p, n):
+            raise ValueError(f"embeddings must have shape {(p, n)} + (D,); "
+                             f"got {embeddings.shape}.")
+        dist, used = _pairwise_distance_correct(embeddings, correct)
+        out["pairwise_cosine_distance_correct"] = dist
+        out["pairwise_cosine_prompts"] = used
+    return out
+
+
+# --------------------------------------------------------------------------- benchmark runner
+
+@functools.lru_cache(maxsize=16)
+def _make_entropy_fn(graphdef, temperature: float):
+    """Jitted ``(state, prompt_tokens, prompt_mask, completion_tokens, completion_mask) ->
+    float32 [B]``: mean token entropy of softmax(logits / T) over each row's valid tokens."""
+    @jax.jit
+    def fn(state, prompt_tokens, prompt_mask, completion_tokens, completion_mask):
+        model = nnx.merge(graphdef, state)
+        _, ent = completion_logprobs(model, prompt_tokens, prompt_mask, completion_tokens,
+                                     completion_mask, temperature=temperature,
+                                     return_entropy=True)
+        count = jnp.sum(completion_mask, axis=1)
+        return jnp.sum(ent, axis=1) / jnp.maximum(count, 1)
+
+    return fn
+
+
+def _encode_all_prompts(tokenizer, rows, question_key, *, template, prompt_format, system_prompt,
+                        max_prompt_tokens, pad_id):
+    """Left-padded prompt tokens / mask [P, W] for every row, W one bucketed width for the run."""
+    texts = [render_prompt(tokenizer, r[question_key], template=template,
+                           prompt_format=prompt_format, system_prompt=system_prompt) for r in rows]
+    tokens, mask, n_trunc = tokenize_left_padded(tokenizer, texts, max_prompt_tokens, pad_id)
+    width = min(bucket_length(tokens.shape[1]), max(max_prompt_tokens, tokens.shape[1]))
+    tokens, mask = pad_left_to(tokens, mask, width, pad_id)
+    return tokens, mask, n_trunc
+
+
+def _batches(num_rows: int, batch: int):
+    """(start, index array of length ``batch``) per batch; the last one is padded with row
+    ``start`` repeated, so every batch has the same shape (one compilation)."""
+    for start in range(0, num_rows, batch):
+        idx = np.arange(start, min(start + batch, num_rows))
+        yield start, np.concatenate([idx, np.full(batch - len(idx), start, idx.dtype)])
+
+
+def _call_score_fn(score_fn: ScoreFn, texts: List[str], rows: List[dict]):
+    """Run and validate the user scorer: (bool [N], list of N answers)."""
+    result = score_fn(texts, rows)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise TypeError("score_fn must return a tuple (correct bool array [N], answers list[N]); "
+                        f"got {type(result).__name__}.")
+    correct, answers = np.asarray(result[0]), list(result[1])
+    if correct.shape != (len(texts),) or len(answers) != len(texts):
+        raise ValueError(f"score_fn returned correct of shape {correct.shape} and "
+                         f"{len(answers)} answers for {len(texts)} completions.")
+    return correct.astype(bool), [None if a is None else str(a) for a in answers]
+
+
+def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: ScoreFn, *,
+                    num_samples: int, key: jax.Array, ks: Optional[Sequence[int]] = None,
+                    max_new_tokens: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
+                    top_k: int = 0, greedy: bool = False, eos_token_ids: Sequence[int] = (),
+                    pad_token_id: Optional[int] = None, template: str = "plain",
+                    prompt_format: str = "{question}", system_prompt: str = "",
+                    max_prompt_tokens: int = 512, batch_prompts: int = 16, encoder=None,
+                    compute_entropy: bool = True, question_key: str = "question",
+                    answer_key: str = "answer") -> dict:
+    """Sample ``num_samples`` completions per row, score them, and summarise.
+
+    Args:
+      graphdef, state: the policy, ``graphdef, state = nnx.split(model)`` (``state`` may be
+        sharded; the sampler is ``jaxgrpo.sampling.make_sampler``).
+      tokenizer: has ``encode(text, add_special_tokens=False)`` and ``decode(ids,
+        skip_special_tokens=True)`` (and ``apply_chat_template`` for ``template='chat'``).
+      rows: dicts with ``question_key`` (rendered into the prompt) and ``answer_key`` (the gold,
+        reported in the records); e.g. ``load_benchmark`` output.
+      score_fn: ``score_fn(texts, rows) -> (correct bool [N], answers list[str | None])`` for
+        N = len(texts) completions, ``rows`` repeated per sample (row p*n + g is sample g of
+        prompt p); ``answers`` are the extracted final answers (for maj@k and diversity).
+      num_samples: n completions per prompt. key: PRNG key; batch b uses ``fold_in(key, b)``,
+        so a key and ``batch_prompts`` give the same samples on every call.
+      ks: k's for pass@k / maj@k (default ``default_ks(num_samples)``).
+      max_new_tokens, temperature, top_p, top_k, greedy, eos_token_ids, pad_token_id: the
+        ``SamplingConfig`` (pad id default: ``tokenizer.pad_token_id``, else 0).
+      template, prompt_format, system_prompt, max_prompt_tokens: prompt rendering, as
+        ``jaxgrpo.data.render_prompt`` / ``tokenize_left_padded``.
+      batch_prompts: prompts per sampler call (the last batch is padded to this size, capped at
+        the number of rows, so every call has one shape).
+      encoder: optional sentence encoder with ``encode(texts) -> [N, D]``
+        (``jaxgrpo.models.encoder.load_encoder()``); only correct completions are embedded.
+      compute_entropy: also compute each sample's mean token entropy under softmax(logits / T)
+        (one teacher-forced pass per batch).
+
+    Returns:
+      ``{"metrics": summarize(...) + {"truncated_frac", "prompts_truncated"},
+      "records": [one dict per row: index, question, gold, samples (texts), answers, correct,
+      lengths, truncated, and entropy when computed]}``; records are JSON-serialisable
+      (``write_jsonl``).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("evaluate_policy: no rows to evaluate.")
+    if batch_prompts < 1:
+        raise ValueError(f"batch_prompts must be >= 1; got {batch_prompts}.")
+    ks = default_ks(num_samples) if ks is None else _check_ks(ks, num_samples)
+    if pad_token_id is None:
+        pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, greedy=greedy, eos_token_ids=tuple(eos_token_ids),
+                         pad_token_id=pad_token_id, num_samples=num_samples,
+                         return_prompt_logprobs=False)
+    sampler = make_sampler(graphdef, cfg)
+    entropy_fn = _make_entropy_fn(graphdef, float(temperature)) if compute_entropy else None
+
+    tokens, mask, n_trunc = _encode_all_prompts(
+        tokenizer, rows, question_key, template=template, prompt_format=prompt_format,
+        system_prompt=system_prompt, max_prompt_tokens=max_prompt_tokens, pad_id=pad_token_id)
+    p, n = len(rows), num_samples
+    batch = min(batch_prompts, p)
+    comp_tok = np.zeros((p, n, max_new_tokens), np.int32)
+    comp_mask = np.zeros((p, n, max_new_tokens), bool)
+    truncated = np.zeros((p, n), bool)
+    entropy = np.zeros((p, n), np.float32) if compute_entropy else None
+    for b, (start, idx) in enumerate(_batches(p, batch)):
+        keep = min(batch, p - start)
+        pt, pm = jnp.asarray(tokens[idx]), jnp.asarray(mask[idx])
+        out = sampler(state, pt, pm, jax.random.fold_in(key, b))
+        sl = slice(start, start + keep)
+        comp_tok[sl] = np.asarray(out.completion_tokens).reshape(batch, n, -1)[:keep]
+        comp_mask[sl] = np.asarray(out.completion_mask).reshape(batch, n, -1)[:keep]
+        truncated[sl] = np.asarray(out.truncated).reshape(batch, n)[:keep]
+        if entropy_fn is not None:
+            ent = entropy_fn(state, pt, pm, out.completion_tokens, out.completion_mask)
+            entropy[sl] = np.asarray(ent).reshape(batch, n)[:keep]
+
+    lengths = comp_mask.sum(axis=-1)
+    texts = decode_completions(tokenizer, comp_tok.reshape(p * n, -1),
+                               comp_mask.reshape(p * n, -1))
+    rep_rows = [r for r in rows for _ in range(n)]
+    correct_flat, answers_flat = _call_score_fn(score_fn, texts, rep_rows)
+    correct = correct_flat.reshape(p, n)
+    answers = [answers_flat[i * n:(i + 1) * n] for i in range(p)]
+
+    embeddings = None
+    if encoder is not None:
+        embeddings = np.zeros((p * n, 1), np.float32)
+        sel = np.flatnonzero(correct_flat)
+        if sel.size:
+            emb = np.asarray(encoder.encode([texts[i] for i in sel]), np.float32)
+            embeddings = np.zeros((p * n, emb.shape[-1]), np.float32)
+            embeddings[sel] = emb
+        embeddings = embeddings.reshape(p, n, -1)
+
+    metrics = summarize(correct, answers, lengths, ks=ks, entropy=entropy, embeddings=embeddings)
+    metrics["truncated_frac"] = float(truncated.mean())
+    metrics["prompts_truncated"] = int(n_trunc)
+    records = []
+    for i, r in enumerate(rows):
+        rec = {"index": i, "question": r[question_key], "gold": r.get(answer_key),
+               "samples": texts[i * n:(i + 1) * n], "answers": answers[i],
+               "correct": correct[i].tolist(), "lengths": lengths[i].tolist(),
+               "truncated": truncated[i].tolist()}
+        if entropy is not None:
+            rec["entropy"] = [float(x) for x in entropy[i]]
+        records.append(rec)
+    return {"metrics": metrics, "records": records}
+
+
+def write_jsonl(path, records: Sequence[dict]) -> None:
+    """Write one JSON object per line (e.g. ``evaluate_policy(...)["records"]``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- benchmark files
+
+_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or (
+        isinstance(v, str) and not v.strip())
+
+
+def load_benchmark(path, *, question_field: str = "problem", answer_field: str = "answer",
+                   limit: Optional[int] = None) -> List[dict]:
+    """Rows ``{"question", "answer", "metadata"}`` of a local JSON / JSONL / Parquet benchmark.
+
+    Read with ``datasets.load_dataset('json' | 'parquet', data_files=path, split='train')`` (no hub
+    access). ``answer`` is a string (AIME's integer answers become ``"204"``); ``metadata`` holds
+    the other columns plus ``source`` (the path) and ``index`` (the row number in the file).
+    ``limit`` keeps the first ``limit`` rows (file order).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError (each message names the file): unknown extension; the file is empty or has no
+        rows; it cannot be parsed; ``question_field`` or ``answer_field`` is missing (the columns
+        that exist are listed); a row's question or answer is null or empty (the row index is
+        named); ``limit`` < 1.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        raise ValueError(f"{path}: unknown benchmark file extension {ext!r}; "
+                         f"expected one of {sorted(_FORMATS)}.")
+    if limit is not None and limit < 1:
+        raise ValueError(f"{path}: limit must be >= 1 or None; got {limit}.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the benchmark file is empty.")
+    import datasets  # deferred: heavy import, only needed here
+
+    try:
+        ds = datasets.load_dataset(fmt, data_files=path, split="train")
+    except Exception as e:  # malformed JSON, broken Parquet, ...
+        raise ValueError(f"{path}: could not read as {fmt}: {type(e).__name__}: {e}") from e
+    if len(ds) == 0:
+        raise ValueError(f"{path}: the benchmark file has no rows.")
+    columns = list(ds.column_names)
+    for field in (question_field, answer_field):
+        if field not in columns:
+            raise ValueError(f"{path}: no column {field!r}; the columns are {columns}.")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    rows = []
+    for i, rec in enumerate(ds):
+        for field in (question_field, answer_field):
+            if _blank(rec[field]):
+                raise ValueError(f"{path}: row {i} has a null or empty {field!r} "
+                                 f"({rec[field]!r}).")
+        meta = {k: v for k, v in rec.items() if k not in (question_field, answer_field)}
+        meta.update(source=path, index=i)
+        rows.append({"question": str(rec[question_field]), "answer": str(rec[answer_field]),
+                     "metadata": meta})
+    return rows
