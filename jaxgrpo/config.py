@@ -21,6 +21,8 @@ CHOICES = {
     "loss.agg_mode": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
     "optim.schedule": ("constant", "cosine", "linear"),
     "embedding.model": ("minilm", "policy"),
+    "rewards.fine_score": ("logprob", "format", "none"),
+    "rewards.format_style": ("dra", "think_answer", "boxed", "answer_tag"),
     "anchors.trigger": ("none_correct", "always", "at_most_one_correct"),
 }
 REWARD_TRANSFORMS = ("dra",)
@@ -49,6 +51,7 @@ def base_config() -> mc.ConfigDict:
     c.data.task = "basic_arithmetic"  # reasoning-gym task name (source = reasoning_gym)
     c.data.task_kwargs = ""  # JSON object of generator options, e.g. '{"max_terms": 2}'
     c.data.path = ""  # local JSON/JSONL/Parquet file (source = file)
+    c.data.eval_path = ""  # held-out file; "" = the last data.eval_size rows of data.path
     c.data.question_field = "problem"
     c.data.answer_field = "answer"
     c.data.train_size = 2000
@@ -71,6 +74,8 @@ def base_config() -> mc.ConfigDict:
     c.rewards.accuracy = 1.0  # verifier correctness (task scorer or math-verify)
     c.rewards.format = 0.0  # completion has the expected answer format
     c.rewards.cosine = 0.0  # cosine length-scaled correctness (DRA / Open-RS reference)
+    c.rewards.format_style = "boxed"  # see jaxgrpo.rewards.functions.FORMAT_STYLES
+    c.rewards.fine_score = "logprob"  # DaGRPO's finer score s_i: "logprob" | "format" | "none"
     c.rewards.verifier_workers = 2
     c.rewards.item_timeout_s = 5.0
 

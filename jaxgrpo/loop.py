@@ -39,7 +39,7 @@ from jaxgrpo.rollout import Rollout
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (TrainState, advantage_fn_from_config, build_optimizer,
                            init_train_state, make_update_fn, split_model)
-from jaxgrpo import env as env_lib
+from jaxgrpo.env import build_env
 
 
 # ----------------------------------------------------------------------------- model & data
@@ -180,8 +180,8 @@ class Trainer:
         state = state.replace(opt_state=shd.shard_optimizer_state(state.opt_state, self.mesh))
         self.state = state
         self.ref_params = (jax.tree.map(jnp.copy, params) if c.loss.beta > 0 else None)
-        self.task = env_lib.build_env(c)
-        self.train_iter = PromptIterator(self.task.train_rows, seed=c.seed)
+        self.env = build_env(c)
+        self.train_iter = PromptIterator(self.env.train_rows, seed=c.seed)
         self.sampling_cfg = SamplingConfig(
             max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
             top_k=c.sampling.top_k, top_p=c.sampling.top_p, eos_token_ids=self.eos_ids,
@@ -231,7 +231,8 @@ class Trainer:
         ctoks, cmask = np.asarray(out.completion_tokens), np.asarray(out.completion_mask)
         texts = decode_completions(self.tokenizer, ctoks, cmask)
         rep_rows = [r for r in rows for _ in range(G)]
-        scored = self.task.reward(texts, rep_rows, lengths=cmask.sum(-1))
+        scored = self.env.reward(texts, rep_rows, lengths=cmask.sum(-1),
+                                 logprobs=np.asarray(out.logprobs), mask=cmask)
         t2 = time.perf_counter()
         emb = None
         if self.needs_embeddings:
@@ -262,7 +263,7 @@ class Trainer:
     def add_anchors(self, ro: Rollout, rows: List[dict], emb_dim) -> Rollout:
         """DaGRPO off-policy anchors: the gold solution as an extra group member."""
         from jaxgrpo.advantages.dagrpo import add_anchors
-        texts = [self.task.anchor_text(r, self.c.anchors.format) for r in rows]
+        texts = [self.env.anchor_text(r, self.c.anchors.format) for r in rows]
         tc = ro.completion_tokens.shape[-1]
         eos = self.eos_ids[0] if self.eos_ids else self.pad_id
         toks = np.full((len(rows), tc), self.pad_id, np.int32)
@@ -284,9 +285,9 @@ class Trainer:
         from jaxgrpo.evaluate import evaluate_policy
         c = self.c
         ks = tuple(int(k) for k in split_names(c.eval.ks))
-        rows = self.task.eval_rows[: c.eval.num_prompts]
+        rows = self.env.eval_rows[: c.eval.num_prompts]
         res = evaluate_policy(
-            self.graphdef, self.model_state(), self.tokenizer, rows, self.task.score,
+            self.graphdef, self.model_state(), self.tokenizer, rows, self.env.score,
             num_samples=c.eval.num_samples, ks=ks, max_new_tokens=c.sampling.max_new_tokens,
             temperature=c.eval.temperature, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
             template=c.data.template, prompt_format=c.data.prompt_format,
@@ -390,7 +391,7 @@ class Trainer:
         plot_run(self.run_dir)
 
     def close(self):
-        self.task.close()
+        self.env.close()
 
 
 def _progress(total: int, initial: int, enabled: bool):

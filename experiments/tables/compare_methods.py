@@ -1,0 +1,131 @@
+"""CPU-scale comparison of GRPO, Dr.GRPO, DRA-GRPO, DaGRPO and ProGRPO on a reasoning-gym task.
+
+    python -m experiments.tables.compare_methods                       # defaults below
+    python -m experiments.tables.compare_methods --seeds 0,1,2 --steps 20 --task basic_arithmetic
+    python -m experiments.tables.compare_methods --quick               # 2 steps, 1 seed (smoke)
+
+Trains each method from its config in ``experiments/configs`` (same model, data, sizes and
+seeds; only the advantage chain differs), evaluates the final policy on held-out prompts, and
+writes ``<out>/table.md`` (mean ± std over seeds: accuracy, pass@1, pass@k, distinct correct
+answers, entropy, plus the before-training row) and ``<out>/table.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import time
+
+import numpy as np
+
+METHODS = {
+    "GRPO": "grpo",
+    "Dr.GRPO": "dr_grpo",
+    "DRA-GRPO": "dra_grpo",
+    "DaGRPO": "dagrpo",
+    "ProGRPO": "progrpo",
+}
+COLUMNS = ("accuracy", "pass@1", "pass@{k}", "maj@{k}", "distinct_correct_answers", "mean_entropy")
+
+
+def method_config(module: str, args, seed: int, out: str):
+    c = importlib.import_module(f"experiments.configs.{module}").get_config()
+    c.seed = seed
+    c.steps = args.steps
+    c.data.task = args.task
+    if args.task_kwargs is not None:
+        c.data.task_kwargs = args.task_kwargs
+    c.eval.num_prompts = args.eval_prompts
+    c.eval.num_samples = args.k
+    c.eval.ks = f"1,{args.k}"
+    c.checkpoint.every = 0
+    c.log.progress = not args.quiet
+    c.run_dir = os.path.join(out, f"{module}-seed{seed}")
+    if args.random_init_layers:
+        c.model.random_init_layers = args.random_init_layers
+    return c
+
+
+def fmt(values):
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if v.size == 0:
+        return "–"
+    return f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.3f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--task", default="basic_arithmetic")
+    p.add_argument("--task_kwargs", default=None, help="JSON object for the task generator")
+    p.add_argument("--k", type=int, default=4, help="samples per held-out prompt (pass@k)")
+    p.add_argument("--eval_prompts", type=int, default=32)
+    p.add_argument("--random_init_layers", type=int, default=0,
+                   help="use a small random decoder (tests / plumbing only)")
+    p.add_argument("--out", default="runs/compare_methods")
+    p.add_argument("--quick", action="store_true", help="2 steps, 1 seed, 8 eval prompts")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.seeds, args.eval_prompts = 2, "0", 8
+    from jaxgrpo.loop import run
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    results = {}  # method -> list of (before, after) eval dicts
+    for name in methods:
+        for seed in seeds:
+            c = method_config(METHODS[name], args, seed, args.out)
+            t0 = time.time()
+            run_dir = run(c)
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                ev = json.load(f)["eval"]
+            steps = sorted(ev, key=int)
+            results.setdefault(name, []).append((ev[steps[0]], ev[steps[-1]]))
+            print(f"{name} seed {seed}: {time.time() - t0:.0f}s, accuracy "
+                  f"{ev[steps[0]]['accuracy']:.3f} -> {ev[steps[-1]]['accuracy']:.3f}")
+
+    cols = [col.format(k=args.k) for col in COLUMNS]
+    lines = [f"Held-out evaluation after {args.steps} steps on reasoning-gym `{args.task}` "
+             f"({args.eval_prompts} prompts × {args.k} samples; mean ± std over seeds {seeds}).",
+             "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    before = [b for runs in results.values() for b, _ in runs]
+    lines.append("| before training | " + " | ".join(fmt([b.get(c) for b in before])
+                                                    for c in cols) + " |")
+    for name, runs in results.items():
+        lines.append(f"| {name} | " + " | ".join(fmt([a.get(c) for _, a in runs])
+                                                 for c in cols) + " |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+    _plot(results, cols, os.path.join(args.out, "table.png"))
+
+
+def _plot(results, cols, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, col in zip(axes, (cols[0], cols[2], cols[4])):
+        means = [np.mean([a.get(col) or 0.0 for _, a in results[n]]) for n in names]
+        stds = [np.std([a.get(col) or 0.0 for _, a in results[n]]) for n in names]
+        ax.bar(names, means, yerr=stds, capsize=3)
+        ax.set_title(col)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
