@@ -218,6 +218,7 @@ def test_non_divisible_model_still_shards(worker):
 def test_adamw_step_sharded_matches_unsharded(worker):
     r = _result(worker, "adamw_step_2x2x2")
     assert r["param_max_abs_diff"] < 1e-5 and r["loss_abs_diff"] < 1e-5
+    _result(worker, "nnx_optimizer_state_1x1x8")
 
 
 def test_greedy_sampling_sharded_matches_single_device(worker):
