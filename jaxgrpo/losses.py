@@ -88,7 +88,7 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, *, estimator: str =
   elif estimator == "k2":
     kl = 0.5 * d**2
   elif estimator == "k3":
-    kl = jnp.exp(-d) + d - 1.0
+    kl = jnp.expm1(-d) + d  # = exp(-d) + d - 1, with less cancellation for small d
   else:
     raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}; got {estimator!r}.")
   if clamp is not None:
