@@ -192,6 +192,23 @@ def test_dedupe_and_empty_batch(verifier):
         verifier.verify_batch(["a"], [])
 
 
+FAST_PAIRS = [("12", "12"), ("-3", "3"), ("007", "7"), ("+5", "5"), ("10", "1"), ("$4$", "4"),
+              ("123456789012345678901234567890", "123456789012345678901234567890"),
+              ("123456789012345678901234567891", "123456789012345678901234567890"),
+              (r"\frac{1}{2}", r"\frac{1}{2}"), ("x+1", "x+1"), ("-0", "0")]
+
+
+def test_fast_path_agrees_with_math_verify(verifier):
+    preds = [B(p) for p, _ in FAST_PAIRS]
+    golds = [g for _, g in FAST_PAIRS]
+    fast, st_fast = verifier.verify_batch(preds, golds)
+    assert st_fast["n_fast"] == len(FAST_PAIRS) and st_fast["n_unique"] == 0
+    with mvp.MathVerifier(num_workers=2, item_timeout_s=3.0, fast_path=False) as slow_v:
+        slow, st_slow = slow_v.verify_batch(preds, golds)
+    assert st_slow["n_fast"] == 0 and st_slow["n_ok"] == len(FAST_PAIRS)
+    np.testing.assert_array_equal(fast, slow)
+
+
 def test_open_r1_mode():
     with mvp.MathVerifier(num_workers=1, item_timeout_s=3.0, mode="open_r1") as v:
         scores, stats = v.verify_batch(
@@ -253,7 +270,7 @@ def test_hang_crash_and_errors_are_contained():
 
 
 def test_externally_killed_worker_is_replaced():
-    with mvp.MathVerifier(num_workers=2, item_timeout_s=2.0) as v:
+    with mvp.MathVerifier(num_workers=2, item_timeout_s=2.0, fast_path=False) as v:
         v.verify_batch([B("1")], ["1"])
         os.kill(v.worker_pids[0], signal.SIGKILL)
         time.sleep(0.1)
@@ -275,6 +292,21 @@ def test_batch_deadline():
         assert stats["n_timeouts"] == 5
         scores, _ = v.verify_batch([B("2")], ["2"])  # replaced workers serve the next batch
         assert scores[0] == 1
+
+
+def test_leftover_task_from_interrupted_call_is_harmless():
+    """A call interrupted (e.g. KeyboardInterrupt) leaves a worker busy with a task nobody waits
+    for; the next call must not crash on it and must still finish."""
+    with mvp.MathVerifier(num_workers=2, item_timeout_s=0.5, kill_grace_s=0.3,
+                          verify_fn=mvp._testing_verify_fn) as v:
+        v.verify_batch([B("1")], ["1"])
+        w = v._workers[0]
+        w.conn.send((10**9, "x", "__hang__"))
+        w.task, w.started = 10**9, time.monotonic()
+        scores, stats = v.verify_batch([B(str(i)) for i in range(4)], [str(i) for i in range(4)])
+        np.testing.assert_array_equal(scores, np.ones(4))
+        scores, _ = v.verify_batch([B("1/2")] * 2 + [B("3")], ["0.5", "0.5", "3"])
+        np.testing.assert_array_equal(scores, np.ones(3))
 
 
 def test_closed_and_bad_args():

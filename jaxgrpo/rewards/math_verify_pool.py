@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import threading
 import time
@@ -142,6 +143,20 @@ def _testing_verify_fn(pred: str, gold: str, mode: str = "answer") -> tuple[int,
     elif gold == "__raise__":
         raise RuntimeError("injected failure")
     return math_verify_score(pred, gold, mode)
+
+
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+def _fast_compare(pred: str, gold: str) -> Optional[float]:
+    """Decides the obvious cases without sympy: identical strings (modulo surrounding spaces and
+    ``$``) are equivalent; two plain integers compare as integers. Else None (ask math-verify)."""
+    p, g = pred.strip().strip("$").strip(), gold.strip().strip("$").strip()
+    if p and p == g:
+        return 1.0
+    if _INT_RE.fullmatch(p) and _INT_RE.fullmatch(g) and len(p) < 4000 and len(g) < 4000:
+        return float(int(p) == int(g))
+    return None
 
 
 class _SoftTimeout(BaseException):
@@ -265,10 +280,13 @@ class MathVerifier:
       verify_fn: a module-level function ``(pred, gold, mode) -> (status, score) | float`` to run
         instead of :func:`math_verify_score` (for custom checkers and fault-injection tests).
       dedupe: verify identical (pred, gold) pairs once per batch.
+      fast_path: in ``"answer"`` mode, decide identical strings and integer-vs-integer pairs in
+        the parent without a worker round trip (``n_fast`` counts them); off with ``verify_fn``.
 
     ``verify_batch`` returns float32 scores ``[N]`` (1.0 equivalent, else 0.0) and a stats dict:
     ``n``, ``n_unique`` (items sent to workers), ``n_ok``, ``n_timeouts``, ``n_errors``,
-    ``n_gold_unparsed``, ``n_no_answer``, ``n_restarts`` (workers replaced), ``seconds``, and
+    ``n_gold_unparsed``, ``n_no_answer``, ``n_fast`` (decided by the fast path), ``n_restarts``
+    (workers replaced), ``seconds``, and
     ``status`` (int8 ``[N]``, codes in :data:`STATUS_NAMES`). ``self.totals`` accumulates the
     counters over the verifier's life.
     """
@@ -284,6 +302,7 @@ class MathVerifier:
         kill_grace_s: float = 1.0,
         verify_fn: Optional[Callable] = None,
         dedupe: bool = True,
+        fast_path: bool = True,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -305,13 +324,15 @@ class MathVerifier:
         self.start_method = start_method
         self.verify_fn = verify_fn if verify_fn is not None else math_verify_score
         self.dedupe = dedupe
+        self.fast_path = fast_path and verify_fn is None
         self._ctx = None
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()  # one batch at a time per verifier
         self._closed = False
         self._tid = 0
         self.totals = {k: 0 for k in ("n", "n_unique", "n_ok", "n_timeouts", "n_errors",
-                                      "n_gold_unparsed", "n_no_answer", "n_restarts")}
+                                      "n_gold_unparsed", "n_no_answer", "n_fast",
+                                      "n_restarts")}
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -377,6 +398,8 @@ class MathVerifier:
         Returns:
           (scores float32 [N] in {0, 1}, stats dict).
         """
+        if self._closed:
+            raise RuntimeError("MathVerifier is closed")
         if pre_extracted and self.mode != "answer":
             raise ValueError("pre_extracted=True needs mode='answer'")
         if len(completions) != len(golds):
@@ -393,6 +416,7 @@ class MathVerifier:
         items: list[tuple[str, str]] = []
         members: list[list[int]] = []
         index: dict[tuple[str, str], int] = {}
+        n_fast = 0
         for i, (c, g) in enumerate(zip(completions, golds)):
             g = "" if g is None else str(g)
             if self.mode == "answer":
@@ -404,6 +428,12 @@ class MathVerifier:
                     status[i] = STATUS_NO_ANSWER
                     continue
             c = "" if c is None else str(c)
+            if self.fast_path and self.mode == "answer":
+                fast = _fast_compare(c, g)
+                if fast is not None:
+                    scores[i] = fast
+                    n_fast += 1
+                    continue
             key = (c, g)
             j = index.get(key) if self.dedupe else None
             if j is None:
@@ -417,8 +447,6 @@ class MathVerifier:
         u_score = np.zeros(len(items), np.float32)
         n_restarts = 0
         if items:
-            if self._closed:
-                raise RuntimeError("MathVerifier is closed")
             n_restarts = self._run(items, u_status, u_score, t0 + self.batch_timeout_s)
         for j, idx in enumerate(members):
             status[idx] = u_status[j]
@@ -431,6 +459,7 @@ class MathVerifier:
             "n_errors": int((status == STATUS_ERROR).sum()),
             "n_gold_unparsed": int((status == STATUS_GOLD_UNPARSED).sum()),
             "n_no_answer": int((status == STATUS_NO_ANSWER).sum()),
+            "n_fast": n_fast,
             "n_restarts": n_restarts,
         }
         for k, v in stats.items():
@@ -457,8 +486,9 @@ class MathVerifier:
             restarts += 1
             self._workers[k] = self._spawn()
 
-        def finish(item: int, st: int, sc: float) -> None:
-            if u_status[item] < 0:
+        def finish(item: Optional[int], st: int, sc: float) -> None:
+            # item is None for a task left over from an interrupted earlier call.
+            if item is not None and u_status[item] < 0:
                 u_status[item] = st
                 u_score[item] = sc
 
@@ -478,15 +508,15 @@ class MathVerifier:
                     tid_to_item[self._tid] = item
                     w.task, w.started = self._tid, now
             busy = [w for w in self._workers if w.task is not None]
-            if not pending and not busy:
-                return restarts
+            if not pending and not any(w.task in tid_to_item for w in busy):
+                return restarts  # (a busy worker may still run a task of an interrupted call)
             if now >= deadline or start_failures > 3 * self.num_workers:
                 why = STATUS_TIMEOUT if now >= deadline else STATUS_ERROR
                 for item in pending:
                     finish(item, why, 0.0)
                 for k, w in enumerate(self._workers):
                     if w.task is not None:
-                        finish(tid_to_item.pop(w.task), why, 0.0)
+                        finish(tid_to_item.pop(w.task, None), why, 0.0)
                         replace(k)
                 if why == STATUS_ERROR:
                     logger.error("math-verify workers keep failing to start; scoring 0")
@@ -519,12 +549,13 @@ class MathVerifier:
                     dead = True
                 if dead:
                     if w.task is not None:
-                        finish(tid_to_item.pop(w.task), STATUS_ERROR, 0.0)
+                        finish(tid_to_item.pop(w.task, None), STATUS_ERROR, 0.0)
+                        w.task = None
                     elif not w.ready:
                         start_failures += 1
                     replace(k)
                 elif w.task is not None and now - w.started >= hard:
-                    finish(tid_to_item.pop(w.task), STATUS_TIMEOUT, 0.0)
+                    finish(tid_to_item.pop(w.task, None), STATUS_TIMEOUT, 0.0)
                     replace(k)
 
 

@@ -1,0 +1,189 @@
+"""Tests for jaxgrpo.rewards.tasks: reasoning-gym tasks and local prompt files."""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from jaxgrpo.rewards import functions as fn
+from jaxgrpo.rewards import tasks
+
+
+@pytest.fixture(scope="module")
+def small_tasks():
+    return {name: tasks.make_task(name, seed=3, size=12) for name in tasks.SUPPORTED_TASKS}
+
+
+@pytest.mark.parametrize("name", tasks.SUPPORTED_TASKS)
+def test_rows_are_seeded_and_gold_scores_one(small_tasks, name):
+    task = small_tasks[name]
+    again = tasks.make_task(name, seed=3, size=12)
+    other = tasks.make_task(name, seed=4, size=12)
+    rows = task.rows()
+    assert len(rows) == len(task) == 12
+    assert [r["question"] for r in rows] == [r["question"] for r in again]
+    assert [r["question"] for r in rows] != [r["question"] for r in other]
+    for r in rows:
+        assert set(r) == {"question", "answer", "metadata"}
+        assert isinstance(r["question"], str) and isinstance(r["answer"], str)
+        assert r["metadata"]["task"] == name
+    golds = [f"<think>\nwork\n</think>\n<answer>{r['answer']}</answer>" for r in rows]
+    np.testing.assert_array_equal(task.score(golds, rows), np.ones(12, np.float32))
+    boxed = [f"so \\boxed{{{r['answer']}}}" for r in rows]
+    np.testing.assert_array_equal(task.score(boxed, list(range(12))), np.ones(12))
+    wrong = task.score(["<answer>-123456789</answer>", "no answer at all"], rows[:2])
+    assert (wrong < 1).all()
+
+
+def test_index_errors_and_bad_task():
+    t = tasks.make_task("chain_sum", seed=0, size=3)
+    assert t[-1] == t[2]
+    with pytest.raises(IndexError):
+        t[3]
+    with pytest.raises(ValueError, match="no_such_task"):
+        tasks.make_task("no_such_task", seed=0, size=3)
+    with pytest.raises(ValueError):
+        tasks.make_task("chain_sum", seed=0, size=0)
+
+
+def test_task_kwargs_reach_the_generator():
+    t = tasks.make_task("chain_sum", seed=0, size=20, min_terms=2, max_terms=2, min_digits=1,
+                        max_digits=1)
+    for r in t:
+        assert r["metadata"]["num_terms"] == 2
+
+
+def _other_countdown_solution(numbers, target, reference):
+    """Brute force: a left-to-right expression over all numbers, different from the reference."""
+    ops = "+-*/"
+    for perm in itertools.permutations(numbers):
+        for op in itertools.product(ops, repeat=len(numbers) - 1):
+            val = Fraction(perm[0])
+            expr = str(perm[0])
+            ok = True
+            for o, x in zip(op, perm[1:]):
+                if o == "/" and x == 0:
+                    ok = False
+                    break
+                val = {"+": val + x, "-": val - x, "*": val * x, "/": val / x if x else 0}[o]
+                expr = f"({expr} {o} {x})"
+            if ok and val == target and expr.replace(" ", "") != reference.replace(" ", ""):
+                return expr
+    return None
+
+
+def test_countdown_accepts_any_valid_expression():
+    task = tasks.make_task("countdown", seed=0, size=30, min_numbers=3, max_numbers=4)
+    found = 0
+    for r in task:
+        m = r["metadata"]
+        alt = _other_countdown_solution(m["numbers"], m["target"], r["answer"])
+        if alt is None:
+            continue
+        found += 1
+        s = task.score([f"<answer>{alt}</answer>", f"<answer>{r['answer']}</answer>"], [r, r])
+        np.testing.assert_array_equal(s, [1.0, 1.0])
+        if found >= 3:
+            break
+    assert found >= 1
+    # A hand-made row: target 10 from [1, 2, 3, 4] has many solutions.
+    row = dict(task[0])
+    row = {"question": "q", "answer": "1+2+3+4",
+           "metadata": {**row["metadata"], "numbers": [1, 2, 3, 4], "target": 10}}
+    answers = ["1+2+3+4", "4*3-2*1", "4*(3-1)+2", "4*3-2/1", "4+3+2", "4*3-2", "1+2+3+4+0",
+               "(4+1)*2*(3-2)"]  # the last three use a number that is not given / twice
+    np.testing.assert_allclose(task.score_answers(answers, [row] * len(answers)),
+                               [1, 1, 1, 1, 0.05, 0.05, 0.05, 0.05])
+
+
+def test_countdown_rejects_dangerous_expressions_fast():
+    task = tasks.make_task("countdown", seed=0, size=2)
+    bad = ["9**9**9**9", "99999!", "2^3", "x", "1" * 10000, "__import__('os')"]
+    t0 = time.perf_counter()
+    s = task.score_answers(bad, [0] * len(bad))
+    assert time.perf_counter() - t0 < 0.5
+    assert (s <= 0.05).all()
+
+
+def test_batched_scoring_throughput():
+    task = tasks.make_task("chain_sum", seed=1, size=64)
+    rows = task.rows()
+    comps, rr = [], []
+    for i, r in enumerate(rows):
+        for k in range(32):  # 2,048 distinct completions
+            comps.append(f"<think>\n{k}\n</think>\n<answer>{int(r['answer']) + (k % 3)}</answer>")
+            rr.append(r)
+    t0 = time.perf_counter()
+    s = task.score(comps, rr)
+    dt = time.perf_counter() - t0
+    assert dt < 2.0, dt
+    assert s.shape == (len(comps),) and s.dtype == np.float32
+    np.testing.assert_allclose(s.reshape(64, 32)[:, 0::3].min(), 1.0)
+
+
+def test_reward_fn_with_task():
+    task = tasks.make_task("simple_equations", seed=0, size=4)
+    rows = task.rows()
+    comps = ["<think>\nok\n</think>\n<answer>" + rows[0]["answer"] + "</answer>",
+             "<think>\nok\n</think>\n<answer>123456</answer>"]
+    rf = fn.make_reward_fn([("format", 1.0), ("accuracy", 1.0), ("cosine", 2.0)], task=task)
+    out = rf(comps, rows=rows[:2])
+    np.testing.assert_array_equal(out.components["format"], [1, 1])
+    assert out.components["accuracy"][0] == 1.0 and out.components["accuracy"][1] < 1.0
+    assert out.components["cosine"][0] > 0.5 and out.components["cosine"][1] <= 0.0
+    assert rf._verifier is None  # the task scored; no math-verify pool was started
+    with pytest.raises(ValueError, match="rows"):
+        rf(comps)
+
+
+# ------------------------------------------------------------------------------ local files
+
+
+def test_load_prompts_jsonl_and_parquet(tmp_path):
+    recs = [{"problem": "1+1?", "answer": "2", "level": 1},
+            {"problem": "2+2?", "answer": 4, "level": 2}]
+    p = tmp_path / "p.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs))
+    rows = tasks.load_prompts(p)
+    assert [r["question"] for r in rows] == ["1+1?", "2+2?"]
+    assert [r["answer"] for r in rows] == ["2", "4"]
+    assert rows[1]["metadata"]["level"] == 2 and rows[1]["metadata"]["index"] == 1
+    assert rows[0]["metadata"]["source"] == str(p)
+
+    import datasets
+
+    q = tmp_path / "p.parquet"
+    datasets.Dataset.from_list([{"question": "3*3?", "solution": "\\boxed{9}"}]).to_parquet(str(q))
+    rows = tasks.load_prompts(q, question_field="question", answer_field="solution")
+    assert rows == [{"question": "3*3?", "answer": "\\boxed{9}",
+                     "metadata": {"source": str(q), "index": 0}}]
+
+
+def test_load_prompts_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        tasks.load_prompts(tmp_path / "missing.jsonl")
+    p = tmp_path / "cols.jsonl"
+    p.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n")
+    with pytest.raises(ValueError, match=r"cols\.jsonl.*'problem'.*\['question', 'answer'\]"):
+        tasks.load_prompts(p)
+    p = tmp_path / "rows.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"problem": "ok", "answer": "1"}, {"problem": "bad", "answer": None}]))
+    with pytest.raises(ValueError, match=r"rows\.jsonl: row 1: field 'answer'"):
+        tasks.load_prompts(p)
+    p = tmp_path / "blank.jsonl"
+    p.write_text(json.dumps({"problem": "  ", "answer": "1"}))
+    with pytest.raises(ValueError, match=r"blank\.jsonl: row 0: field 'problem'"):
+        tasks.load_prompts(p)
+    p = tmp_path / "broken.json"
+    p.write_text('{"problem": "x", "answer": ')
+    with pytest.raises(ValueError, match=r"broken\.json"):
+        tasks.load_prompts(p)
+    p = tmp_path / "p.txt"
+    p.write_text("x")
+    with pytest.raises(ValueError, match=r"p\.txt"):
+        tasks.load_prompts(p)
