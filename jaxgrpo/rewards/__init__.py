@@ -32,6 +32,8 @@ _EXPORTS = {
     "RewardOutput": "functions",
     "REWARD_REGISTRY": "functions",
     "make_reward_fn": "functions",
+    "register_reward": "functions",
+    "DRA_REWARDS": "functions",
     "format_reward": "functions",
     "tag_count_reward": "functions",
     "accuracy_reward": "functions",
