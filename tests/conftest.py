@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny random Qwen2 / Llama checkpoints written by transformers (PyTorch).
+
+- ``tiny_tokenizer``: a byte-level BPE tokenizer (~300 tokens, ChatML specials and template)
+  trained in memory; saved into every checkpoint directory as tokenizer.json.
+- ``make_tiny_checkpoint(name, arch, *, shard=False, torch_dtype="float32", **config)``: a
+  session-cached factory; returns the directory of a randomly initialised checkpoint (all weights,
+  norms and biases random, so that a mis-mapped tensor changes the logits).
+- ``tiny_qwen2_dir``: Qwen2, head_dim 16 != hidden/heads = 12, untied lm_head, GQA with one KV head.
+- ``tiny_llama_dir``: Llama, tied embeddings, GQA 6/2, llama3 rope scaling.
+
+Tests that need torch skip when it is absent (it is the numerical oracle, a test-only dependency).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+TINY_VOCAB = 320  # >= the tiny tokenizer's vocabulary; the extra rows are never produced
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+_CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "Question: what is 12 + 30? Answer: 42. Let me think step by step.",
+    "def add(a, b):\n    return a + b\n\n# numbers 0123456789 and symbols !?%$",
+    "Héllo wörld — unicode ünïcödé, emojis 🙂, and   spaces\ttabs\nnewlines.",
+]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: loads the real SmolLM2-135M model (still run in CI)")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A transformers ``PreTrainedTokenizerFast`` (byte-level BPE, ChatML special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    assert tk.get_vocab_size() <= TINY_VOCAB
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE)
+
+
+def _randomize_(model, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.copy_(0.15 * noise)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """Factory: ``make_tiny_checkpoint(name, arch, *, shard=False, torch_dtype="float32",
+    seed=0, **config_overrides) -> str`` (a checkpoint directory, built once per name)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("tiny_checkpoints")
+    built = {}
+
+    def make(name, arch, *, shard=False, torch_dtype="float32", seed=0, **overrides):
+        if name in built:
+            return built[name]
+        base = dict(vocab_size=TINY_VOCAB, hidden_size=48, intermediate_size=80,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=128, bos_token_id=None,
+                    eos_token_id=tiny_tokenizer.eos_token_id,
+                    pad_token_id=tiny_tokenizer.pad_token_id)
+        base.update(overrides)
+        cls_cfg, cls_model = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                              "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM)}[arch]
+        torch.manual_seed(seed)
+        model = cls_model(cls_cfg(**base))
+        _randomize_(model, seed)
+        model = model.to(getattr(torch, torch_dtype)).eval()
+        path = os.path.join(str(root), name)
+        kw = {"max_shard_size": "40KB"} if shard else {}
+        model.save_pretrained(path, **kw)
+        tiny_tokenizer.save_pretrained(path)
+        built[name] = path
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(make_tiny_checkpoint):
+    return make_tiny_checkpoint("qwen2", "qwen2", num_attention_heads=4, num_key_value_heads=1,
+                                head_dim=16, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(make_tiny_checkpoint):
+    return make_tiny_checkpoint(
+        "llama", "llama", num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
