@@ -80,6 +80,7 @@ def test_logits_match_transformers(which, request):
     ref_model = _hf_model(path)
     ids, mask = _batch(model.config.vocab_size)
     err = _max_err(_jax_logits(model, ids, mask), _torch_logits(ref_model, ids, mask), mask)
+    print(f"{which}: max abs logit error vs transformers {err:.2e}")
     assert err < 1e-4, f"{which}: max abs logit error {err}"
     # The checkpoint's properties the test claims to cover.
     cfg = model.config
@@ -309,6 +310,7 @@ def test_gguf_logits_match_transformers(arch, make_tiny_checkpoint, tiny_qwen2_d
         assert getattr(model.config, field) == pytest.approx(getattr(ref_cfg, field)), field
     ids, mask = _batch(model.config.vocab_size, seed=5)
     err = _max_err(_jax_logits(model, ids, mask), _torch_logits(_hf_model(hf_dir), ids, mask), mask)
+    print(f"tiny {arch} GGUF: max abs logit error vs transformers {err:.2e}")
     assert err < 1e-4, err
     texts = ["The capital of France is Paris.", "<|im_start|>user\n12 + 30?<|im_end|>", "héllo  🙂"]
     for text in texts:
@@ -437,12 +439,24 @@ def test_smollm2_logits_match_transformers_gguf(smollm2):
     """transformers' own GGUF reader (dequantise + its Q/K un-permutation) in PyTorch."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from jaxgrpo.models.loading import hf_config_dict
+
     path, model, tok = smollm2
-    meta = load_gguf_checkpoint(path, return_tensors=False)["config"]
-    hf_cfg = transformers.LlamaConfig(**{k: v for k, v in meta.items()
-                                         if k not in ("model_type", "_model_name_or_path")})
-    ref_model = transformers.LlamaForCausalLM(hf_cfg)
-    sd = load_gguf_checkpoint(path, return_tensors=True, model_to_load=ref_model)["tensors"]
+    # One parse of the file (it is slow in transformers): the module built from our config only
+    # names the tensors; the config transformers parses is compared with ours field by field.
+    ref_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config_dict(model.config)))
+    parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=ref_model)
+    meta, sd = parsed["config"], parsed["tensors"]
+    cfg = model.config
+    assert (meta["num_hidden_layers"], meta["hidden_size"], meta["intermediate_size"],
+            meta["num_attention_heads"], meta["num_key_value_heads"], meta["vocab_size"],
+            meta["head_dim"], meta["max_position_embeddings"], meta["tie_word_embeddings"]) == (
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
+        cfg.num_key_value_heads, cfg.vocab_size, cfg.head_dim, cfg.max_position_embeddings,
+        cfg.tie_word_embeddings)
+    assert (meta["rope_theta"], meta["rms_norm_eps"]) == (cfg.rope_theta, cfg.rms_norm_eps)
+    assert (meta["bos_token_id"], meta["eos_token_id"], meta["pad_token_id"]) == (
+        cfg.bos_token_id, cfg.eos_token_ids[0], cfg.pad_token_id)
     result = ref_model.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=False)
     assert result.unexpected_keys == [] and result.missing_keys in ([], ["lm_head.weight"])
     ref_model.eval()
