@@ -74,6 +74,7 @@ def base_config() -> mc.ConfigDict:
     c.rewards.accuracy = 1.0  # verifier correctness (task scorer or math-verify)
     c.rewards.format = 0.0  # completion has the expected answer format
     c.rewards.cosine = 0.0  # cosine length-scaled correctness (DRA / Open-RS reference)
+    c.rewards.answer_sources = "answer_tag,boxed,hash"  # extraction precedence (rewards/extract.py)
     c.rewards.format_style = "boxed"  # see jaxgrpo.rewards.functions.FORMAT_STYLES
     c.rewards.fine_score = "logprob"  # DaGRPO's finer score s_i: "logprob" | "format" | "none"
     c.rewards.verifier_workers = 2

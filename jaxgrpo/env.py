@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from jaxgrpo.config import split_names
 from jaxgrpo.rewards.extract import extract_answer
 from jaxgrpo.rewards.functions import RewardSpec, make_reward_fn
 from jaxgrpo.rewards.tasks import load_prompts, make_task
@@ -35,7 +36,9 @@ class Scored:
 class Env:
     """Prompt rows plus the reward of a run."""
 
-    def __init__(self, train_rows, eval_rows, reward_fn, task=None, fine_score="logprob"):
+    def __init__(self, train_rows, eval_rows, reward_fn, task=None, fine_score="logprob",
+                 answer_sources=("answer_tag", "boxed", "hash")):
+        self.answer_sources = tuple(answer_sources)
         self.train_rows: List[dict] = train_rows
         self.eval_rows: List[dict] = eval_rows
         self.reward_fn = reward_fn
@@ -63,7 +66,7 @@ class Env:
             n = np.maximum(mask.sum(-1), 1)
             fine = np.exp((logprobs * mask).sum(-1) / n).astype(np.float32)
         return Scored(rewards=np.asarray(out.rewards, np.float32), correct=correct,
-                      answers=[extract_answer(t) for t in texts], components=out.components,
+                      answers=[extract_answer(t, self.answer_sources) for t in texts], components=out.components,
                       stats=out.stats, fine_scores=fine)
 
     def score(self, texts: Sequence[str], rows: Sequence[dict]):
@@ -89,8 +92,10 @@ def build_env(c) -> Env:
                                 {"style": c.rewards.format_style}))
     if c.rewards.cosine:
         specs.append(RewardSpec("cosine", float(c.rewards.cosine)))
+    sources = split_names(c.rewards.answer_sources)
+    extract_answer("", sources)  # fails at start on an unknown source name
     verifier_kwargs = dict(num_workers=c.rewards.verifier_workers,
-                           item_timeout_s=c.rewards.item_timeout_s)
+                           item_timeout_s=c.rewards.item_timeout_s, sources=sources)
     d = c.data
     if d.source == "reasoning_gym":
         try:
@@ -99,9 +104,10 @@ def build_env(c) -> Env:
             raise ValueError(f"config.data.task_kwargs is not a JSON object: {e}") from None
         if not isinstance(kwargs, dict):
             raise ValueError(f"config.data.task_kwargs must be a JSON object, got {d.task_kwargs!r}")
-        train_task = make_task(d.task, seed=c.seed, size=d.train_size, **kwargs)
+        train_task = make_task(d.task, seed=c.seed, size=d.train_size, sources=sources, **kwargs)
         # Held-out rows come from a different generator seed.
-        eval_task = make_task(d.task, seed=c.seed + 1_000_003, size=d.eval_size, **kwargs)
+        eval_task = make_task(d.task, seed=c.seed + 1_000_003, size=d.eval_size, sources=sources,
+                              **kwargs)
         train_rows, eval_rows = train_task.rows(), eval_task.rows()
         task = train_task
     else:
@@ -117,4 +123,5 @@ def build_env(c) -> Env:
             train_rows, eval_rows = rows[:-d.eval_size], rows[-d.eval_size:]
         task = None
     reward_fn = make_reward_fn(specs, task=task, verifier_kwargs=verifier_kwargs)
-    return Env(train_rows, eval_rows, reward_fn, task=task, fine_score=c.rewards.fine_score)
+    return Env(train_rows, eval_rows, reward_fn, task=task, fine_score=c.rewards.fine_score,
+               answer_sources=sources)

@@ -11,6 +11,9 @@ Three answer sources are recognised:
   (``\boxed{\boxed{5}}`` -> ``5``). Unclosed boxes (a truncated generation) are ignored.
 * ``"hash"``: the last GSM8K-style ``#### <answer>`` line (Cobbe et al. 2021, arXiv 2110.14168).
 
+Two lenient sources, never in the default precedence, serve small models that answer in prose:
+``"last_number"`` and ``"first_number"``.
+
 Precedence is the order of ``sources`` (default ``("answer_tag", "boxed", "hash")``): the first
 source that yields a non-empty answer wins. Returns ``None`` when no source yields one.
 
@@ -145,7 +148,26 @@ def extract_hash(text: str) -> Optional[str]:
     return ans or None
 
 
-_EXTRACTORS = {"answer_tag": extract_answer_tag, "boxed": extract_boxed, "hash": extract_hash}
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def extract_last_number(text: str) -> Optional[str]:
+    """The last number (optionally signed / decimal) in the text; a lenient fallback source for
+    small models that answer in prose (not in the default precedence)."""
+    last = None
+    for last in _NUMBER_RE.finditer(text):
+        pass
+    return None if last is None else last.group(0)
+
+
+def extract_first_number(text: str) -> Optional[str]:
+    """The first number in the text ("12" in "12. Because 7 + 5 = 12")."""
+    m = _NUMBER_RE.search(text)
+    return None if m is None else m.group(0)
+
+
+_EXTRACTORS = {"answer_tag": extract_answer_tag, "boxed": extract_boxed, "hash": extract_hash,
+               "last_number": extract_last_number, "first_number": extract_first_number}
 
 
 def extract_answer(text: Optional[str], sources: Sequence[str] = SOURCES) -> Optional[str]:
