@@ -237,6 +237,15 @@ class GrpoTest(chex.TestCase):
     assert np.all(np.asarray(jit_grpo(r), np.float32) == 0.0)
     assert np.all(np.asarray(jit_dr_grpo(r), np.float32) == 0.0)
 
+  def test_integer_rewards_and_traced_options(self):
+    r = np.asarray([[1, 0, 1, 1], [0, 0, 0, 0]])
+    out = grpo(jnp.asarray(r, jnp.int32))
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, np_grpo(r), rtol=1e-5)
+    traced = jax.jit(lambda x, e, d: grpo(x, eps=e, std_ddof=d))(jnp.asarray(r, jnp.float32),
+                                                                 1e-6, 0)
+    np.testing.assert_allclose(traced, np_grpo(r, ddof=0, eps=1e-6), rtol=1e-5)
+
   def test_bad_shapes(self):
     with pytest.raises(ValueError, match="G=1"):
       grpo(jnp.ones((3, 1)))
@@ -413,7 +422,7 @@ class DagrpoTest(chex.TestCase):
     ro = make_rollout(np.ones((2, 3)), fine=False)
     with pytest.raises(ValueError, match="fine_scores"):
       adv_lib.dagrpo_transform(ro)
-    a, diag = adv_lib.dagrpo_transform(ro, score="reward")
+    a, diag = jax.jit(functools.partial(adv_lib.dagrpo_transform, score="reward"))(ro)
     assert np.all(np.asarray(a) == 0.0)
     assert float(diag["frac_pairs_masked"]) == 1.0
 
@@ -426,8 +435,8 @@ class DagrpoTest(chex.TestCase):
     ro = ro.replace(ref_logprobs=None)
     anchor_tokens = jnp.arange(3 * 8, dtype=jnp.int32).reshape(3, 8)
     anchor_mask = jnp.arange(8)[None, :] < jnp.asarray([[8], [3], [5]])
-    out = add_anchors(ro, anchor_tokens, anchor_mask, trigger=trigger,
-                      anchor_embeddings=jnp.eye(4)[:3])
+    out = jax.jit(functools.partial(add_anchors, trigger=trigger))(
+        ro, anchor_tokens, anchor_mask, anchor_embeddings=jnp.eye(4)[:3])
     assert out.rewards.shape == (3, 4) and out.completion_tokens.shape == (3, 4, 8)
     np.testing.assert_array_equal(out.member_mask[:, 3], expect_fire)
     np.testing.assert_array_equal(out.is_anchor, np.tile([False] * 3 + [True], (3, 1)))
@@ -440,7 +449,7 @@ class DagrpoTest(chex.TestCase):
     np.testing.assert_allclose(out.rewards[:, 3], 1.0)
     np.testing.assert_allclose(out.fine_scores[:, 3], 1.0)
     # The advantage is computed with the group; an unfired anchor slot gets 0 and no say.
-    a = np.asarray(grpo(out.rewards, member_mask=out.member_mask))
+    a = np.asarray(jit_grpo(out.rewards, member_mask=out.member_mask))
     np.testing.assert_allclose(a, np_grpo(out.rewards, mask=np.asarray(out.member_mask)),
                                atol=1e-5)
     if trigger == "none_correct":
@@ -496,7 +505,7 @@ class ProgrpoTest(chex.TestCase):
                                                    np.asarray(ro.prompt_mask), reading),
                                rtol=1e-5)
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)
   @parameterized.parameters(False, True)
   def test_transform_matches_numpy(self, gate):
     correct = np.asarray([[0, 0, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]], bool)
@@ -518,7 +527,8 @@ class ProgrpoTest(chex.TestCase):
     correct = np.asarray([[1, 0, 1, 0], [1, 1, 1, 1]], bool)
     ro = make_rollout(correct.astype(np.float32), correct=correct, tc=10)
     base = grpo(ro.rewards)
-    out, _ = adv_lib.progrpo_transform(ro, base, prompt_confidence_reading="group_mean_answer")
+    out, _ = jax.jit(functools.partial(adv_lib.progrpo_transform,
+                                       prompt_confidence_reading="group_mean_answer"))(ro, base)
     np.testing.assert_allclose(np.asarray(out - base).sum(1), 0.0, atol=1e-6)
 
   def test_stop_gradient(self):
@@ -530,7 +540,7 @@ class ProgrpoTest(chex.TestCase):
                                          grpo(ro.rewards))
       return jnp.sum(out**2)
 
-    g1, g2 = jax.grad(f, argnums=(0, 1))(ro.logprobs, ro.prompt_logprobs)
+    g1, g2 = jax.jit(jax.grad(f, argnums=(0, 1)))(ro.logprobs, ro.prompt_logprobs)
     assert np.all(np.asarray(g1) == 0.0) and np.all(np.asarray(g2) == 0.0)
 
   def test_empty_completion_and_anchor_not_corrected(self):
@@ -538,10 +548,11 @@ class ProgrpoTest(chex.TestCase):
     ro = make_rollout(correct.astype(np.float32), correct=correct, empty=(0, 1))
     ro = ro.replace(is_anchor=jnp.asarray([[False, False, False, True]]))
     base = grpo(ro.rewards)
-    out, _ = adv_lib.progrpo_transform(ro, base)
+    out, _ = jax.jit(adv_lib.progrpo_transform)(ro, base)
     d = np.asarray(out - base)
     assert d[0, 1] == 0.0 and d[0, 3] == 0.0 and d[0, 0] != 0.0
-    out2, _ = adv_lib.progrpo_transform(ro, base, apply_to_anchors=True)
+    out2, _ = jax.jit(functools.partial(adv_lib.progrpo_transform, apply_to_anchors=True))(
+        ro, base)
     assert np.asarray(out2 - base)[0, 3] != 0.0
 
   def test_arm_reweight_direct(self):
@@ -556,7 +567,7 @@ class ProgrpoTest(chex.TestCase):
 
 class RegistryTest(chex.TestCase):
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)
   def test_dra_then_grpo_then_progrpo(self):
     correct = np.asarray([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
     ro = make_rollout(correct.astype(np.float32) * 2.0, correct=correct, tc=8)
@@ -584,7 +595,8 @@ class RegistryTest(chex.TestCase):
 
   def test_dagrpo_by_name_matches_function(self):
     ro = make_rollout(np.asarray([[1.0, 0.0, 1.0, 0.0]]), seed=7)
-    adv, diag = make_advantage_fn("dagrpo", options={"dagrpo": {"tau": 0.05, "alpha": 0.3}})(ro)
+    adv, diag = jax.jit(make_advantage_fn("dagrpo",
+                                          options={"dagrpo": {"tau": 0.05, "alpha": 0.3}}))(ro)
     s = np.asarray(ro.correct, np.float64) + 0.3 * np.asarray(ro.fine_scores, np.float64)
     np.testing.assert_allclose(adv, np_dagrpo(s, tau=0.05), rtol=1e-5, atol=1e-6)
     assert "dagrpo/frac_pairs_masked" in diag
@@ -594,7 +606,7 @@ class RegistryTest(chex.TestCase):
     correct[1, 0] = True
     ro = make_rollout(correct.astype(np.float32), correct=correct, emb=False)
     ro = add_anchors(ro, jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4), bool))
-    adv, _ = make_advantage_fn("dr_grpo", advantage_transforms=("progrpo",))(ro)
+    adv, _ = jax.jit(make_advantage_fn("dr_grpo", advantage_transforms=("progrpo",)))(ro)
     assert adv[0, 3] > 0 and adv[1, 3] == 0.0
 
   def test_errors(self):
@@ -616,15 +628,15 @@ class RegistryTest(chex.TestCase):
   def test_all_masked_completion_and_group(self):
     ro = make_rollout(np.asarray([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]]), empty=(0, 1))
     ro = ro.replace(member_mask=jnp.asarray([[True, True, True], [False, False, False]]))
-    adv, diag = make_advantage_fn("grpo", ("dra",), ("progrpo",))(ro)
+    adv, diag = jax.jit(make_advantage_fn("grpo", ("dra",), ("progrpo",)))(ro)
     assert np.all(np.isfinite(adv)) and np.all(np.asarray(adv)[1] == 0.0)
     assert all(np.isfinite(v) for v in diag.values())
     # The empty completion keeps its baseline advantage (no ARM correction).
-    base, _ = make_advantage_fn("grpo", ("dra",))(ro)
+    base, _ = jax.jit(make_advantage_fn("grpo", ("dra",)))(ro)
     assert float(adv[0, 1]) == float(base[0, 1])
 
   def test_nonfinite_reward_through_composition(self):
     ro = make_rollout(np.asarray([[1.0, np.nan, 0.0, 1.0]]))
-    adv, diag = make_advantage_fn("grpo", ("dra",))(ro)
+    adv, diag = jax.jit(make_advantage_fn("grpo", ("dra",)))(ro)
     assert np.all(np.isfinite(adv)) and float(adv[0, 1]) == 0.0
     assert float(diag["grpo/frac_nonfinite_rewards"]) == 0.25

@@ -144,7 +144,7 @@ class AggregationTest(chex.TestCase):
                                    global_num_seqs=n, max_completion_length=lmax)
       return loss
 
-    g = np.asarray(jax.grad(f)(old))  # ratio exactly 1
+    g = np.asarray(jax.jit(jax.grad(f))(old))  # ratio exactly 1
     a = np.asarray(adv, np.float64)[:, None]
     norm = {"token-mean": np.full((n, 1), ntok),
             "seq-mean-token-mean": np.maximum(m.sum(1, keepdims=True), 1) * n,
@@ -192,8 +192,8 @@ class PolicyLossTest(chex.TestCase):
     is_anchor = jnp.asarray([False, False, True, False, True, False])
     old = jnp.where(is_anchor[:, None], 0.0, old)
     adv = jnp.abs(adv)
-    loss, met = losses.policy_loss(lp, old, adv, mask, is_anchor=is_anchor,
-                                   agg_mode="token-mean")
+    loss, met = jax.jit(functools.partial(losses.policy_loss, agg_mode="token-mean"))(
+        lp, old, adv, mask, is_anchor=is_anchor)
     m = np.asarray(mask)
     anc = np.asarray(is_anchor)[:, None]
     p = np.exp(np.asarray(lp, np.float64))
@@ -213,7 +213,8 @@ class PolicyLossTest(chex.TestCase):
           lp, old, adv, mask)
       assert float(loss) == 0.0
       assert all(np.isfinite(v) for v in met.values())
-      g = jax.grad(lambda x: losses.policy_loss(x, old, adv, mask, agg_mode=mode)[0])(lp)
+      g = jax.jit(jax.grad(lambda x: losses.policy_loss(x, old, adv, mask, agg_mode=mode)[0]))(
+          lp)
       assert np.all(np.asarray(g) == 0.0)
 
   def test_errors(self):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
@@ -28,9 +27,13 @@ def check_group_rewards(rewards: jax.Array, name: str = "rewards") -> Tuple[int,
     raise ValueError(
         f"{name} has group size G={g}; group-relative advantages need G >= 2 completions per "
         "prompt.")
-  if not jnp.issubdtype(jnp.result_type(rewards), jnp.floating):
-    raise ValueError(f"{name} must be a floating array; got dtype {jnp.result_type(rewards)}.")
   return p, g
+
+
+def out_dtype(rewards: jax.Array):
+  """Output dtype of a transform: the rewards' float dtype, float32 for int/bool rewards."""
+  dt = jnp.result_type(rewards)
+  return dt if jnp.issubdtype(dt, jnp.floating) else jnp.float32
 
 
 def member_mask_or_ones(member_mask: Optional[jax.Array], shape) -> jax.Array:
@@ -61,7 +64,7 @@ def handle_nonfinite(rewards: jax.Array, member_mask: jax.Array, nonfinite: str)
   """
   if nonfinite not in NONFINITE_POLICIES:
     raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {nonfinite!r}.")
-  r = rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
+  r = jnp.asarray(rewards).astype(jnp.promote_types(out_dtype(rewards), jnp.float32))
   if nonfinite == "mask":
     finite = jnp.isfinite(r)
     return jnp.where(finite, r, 0.0), member_mask & finite

@@ -88,7 +88,7 @@ def _dagrpo_impl(scores, *, tau, tau_mode, kappa, normalizer, distinctiveness, e
   else:
     z = jnp.sum(keep, axis=2).astype(jnp.float32)
   adv = jnp.where(member, total / jnp.maximum(z, 1.0), 0.0)
-  return adv.astype(scores.dtype), keep, pair, member
+  return adv.astype(_common.out_dtype(scores)), keep, pair, member
 
 
 def dagrpo(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -110,7 +109,7 @@ def dra_reweight(
         f"{jnp.shape(rewards)}.")
   w, _ = dra_weights(embeddings, eps=eps, member_mask=member_mask, row_sum_floor=row_sum_floor,
                      scope=scope, microbatch_size=microbatch_size)
-  return (rewards.astype(jnp.float32) * w).astype(rewards.dtype)
+  return (rewards.astype(jnp.float32) * w).astype(_common.out_dtype(rewards))
 
 
 def dra_transform(rollout, *, eps: float = 1e-6, row_sum_floor: Optional[float] = 0.1,
@@ -129,15 +128,17 @@ def dra_transform(rollout, *, eps: float = 1e-6, row_sum_floor: Optional[float] 
   w, row_sum = dra_weights(rollout.embeddings, eps=eps, member_mask=member,
                            row_sum_floor=row_sum_floor, scope=scope,
                            microbatch_size=microbatch_size)
-  tilde = (rollout.rewards.astype(jnp.float32) * w).astype(rollout.rewards.dtype)
+  tilde = (rollout.rewards.astype(jnp.float32) * w).astype(_common.out_dtype(rollout.rewards))
   m = member.astype(jnp.float32)
   nm = jnp.maximum(jnp.sum(m), 1.0)
   big = jnp.float32(3e38)
   floor = -big if row_sum_floor is None else row_sum_floor
   diag = {
       "weight_mean": _common.scalar(jnp.sum(w * m) / nm),
-      "weight_min": _common.scalar(jnp.min(jnp.where(member, w, big))),
-      "weight_max": _common.scalar(jnp.max(jnp.where(member, w, -big))),
+      "weight_min": _common.scalar(
+          jnp.where(jnp.any(member), jnp.min(jnp.where(member, w, big)), 1.0)),
+      "weight_max": _common.scalar(
+          jnp.where(jnp.any(member), jnp.max(jnp.where(member, w, -big)), 1.0)),
       "frac_rows_floored": _common.scalar(jnp.sum((row_sum < floor) * m) / nm),
   }
   return tilde, diag

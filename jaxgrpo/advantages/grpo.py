@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -22,10 +21,12 @@ from jaxgrpo.advantages import _common
 
 def _grpo_impl(rewards, *, std_ddof, eps, member_mask, zero_spread_tol, nonfinite, scale_by_std):
   p, g = _common.check_group_rewards(rewards)
-  if std_ddof not in (0, 1):
+  # Value checks only for Python numbers: the options may also be traced (jit arguments).
+  if isinstance(std_ddof, (int, float)) and std_ddof not in (0, 1):
     raise ValueError(f"std_ddof must be 0 or 1; got {std_ddof!r}.")
-  if eps < 0 or zero_spread_tol < 0:
-    raise ValueError(f"eps and zero_spread_tol must be >= 0; got {eps!r}, {zero_spread_tol!r}.")
+  for name, v in (("eps", eps), ("zero_spread_tol", zero_spread_tol)):
+    if isinstance(v, (int, float)) and v < 0:
+      raise ValueError(f"{name} must be >= 0; got {v!r}.")
   member = _common.member_mask_or_ones(member_mask, (p, g))
   r, member = _common.handle_nonfinite(rewards, member, nonfinite)
 
@@ -44,7 +45,7 @@ def _grpo_impl(rewards, *, std_ddof, eps, member_mask, zero_spread_tol, nonfinit
   else:
     adv = centred
   adv = jnp.where(zero_spread | ~member, 0.0, adv)
-  return adv.astype(rewards.dtype), zero_spread[:, 0], member
+  return adv.astype(_common.out_dtype(rewards)), zero_spread[:, 0], member
 
 
 def grpo(
@@ -76,8 +77,8 @@ def grpo(
       ``"check"`` (checkify check; functionalise with ``checkify.checkify`` under jit).
 
   Returns:
-    Advantages [P, G] in the dtype of ``rewards``; never NaN for finite inputs (also in bf16:
-    statistics are computed in float32).
+    Advantages [P, G] in the dtype of ``rewards`` (float32 for integer/bool rewards); never NaN
+    for finite inputs (also in bf16: statistics are computed in float32).
   """
   adv, _, _ = _grpo_impl(rewards, std_ddof=std_ddof, eps=eps, member_mask=member_mask,
                          zero_spread_tol=zero_spread_tol, nonfinite=nonfinite, scale_by_std=True)

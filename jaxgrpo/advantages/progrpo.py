@@ -31,8 +31,9 @@ PROMPT_CONFIDENCES = ("mean", "low_fraction", "group_mean_answer")
 def low_fraction_count(n_valid: jax.Array, rho: float) -> jax.Array:
   """k = max(1, ceil(rho * n)) in exact integer arithmetic (int32, same shape as ``n_valid``).
 
-  rho is replaced by its closest fraction a/b with b <= 1000 (0.2 -> 1/5), so that e.g.
-  0.2 * 15 gives k = 3, not the k = 4 that float rounding (3.0000000000000004) would give.
+  rho (a Python float, static under jit) is replaced by its closest fraction a/b with
+  b <= 1000 (0.2 -> 1/5), so that e.g. 0.2 * 15 gives k = 3, not the k = 4 that float rounding
+  (3.0000000000000004) would give.
   """
   if not 0.0 < rho <= 1.0:
     raise ValueError(f"rho must be in (0, 1]; got {rho!r}.")
