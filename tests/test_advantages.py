@@ -607,7 +607,11 @@ class RegistryTest(chex.TestCase):
     ro = make_rollout(correct.astype(np.float32), correct=correct, emb=False)
     ro = add_anchors(ro, jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4), bool))
     adv, _ = jax.jit(make_advantage_fn("dr_grpo", advantage_transforms=("progrpo",)))(ro)
+    base, _ = jax.jit(make_advantage_fn("dr_grpo"))(ro)
     assert adv[0, 3] > 0 and adv[1, 3] == 0.0
+    # Group 0's own samples are all wrong: the anchor does not switch ARM on there.
+    np.testing.assert_array_equal(adv[0], base[0])
+    assert np.all(np.asarray(adv[1, :3] != base[1, :3]))
 
   def test_errors(self):
     with pytest.raises(ValueError, match="unknown advantage transform 'grpoo'"):
@@ -624,6 +628,9 @@ class RegistryTest(chex.TestCase):
       make_advantage_fn("grpo", options={"dra": {"eps": 1e-6}})
     with pytest.raises(ValueError, match="twice"):
       make_advantage_fn("grpo", ("dra", "dra"))
+    with pytest.raises(ValueError, match="no effect"):
+      make_advantage_fn("dagrpo", ("dra",))
+    make_advantage_fn("dagrpo", ("dra",), options={"dagrpo": {"score": "reward"}})
 
   def test_all_masked_completion_and_group(self):
     ro = make_rollout(np.asarray([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]]), empty=(0, 1))

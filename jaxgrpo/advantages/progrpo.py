@@ -136,6 +136,7 @@ def arm_reweight(
     gate_all_correct: bool = False,
     member_mask: Optional[jax.Array] = None,
     apply_mask: Optional[jax.Array] = None,
+    gate_mask: Optional[jax.Array] = None,
 ) -> Tuple[jax.Array, jax.Array]:
   """A~ = A + alpha (c(q) - c(o|q)) outside all-wrong groups (ProGRPO ARM, arXiv 2602.05281).
 
@@ -147,6 +148,8 @@ def arm_reweight(
     gate_all_correct: ablation; if True all-correct groups are also left unchanged.
     member_mask: optional bool [P, G]; non-members are unchanged (their advantage stays 0).
     apply_mask: optional bool [P, G]; members where False get no correction (e.g. anchors).
+    gate_mask: optional bool [P, G]; the members whose correctness decides the all-wrong /
+      all-correct gates (default: all members).
 
   Returns:
     ``(adjusted advantages [P, G] in the dtype of ``advantages``, correction [P, G] float32)``;
@@ -155,9 +158,10 @@ def arm_reweight(
   p, g = advantages.shape
   member = _common.member_mask_or_ones(member_mask, (p, g))
   apply = member if apply_mask is None else member & apply_mask.astype(bool)
-  c = jnp.asarray(correct).astype(bool) & member
+  gm = member if gate_mask is None else member & gate_mask.astype(bool)
+  c = jnp.asarray(correct).astype(bool) & gm
   n_correct = jnp.sum(c, axis=1, keepdims=True)
-  n_member = jnp.sum(member, axis=1, keepdims=True)
+  n_member = jnp.sum(gm, axis=1, keepdims=True)
   active = n_correct > 0
   if gate_all_correct:
     active = active & (n_correct < n_member)
@@ -195,6 +199,9 @@ def progrpo_transform(
     apply_to_anchors: off-policy anchors have logprobs 0 (confidence 1), which is not a
       behaviour-policy confidence; by default they get no correction and are excluded from the
       group-mean prompt confidence.
+  The all-wrong / all-correct gates always look at the on-policy members only: an anchor (an
+  expert solution, correct by construction) does not switch ARM on for a group whose own
+  samples are all wrong.
   An empty completion (no valid token) gets no correction.
   """
   if prompt_confidence_reading not in PROMPT_CONFIDENCES:
@@ -214,7 +221,7 @@ def progrpo_transform(
                            reading=prompt_confidence_reading, rho=prompt_rho)
   adv, corr = arm_reweight(advantages, rollout.correct, ca, cq, alpha=alpha,
                            gate_all_correct=gate_all_correct, member_mask=member,
-                           apply_mask=apply)
+                           apply_mask=apply, gate_mask=~rollout.is_anchor.astype(bool))
   touched = (corr != 0.0).astype(jnp.float32)
   wm = (member & apply).astype(jnp.float32)
   nw = jnp.maximum(jnp.sum(wm), 1.0)

@@ -134,6 +134,12 @@ def make_advantage_fn(
     if unknown:
       raise ValueError(f"unknown option(s) {unknown} for advantage transform {name!r}; "
                        f"allowed: {sorted(allowed)}.")
+  if (baseline == "dagrpo" and reward_transforms
+      and options.get("dagrpo", {}).get("score", "fine") == "fine"):
+    raise ValueError(
+        f"reward transforms {list(reward_transforms)} would have no effect: DaGRPO with "
+        "score='fine' ranks by correct + alpha * fine_scores, not by rollout.rewards; set "
+        "options={'dagrpo': {'score': 'reward'}} to apply them.")
   bound = [(t, dict(options.get(t.name, {}))) for t, _ in chain]
 
   def advantage_fn(rollout) -> Tuple[jax.Array, Dict[str, jax.Array]]:
