@@ -350,7 +350,9 @@ class Trainer:
                                         "reward": float(r)}) + "\n")
         return m
 
-    def train(self) -> str:
+    def train(self, stop_at: Optional[int] = None) -> str:
+        """Runs (or resumes) training to ``config.steps``. ``stop_at`` ends the run early at that
+        step as a preemption would (checkpoint saved, no final evaluation)."""
         c = self.c
         start = self.maybe_restore()
         evals = {}
@@ -369,9 +371,10 @@ class Trainer:
                                 s_per_step=f"{m['time/step']:.1f}")
                 if c.eval.every and step % c.eval.every == 0 and step < c.steps:
                     evals[step] = self.evaluate(step)
-                if (c.checkpoint.every and step % c.checkpoint.every == 0) or stop.requested:
+                preempt = stop.requested or (stop_at is not None and step >= stop_at)
+                if (c.checkpoint.every and step % c.checkpoint.every == 0) or preempt:
                     self.save(step)
-                if stop.requested:
+                if preempt:
                     break
         bar.close()
         if step >= c.steps:

@@ -151,7 +151,7 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
         batch = flatten_rollout(rollout, adv)
         if beta > 0:
             ref_model = nnx.merge(graphdef, ref_params, rest)
-            ref_lp, _ = completion_logprobs(
+            ref_lp = completion_logprobs(
                 ref_model, batch["prompt_tokens"], batch["prompt_mask"],
                 batch["completion_tokens"], batch["completion_mask"],
                 temperature=c.sampling.temperature)

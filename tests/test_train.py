@@ -1,0 +1,269 @@
+"""The training step and the host loop: exact resume, accumulation invariance, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxgrpo.checkpoint import CheckpointError
+from jaxgrpo.config import base_config, validate
+from jaxgrpo.models.config import ModelConfig
+from jaxgrpo.models.decoder import Decoder
+from jaxgrpo.rollout import Rollout
+from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, split_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(model_dir, run_dir, **over):
+    """A run that takes seconds: tiny random checkpoint, 2 prompts x G=4, 8 new tokens.
+
+    Rewards: the cosine length-scaled reward varies with completion length, so a random
+    policy still gets non-zero advantages (the update really changes the params)."""
+    c = base_config()
+    c.name = "test"
+    c.run_dir = str(run_dir)
+    c.steps = 4
+    c.model.path = model_dir
+    c.data.template = "plain"
+    c.data.prompt_format = "{question}"
+    c.data.max_prompt_tokens = 48
+    c.data.train_size = 16
+    c.data.eval_size = 4
+    c.sampling.num_generations = 4
+    c.sampling.max_new_tokens = 8
+    c.rewards.cosine = 1.0
+    c.train.prompts_per_step = 2
+    c.optim.lr = 1e-2
+    c.eval.num_prompts = 2
+    c.eval.num_samples = 2
+    c.eval.ks = "1,2"
+    c.log.progress = False
+    c.log.tensorboard = False
+    c.checkpoint.every = 0
+    for k, v in over.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def read_train_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return {r["step"]: r for r in recs if r["kind"] == "train"}
+
+
+def params_of(trainer):
+    return jax.tree.leaves(jax.device_get(trainer.state.params))
+
+
+def test_resume_gives_the_uninterrupted_run(tiny_llama_dir, tmp_path):
+    from jaxgrpo.loop import Trainer
+
+    straight = Trainer(tiny_config(tiny_llama_dir, tmp_path / "straight"))
+    straight.train()
+    straight.close()
+
+    first = Trainer(tiny_config(tiny_llama_dir, tmp_path / "resumed"))
+    first.train(stop_at=2)  # preempted after step 2 (checkpoint saved)
+    first.close()
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2"]
+    second = Trainer(tiny_config(tiny_llama_dir, tmp_path / "resumed"))
+    second.train()
+    second.close()
+
+    a = read_train_metrics(tmp_path / "straight")
+    b = read_train_metrics(tmp_path / "resumed")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "reward/mean", "grad_norm", "ratio_mean", "entropy_mean"):
+            np.testing.assert_allclose(b[step][key], a[step][key], rtol=0, atol=1e-6,
+                                       err_msg=f"step {step} {key}")
+    assert any(abs(a[s]["grad_norm"]) > 0 for s in a), "the test run must really update"
+    for x, y in zip(params_of(straight), params_of(second)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    run = tmp_path / "straight"
+    for name in ("config.json", "metrics.jsonl", "curves.png", "summary.json"):
+        assert (run / name).exists(), name
+
+
+def test_corrupt_checkpoint_is_reported(tiny_llama_dir, tmp_path):
+    from jaxgrpo.loop import Trainer
+
+    t = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run"))
+    t.train(stop_at=1)
+    t.close()
+    ckpt = tmp_path / "run" / "checkpoints" / "1" / "state"
+    victims = [os.path.join(d, f) for d, _, fs in os.walk(ckpt) for f in fs
+               if not f.startswith("_") and os.path.getsize(os.path.join(d, f)) > 0]
+    for v in victims:
+        with open(v, "r+b") as f:
+            f.truncate(max(1, os.path.getsize(v) // 3))
+    t2 = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run"))
+    with pytest.raises(CheckpointError, match="checkpoints/1"):
+        t2.train()
+    t2.close()
+
+
+def test_incompatible_checkpoint_is_reported(tiny_llama_dir, tiny_qwen2_dir, tmp_path):
+    from jaxgrpo.loop import Trainer
+
+    t = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run"))
+    t.train(stop_at=1)
+    t.close()
+    other = Trainer(tiny_config(tiny_qwen2_dir, tmp_path / "run"))  # another model shape
+    with pytest.raises(CheckpointError, match="incompatible|structure"):
+        other.train()
+    other.close()
+
+
+def test_nan_metrics_stop_with_a_clear_error(tiny_llama_dir, tmp_path, monkeypatch):
+    from jaxgrpo.loop import Trainer
+
+    t = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run", **{"checkpoint.every": 1}))
+    real = t.update
+
+    def poisoned(state, ro, ref):
+        state, m = real(state, ro, ref)
+        return state, {**m, "loss": jnp.float32(np.nan)}
+
+    t.train(stop_at=1)
+    t.update = poisoned
+    with pytest.raises(FloatingPointError, match=r"loss.*checkpoint"):
+        t.train()
+    t.close()
+    assert "1" in os.listdir(tmp_path / "run" / "checkpoints")  # finished work kept
+
+
+# ------------------------------------------------------------------------------ pure update
+
+
+def _tiny_model():
+    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=8)
+    return Decoder(cfg, rngs=nnx.Rngs(0))
+
+
+def _random_rollout(p=2, g=4, tp=6, tc=5, seed=0, vocab=64):
+    r = np.random.default_rng(seed)
+    cmask = np.ones((p, g, tc), bool)
+    cmask[0, 1, 3:] = False
+    cmask[1, 2, 1:] = False
+    pmask = np.ones((p, tp), bool)
+    pmask[1, :2] = False
+    return Rollout(
+        prompt_tokens=jnp.asarray(r.integers(0, vocab, (p, tp)), jnp.int32),
+        prompt_mask=jnp.asarray(pmask),
+        completion_tokens=jnp.asarray(r.integers(0, vocab, (p, g, tc)), jnp.int32),
+        completion_mask=jnp.asarray(cmask),
+        logprobs=jnp.asarray(np.where(cmask, -r.uniform(1, 5, (p, g, tc)), 0), jnp.float32),
+        prompt_logprobs=jnp.zeros((p, tp), jnp.float32),
+        rewards=jnp.asarray(r.normal(size=(p, g)), jnp.float32),
+        correct=jnp.asarray(r.integers(0, 2, (p, g)).astype(bool)),
+        member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool))
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_grad_accumulation_does_not_change_the_update(agg):
+    """grad_accum = 1, 2, 4 micro-batches give the same loss and gradient (global normalisers).
+
+    Plain SGD (lr 1) so the parameter change *is* the gradient; Adam's first step is g/|g|,
+    which would amplify float round-off in near-zero gradient entries."""
+    import optax
+    ro = _random_rollout()
+    results = []
+    for acc in (1, 2, 4):
+        c = base_config()
+        c.train.grad_accum = acc
+        c.train.prompts_per_step = 2
+        c.sampling.num_generations = 4
+        c.loss.agg_mode = agg
+        c.optim.lr = 1e-2
+        validate(c)
+        graphdef, params, rest = split_model(_tiny_model())
+        tx = optax.sgd(1.0)
+        state = init_train_state(params, tx, 0)
+        update = make_update_fn(c, graphdef, rest, tx)
+        state, m = update(state, ro, None)
+        results.append((jax.tree.leaves(jax.device_get(state.params)), float(m["loss"])))
+    for leaves, loss in results[1:]:
+        np.testing.assert_allclose(loss, results[0][1], rtol=1e-5, atol=1e-6)
+        for x, y in zip(leaves, results[0][0]):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_term_and_several_iterations_run():
+    """beta > 0 keeps a reference model; mu = 2 iterations over 2 minibatches each."""
+    ro = _random_rollout()
+    c = base_config()
+    c.loss.beta = 0.04
+    c.train.num_iterations = 2
+    c.train.num_minibatches = 2
+    c.train.prompts_per_step = 2
+    c.sampling.num_generations = 4
+    validate(c)
+    graphdef, params, rest = split_model(_tiny_model())
+    tx = build_optimizer(c)
+    state = init_train_state(params, tx, 0)
+    update = make_update_fn(c, graphdef, rest, tx)
+    ref = jax.tree.map(jnp.copy, params)
+    state, m = update(state, ro, ref)
+    assert int(state.step) == 1
+    assert np.isfinite(float(m["loss"])) and float(m["kl_mean"]) >= 0.0
+    assert float(m["ratio_max"]) > 1.0 or float(m["ratio_min"]) < 1.0  # later updates moved
+
+
+# ------------------------------------------------------------------------------ config errors
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("advantage.baseline", "ppo", "advantage.baseline"),
+    ("loss.agg_mode", "sum", "loss.agg_mode"),
+    ("sampling.num_generations", 1, "num_generations"),
+    ("advantage.reward_transforms", "dra,foo", "foo"),
+    ("eval.ks", "1,99", "eval.ks"),
+])
+def test_bad_config_values_name_the_key(key, value, match):
+    c = base_config()
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(ValueError, match=match):
+        validate(c)
+
+
+def test_cli_rejects_unknown_key_and_wrong_type():
+    for arg, needle in (("--config.stepz=3", "steps"), ("--config.steps=abc", "steps"),
+                        ("--config.advantage.baseline=ppo", "advantage.baseline"),
+                        ("stray_positional", "unexpected arguments")):
+        p = subprocess.run([sys.executable, "-m", "experiments.run", arg], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0
+        assert needle in p.stderr, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr
+
+
+def test_every_experiment_config_validates():
+    import importlib
+    names = [f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments", "configs"))
+             if f.endswith(".py") and f not in ("__init__.py", "common.py")]
+    assert {"grpo", "dr_grpo", "dra_grpo", "dra_dr_grpo", "dagrpo", "progrpo",
+            "dra_paper", "default"} <= set(names)
+    for n in names:
+        c = importlib.import_module(f"experiments.configs.{n}").get_config()
+        validate(c)
+        doc = importlib.import_module(f"experiments.configs.{n}").__doc__
+        assert "Command" in doc and "Hardware" in doc and "Expected" in doc, n
