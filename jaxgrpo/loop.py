@@ -203,6 +203,13 @@ class Trainer:
         """The full nnx.State (params + constants) the sampler takes."""
         return nnx.merge_state(self.state.params if params is None else params, self.rest)
 
+    def put_batch(self, x: np.ndarray) -> jax.Array:
+        """Split the prompt axis over ('data', 'fsdp') when it divides; else replicate."""
+        n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        sharding = shd.batch_sharding(self.mesh) if x.shape[0] % n == 0 else shd.replicated(
+            self.mesh)
+        return jax.device_put(x, sharding)
+
     def step_key(self, step: int, salt: int = 0):
         key = jax.random.wrap_key_data(self.state.rng)
         return jax.random.fold_in(jax.random.fold_in(key, step), salt)
@@ -224,7 +231,7 @@ class Trainer:
         c, P, G = self.c, len(rows), self.c.sampling.num_generations
         t0 = time.perf_counter()
         prompts, pmask, n_trunc = encode_prompts(self.tokenizer, rows, c.data, self.pad_id)
-        out = self._sampler(self.model_state(), jnp.asarray(prompts), jnp.asarray(pmask),
+        out = self._sampler(self.model_state(), self.put_batch(prompts), self.put_batch(pmask),
                             self.step_key(step))
         out = jax.block_until_ready(out)
         t1 = time.perf_counter()

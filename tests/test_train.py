@@ -267,3 +267,40 @@ def test_every_experiment_config_validates():
         validate(c)
         doc = importlib.import_module(f"experiments.configs.{n}").__doc__
         assert "Command" in doc and "Hardware" in doc and "Expected" in doc, n
+
+
+def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tmp_path):
+    """The same config on 8 fake CPU devices (data 2 x fsdp 2 x tensor 2) gives the same
+    metrics as on one device (the flag is set only in the subprocess)."""
+    from jaxgrpo.loop import Trainer
+
+    over = {"steps": 2, "train.prompts_per_step": 4, "eval.num_prompts": 4}
+    c = tiny_config(tiny_llama_dir, tmp_path / "one", **over)
+    t = Trainer(c)
+    t.train()
+    t.close()
+    one = read_train_metrics(tmp_path / "one")
+
+    flat = {}
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+    walk(c.to_dict())
+    for k in ("model.path", "run_dir", "mesh.data", "mesh.fsdp", "mesh.tensor"):
+        flat.pop(k)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_train_mesh_worker.py"),
+                        tiny_llama_dir, str(tmp_path / "mesh"), "2", "2", "2", json.dumps(flat)],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert "fsdp" in out["q_spec"] and "tensor" in out["q_spec"], out["q_spec"]
+    mesh = {r["step"]: r for r in out["metrics"] if r["kind"] == "train"}
+    for step in (1, 2):
+        for key in ("loss", "reward/mean", "grad_norm", "entropy_mean", "completion_length"):
+            np.testing.assert_allclose(mesh[step][key], one[step][key], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"step {step} {key}")
