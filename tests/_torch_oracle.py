@@ -72,3 +72,20 @@ def left_padded_prompts(rng: np.random.RandomState, lengths, vocab, pad_id=0, lo
         ids[r, tp - n:] = rng.randint(low, vocab, n)
         mask[r, tp - n:] = 1
     return ids, mask
+
+
+def torch_logits(torch_model, ids, mask):
+    """Float64 NumPy logits [B, T, V] of a left/right-padded batch, positions from the mask."""
+    import torch
+
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    mask = torch.as_tensor(np.asarray(mask), dtype=torch.long)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = torch_model(ids, attention_mask=mask, position_ids=pos).logits
+    return out.double().numpy()
+
+
+def log_softmax64(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))

@@ -25,18 +25,22 @@ from jaxgrpo.models.config import ModelConfig, rope_inv_freq
 
 @struct.dataclass
 class KVCache:
-    """Per-layer key/value cache; ``k[i]``, ``v[i]`` are [B, S, num_kv_heads, head_dim]."""
+    """Per-layer key/value cache; ``k[i]``, ``v[i]`` are [B, num_kv_heads, S, head_dim].
+
+    Head-major so that decode-time attention is a batched (b, head) matmul that reads the cache in
+    place: with [B, S, H, D] XLA transposed (copied) the whole cache of every layer at every step.
+    """
 
     k: Tuple[jax.Array, ...]
     v: Tuple[jax.Array, ...]
 
     @property
     def max_length(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, max_length, cfg.num_key_value_heads, cfg.head_dim)
+    shape = (batch, cfg.num_key_value_heads, max_length, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
     return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)))
 
@@ -81,32 +85,42 @@ class Attention(nnx.Module):
         """x [B, T, E]; key_mask [B, S] bool; query_slots [T] int (slot index of each query).
 
         Without a cache S = T and keys are this call's own. With ``cache_kv=(k, v)`` of
-        [B, S, KVH, D], the new keys are written at ``cache_index`` and all S slots are attended
-        (masked by ``key_mask`` and causality). Returns (out [B, T, E], (k, v) or None).
+        [B, KVH, S, D] the new keys are written at ``cache_index`` and all S slots are attended (masked by ``key_mask`` and causality). Returns (out [B, T, E], (k, v) or None).
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]: the cache layout
+        v = v.transpose(0, 2, 1, 3)
         new_kv = None
         if cache_kv is not None:
             ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, cache_index, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, cache_index, 0))
             new_kv = (k, v)
-        s = k.shape[1]
+        s = k.shape[2]
         rep = self.num_heads // self.num_kv_heads
-        # GQA without materialising repeated K/V: queries grouped as [B, T, KVH, rep, D].
-        qg = q.reshape(b, t, self.num_kv_heads, rep, self.head_dim)
-        scores = jnp.einsum("btgrd,bsgd->bgrts", qg, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)
+        # GQA without materialising repeated K/V: queries grouped as [B, KVH, rep * T, D].
+        qg = q.reshape(b, t, self.num_kv_heads, rep, self.head_dim).transpose(0, 2, 3, 1, 4)
+        if t == 1:
+            # Decode: a matrix-vector product per (b, head); as a fused multiply-reduce XLA reads
+            # the cache once instead of running B * KVH tiny matmuls.
+            scores = jnp.sum(qg[:, :, :, :, None, :].astype(jnp.float32)
+                             * k[:, :, None, None].astype(jnp.float32), axis=-1)
+        else:
+            scores = jnp.einsum("bgrtd,bgsd->bgrts", qg, k.astype(q.dtype),
+                                preferred_element_type=jnp.float32)
         scores = scores * (1.0 / np.sqrt(self.head_dim))
         causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
         allowed = causal[None, :, :] & key_mask[:, None, :]  # [B, T, S]
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bgrts,bsgd->btgrd", probs, v)
+        if t == 1:
+            out = jnp.sum(probs[..., None] * v[:, :, None, None], axis=-2).transpose(0, 3, 1, 2, 4)
+        else:
+            out = jnp.einsum("bgrts,bgsd->btgrd", probs, v)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim).astype(x.dtype)), new_kv
 
 

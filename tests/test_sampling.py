@@ -1,0 +1,185 @@
+"""The jit sampler against independent references.
+
+Oracles: transformers' PyTorch ``generate`` (greedy), PyTorch teacher-forced logits in float64
+NumPy (allowed sets of top-k / top-p), and ``completion_logprobs`` (itself tested against PyTorch
+in test_logprobs.py) for the behaviour log-probs.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from _torch_oracle import left_padded_prompts, log_softmax64, tiny_pair, torch_logits  # noqa: E402
+from jaxgrpo.logprobs import completion_logprobs, prompt_logprobs  # noqa: E402
+from jaxgrpo.sampling import SampleOutput, SamplingConfig, make_sampler, sample  # noqa: E402
+
+VOCAB = 97
+LENGTHS = [6, 3, 9, 1]
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def pair(request):
+    return tiny_pair(request.param, vocab=VOCAB, seed=1)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return left_padded_prompts(np.random.RandomState(0), LENGTHS, VOCAB)
+
+
+def _run(model, ids, mask, cfg, seed=0):
+    return sample(model, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(seed), cfg)
+
+
+def test_greedy_matches_transformers_generate(pair, prompts):
+    tm, m = pair
+    ids, mask = prompts
+    n = 10
+    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=n, greedy=True, num_samples=2))
+    with torch.no_grad():
+        ref = tm.generate(torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
+                          max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                          eos_token_id=None)[:, ids.shape[1]:].numpy()
+    got = np.asarray(out.completion_tokens)
+    assert got.shape == (len(LENGTHS) * 2, n)
+    np.testing.assert_array_equal(got[0::2], ref)  # rows are prompt-major: p*G + g
+    np.testing.assert_array_equal(got[1::2], ref)
+    assert np.all(np.asarray(out.completion_mask)) and not np.any(~np.asarray(out.truncated))
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7),
+                                dict(temperature=1.3, top_k=5, top_p=0.8),
+                                dict(temperature=0.9, greedy=True)])
+def test_sampler_logprobs_equal_teacher_forced(pair, prompts, kw):
+    _, m = pair
+    ids, mask = prompts
+    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=(3, 4, 5), num_samples=3, **kw)
+    out = _run(m, ids, mask, cfg, seed=7)
+    lp = completion_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), out.completion_tokens,
+                             out.completion_mask, temperature=cfg.temperature)
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(lp), atol=1e-4)
+    plp = prompt_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), temperature=cfg.temperature)
+    np.testing.assert_allclose(np.asarray(out.prompt_logprobs), np.asarray(plp), atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=4), dict(top_p=0.5), dict(top_k=6, top_p=0.7)])
+def test_truncation_only_emits_allowed_tokens(pair, prompts, kw):
+    tm, m = pair
+    ids, mask = prompts
+    temperature = 1.5
+    cfg = SamplingConfig(max_new_tokens=8, temperature=temperature, num_samples=4, **kw)
+    out = _run(m, ids, mask, cfg, seed=3)
+    comp = np.asarray(out.completion_tokens)
+    g = cfg.num_samples
+    full = np.concatenate([np.repeat(ids, g, 0), comp], 1)
+    fmask = np.concatenate([np.repeat(mask, g, 0), np.ones_like(comp)], 1)
+    logp = log_softmax64(torch_logits(tm, full, fmask)[:, ids.shape[1] - 1:-1] / temperature)
+    order = np.argsort(-logp, -1)
+    p_sorted = np.exp(np.take_along_axis(logp, order, -1))
+    rank = np.argsort(order, -1)  # rank of every token
+    tok_rank = np.take_along_axis(rank, comp[..., None], -1)[..., 0]
+    if "top_k" in kw:
+        assert tok_rank.max() < kw["top_k"]
+    if "top_p" in kw:
+        k = kw.get("top_k", VOCAB)
+        p_k = p_sorted[..., :k] / p_sorted[..., :k].sum(-1, keepdims=True)
+        before = np.cumsum(p_k, -1) - p_k
+        # nucleus size (the 1e-6 slack only forgives float32 round-off at the boundary)
+        n_keep = (before < kw["top_p"] + 1e-6).sum(-1)
+        assert np.all(tok_rank < n_keep)
+        assert np.any(n_keep < p_sorted.shape[-1])  # the nucleus really excludes tokens here
+    assert len(np.unique(comp)) > 1
+
+
+def test_left_padding_does_not_change_results(pair, prompts):
+    _, m = pair
+    ids, mask = prompts
+    extra = 5
+    ids2 = np.concatenate([np.zeros((ids.shape[0], extra), ids.dtype), ids], 1)
+    mask2 = np.concatenate([np.zeros((ids.shape[0], extra), mask.dtype), mask], 1)
+    for kw in [dict(temperature=1.0), dict(temperature=0.8, top_k=10, top_p=0.9)]:
+        cfg = SamplingConfig(max_new_tokens=10, num_samples=2, eos_token_ids=(3,), **kw)
+        a, b = _run(m, ids, mask, cfg, seed=11), _run(m, ids2, mask2, cfg, seed=11)
+        np.testing.assert_array_equal(np.asarray(a.completion_tokens),
+                                      np.asarray(b.completion_tokens))
+        np.testing.assert_array_equal(np.asarray(a.completion_mask), np.asarray(b.completion_mask))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(a.prompt_logprobs),
+                                   np.asarray(b.prompt_logprobs)[:, extra:], atol=1e-5)
+
+
+def test_eos_stops_rows_and_masks(pair, prompts):
+    _, m = pair
+    ids, mask = prompts
+    eos = tuple(range(10, 40))  # a third of the vocabulary: most rows stop early
+    cfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_token_ids=eos, pad_token_id=1,
+                         num_samples=4)
+    out = _run(m, ids, mask, cfg, seed=5)
+    toks, cmask = np.asarray(out.completion_tokens), np.asarray(out.completion_mask)
+    lengths, trunc = np.asarray(out.lengths), np.asarray(out.truncated)
+    lp = np.asarray(out.logprobs)
+    assert cmask.dtype == bool and toks.dtype == np.int32
+    stopped = 0
+    for r in range(toks.shape[0]):
+        hits = np.flatnonzero(np.isin(toks[r], eos))
+        n = hits[0] + 1 if len(hits) else toks.shape[1]
+        assert lengths[r] == n and trunc[r] == (len(hits) == 0)
+        np.testing.assert_array_equal(cmask[r], np.arange(toks.shape[1]) < n)
+        assert np.all(toks[r, n:] == 1) and np.all(lp[r, n:] == 0) and np.all(lp[r, :n] < 0)
+        stopped += len(hits) > 0
+    assert stopped >= toks.shape[0] // 2
+
+
+def test_no_eos_runs_to_max_and_early_exit_when_all_stop(pair, prompts):
+    _, m = pair
+    ids, mask = prompts
+    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=5))
+    assert np.all(np.asarray(out.lengths) == 5) and np.all(np.asarray(out.truncated))
+    # every token is EOS: all rows stop at the first token
+    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=7, eos_token_ids=tuple(range(VOCAB))))
+    assert np.all(np.asarray(out.lengths) == 1) and not np.any(np.asarray(out.truncated))
+    assert np.all(np.asarray(out.completion_tokens)[:, 1:] == 0)
+
+
+def test_determinism_and_group_diversity(pair, prompts):
+    _, m = pair
+    ids, mask = prompts
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, num_samples=4)
+    a, b, c = (_run(m, ids, mask, cfg, seed=s) for s in (0, 0, 1))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.any(np.asarray(a.completion_tokens) != np.asarray(c.completion_tokens))
+    groups = np.asarray(a.completion_tokens).reshape(len(LENGTHS), 4, -1)
+    for p in range(len(LENGTHS)):  # the G samples of a prompt differ
+        assert len({tuple(r) for r in groups[p]}) > 1
+
+
+def test_make_sampler_is_cached_and_pure(pair, prompts):
+    from flax import nnx
+    _, m = pair
+    ids, mask = prompts
+    cfg = SamplingConfig(max_new_tokens=4, num_samples=2)
+    graphdef, state = nnx.split(m)
+    f = make_sampler(graphdef, cfg)
+    assert make_sampler(graphdef, cfg) is f
+    out = f(state, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0))
+    assert isinstance(out, SampleOutput) and out.group_size == 2
+    assert out.prompt_tokens.shape == ids.shape and out.completion_tokens.shape == (8, 4)
+    n = f._cache_size()
+    f(state, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(1))
+    assert f._cache_size() == n  # same shapes: no recompilation
+    np.testing.assert_array_equal(np.asarray(sample((graphdef, state), ids, mask,
+                                                    jax.random.key(0), cfg).completion_tokens),
+                                  np.asarray(out.completion_tokens))
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=0.0),
+                                 dict(max_new_tokens=4, top_p=0.0),
+                                 dict(max_new_tokens=4, top_k=-1),
+                                 dict(max_new_tokens=4, num_samples=0)])
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        SamplingConfig(**bad)
