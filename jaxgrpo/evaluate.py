@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -351,22 +350,16 @@ def write_jsonl(path, records: Sequence[dict]) -> None:
 
 # --------------------------------------------------------------------------- benchmark files
 
-_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-def _blank(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or (
-        isinstance(v, str) and not v.strip())
-
 
 def load_benchmark(path, *, question_field: str = "problem", answer_field: str = "answer",
                    limit: Optional[int] = None) -> List[dict]:
     """Rows ``{"question", "answer", "metadata"}`` of a local JSON / JSONL / Parquet benchmark.
 
-    Read with ``datasets.load_dataset('json' | 'parquet', data_files=path, split='train')`` (no hub
-    access). ``answer`` is a string (AIME's integer answers become ``"204"``); ``metadata`` holds
-    the other columns plus ``source`` (the path) and ``index`` (the row number in the file).
-    ``limit`` keeps the first ``limit`` rows (file order).
+    ``jaxgrpo.rewards.tasks.load_prompts`` (the one reader of local problem files) with
+    benchmark wording in its errors. Read with ``datasets.load_dataset('json' | 'parquet' |
+    'csv', data_files=path, split='train')`` (no hub access). ``answer`` is a string (AIME's
+    integer answers become ``"204"``); ``metadata`` holds the other columns plus ``source`` (the
+    path) and ``index`` (the row number in the file). ``limit`` keeps the first ``limit`` rows.
 
     Raises:
       FileNotFoundError: no such file.
@@ -375,40 +368,7 @@ def load_benchmark(path, *, question_field: str = "problem", answer_field: str =
         that exist are listed); a row's question or answer is null or empty (the row index is
         named); ``limit`` < 1.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"benchmark file not found: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    fmt = _FORMATS.get(ext)
-    if fmt is None:
-        raise ValueError(f"{path}: unknown benchmark file extension {ext!r}; "
-                         f"expected one of {sorted(_FORMATS)}.")
-    if limit is not None and limit < 1:
-        raise ValueError(f"{path}: limit must be >= 1 or None; got {limit}.")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: the benchmark file is empty.")
-    import datasets  # deferred: heavy import, only needed here
+    from jaxgrpo.rewards.tasks import load_prompts
 
-    try:
-        ds = datasets.load_dataset(fmt, data_files=path, split="train")
-    except Exception as e:  # malformed JSON, broken Parquet, ...
-        raise ValueError(f"{path}: could not read as {fmt}: {type(e).__name__}: {e}") from e
-    if len(ds) == 0:
-        raise ValueError(f"{path}: the benchmark file has no rows.")
-    columns = list(ds.column_names)
-    for field in (question_field, answer_field):
-        if field not in columns:
-            raise ValueError(f"{path}: no column {field!r}; the columns are {columns}.")
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    rows = []
-    for i, rec in enumerate(ds):
-        for field in (question_field, answer_field):
-            if _blank(rec[field]):
-                raise ValueError(f"{path}: row {i} has a null or empty {field!r} "
-                                 f"({rec[field]!r}).")
-        meta = {k: v for k, v in rec.items() if k not in (question_field, answer_field)}
-        meta.update(source=path, index=i)
-        rows.append({"question": str(rec[question_field]), "answer": str(rec[answer_field]),
-                     "metadata": meta})
-    return rows
+    return load_prompts(path, question_field=question_field, answer_field=answer_field,
+                        limit=limit, kind="benchmark")

@@ -146,45 +146,79 @@ def make_task(name: str, seed: int, size: int, **task_kwargs) -> ReasoningGymTas
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def _cell_text(v) -> Optional[str]:
+    """A question / answer cell as a string, or None when it is missing, blank or not text-like.
+
+    Strings and numbers (not bools) are accepted (AIME's integer answers become ``"204"``); a
+    list of them (OlympiadBench's ``final_answer``) is joined with ``", "``; NaN (a Parquet /
+    CSV null) and whitespace-only strings count as missing."""
+    if isinstance(v, (list, tuple)) and v and all(_cell_text(x) is not None for x in v):
+        return ", ".join(_cell_text(x) for x in v)
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        return None
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    s = str(v)
+    return s if s.strip() else None
+
+
 def load_prompts(path: Union[str, os.PathLike], question_field: str = "problem",
-                 answer_field: str = "answer", split: str = "train") -> list[dict]:
+                 answer_field: str = "answer", split: str = "train", *,
+                 limit: Optional[int] = None, kind: str = "prompt") -> list[dict]:
     """Rows ``{"question", "answer", "metadata"}`` from a local JSON / JSONL / Parquet / CSV file.
 
-    Uses ``datasets.load_dataset(<format>, data_files=path)`` (no hub access). ``metadata`` holds
-    the other columns plus ``source`` (the path) and ``index`` (the row number).
+    The one reader of local problem files: training prompts (``jaxgrpo.env``) and evaluation
+    benchmarks (``jaxgrpo.evaluate.load_benchmark`` is this with ``kind="benchmark"``). Uses
+    ``datasets.load_dataset(<format>, data_files=path)`` (no hub access). ``question`` and
+    ``answer`` are strings (numbers are converted, a list of answers is joined with ``", "``);
+    ``metadata`` holds the other columns plus ``source`` (the path) and ``index`` (the row
+    number). ``limit`` keeps the first ``limit`` rows (file order). ``kind`` only words the error
+    messages ("prompt file ..." / "benchmark file ...").
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: unknown extension, unreadable file, a missing column (the message names the
-        file, the column and the columns found), or a row whose question / answer is missing,
-        not a string or number, or blank (the message names the file and the row).
+      ValueError (each message names the file): unknown extension; the file is empty or has no
+        rows; it cannot be parsed; a missing column (the message names the column and the
+        columns found); a row whose question / answer is missing, null, blank or not a string or
+        number (the message names the row); ``limit`` < 1.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        raise FileNotFoundError(f"{kind} file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
     fmt = _FORMATS.get(ext)
     if fmt is None:
-        raise ValueError(f"{path}: unknown prompt file type {ext!r}; use one of {sorted(_FORMATS)}")
-    import datasets
+        raise ValueError(f"{path}: unknown {kind} file extension {ext!r}; "
+                         f"use one of {sorted(_FORMATS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"{path}: limit must be >= 1 or None; got {limit}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the {kind} file is empty")
+    import datasets  # deferred: heavy import, only needed here
 
     try:
         ds = datasets.load_dataset(fmt, data_files=path, split=split)
     except Exception as e:  # malformed JSON, broken Parquet, ...
         raise ValueError(f"{path}: could not read as {fmt}: {type(e).__name__}: {e}") from e
+    if len(ds) == 0:
+        raise ValueError(f"{path}: the {kind} file has no rows")
     cols = list(ds.column_names)
     for field in (question_field, answer_field):
         if field not in cols:
             raise ValueError(f"{path}: missing column {field!r}; columns found: {cols}")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
     rows = []
     for i, rec in enumerate(ds):
-        q, a = rec[question_field], rec[answer_field]
-        for field, v in ((question_field, q), (answer_field, a)):
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)) or (
-                    isinstance(v, str) and not v.strip()):
-                raise ValueError(f"{path}: row {i}: field {field!r} is {v!r}; expected a "
-                                 "non-empty string or a number")
+        text = {}
+        for field in (question_field, answer_field):
+            text[field] = _cell_text(rec[field])
+            if text[field] is None:
+                what = (f"row {i} has a null or empty {field!r} ({rec[field]!r})"
+                        if kind == "benchmark" else f"row {i}: field {field!r} is {rec[field]!r}")
+                raise ValueError(f"{path}: {what}; expected a non-empty string or a number")
         meta = {k: v for k, v in rec.items() if k not in (question_field, answer_field)}
         meta.update(source=path, index=i)
-        rows.append({"question": str(q), "answer": str(a), "metadata": meta})
+        rows.append({"question": text[question_field], "answer": text[answer_field],
+                     "metadata": meta})
     return rows
