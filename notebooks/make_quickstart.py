@@ -27,6 +27,8 @@ function of arrays: import the one you need.""", None),
      "so nothing is downloaded.",
      """\
 import time
+import warnings
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -74,8 +76,9 @@ for i, text in enumerate(completions):
     p, g = divmod(i, G)
     print(f"[p{p} g{g}] {text!r}")"""),
     ("Score each completion with the task's own verifier (answer extraction, then "
-     "reasoning-gym's `score_answer`): rewards have shape `[P, G]`. pass@k uses the "
-     "unbiased estimator.",
+     "reasoning-gym's `score_answer`): rewards have shape `[P, G]`. The `last_number` "
+     "source is lenient (a rambling completion whose last number is right scores 1); drop it "
+     "from `sources` to demand `\\boxed{}` or `<answer>`. pass@k uses the unbiased estimator.",
      """\
 from jaxgrpo.evaluate import pass_at_k
 
@@ -114,7 +117,8 @@ print(jax.tree.map(jnp.shape, rollout))"""),
 
 - **GRPO**: $(R_i - \bar R) / (\mathrm{std}\,R + \epsilon)$; **Dr.GRPO**: $R_i - \bar R$ (no std).
 - **DRA** (arXiv 2505.09655): rewards divided by each completion's summed cosine similarity to its
-  group, then GRPO.
+  group, then GRPO. With 0/1 rewards it changes only groups with two or more correct answers
+  (GRPO's std normalisation cancels the rescaling of a single non-zero reward).
 - **DaGRPO** (arXiv 2512.06337): pairwise differences $R_i - R_j$, masking pairs that are not
   distinct enough ($|R_i - R_j| < \tau$).
 - **ProGRPO** (arXiv 2602.05281): GRPO advantages plus $\alpha\,(c(q) - c(o|q))$ from prompt and
