@@ -38,7 +38,7 @@ from jaxgrpo.data import PromptIterator, decode_completions, encode_prompts
 from jaxgrpo.rollout import Rollout
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (TrainState, advantage_fn_from_config, build_optimizer,
-                           init_train_state, make_update_fn, split_model)
+                           init_train_state, make_update_fn, rollout_from_sample, split_model)
 from jaxgrpo.env import build_env
 
 
@@ -187,8 +187,8 @@ class Trainer:
             top_k=c.sampling.top_k, top_p=c.sampling.top_p, eos_token_ids=self.eos_ids,
             pad_token_id=self.pad_id, num_samples=c.sampling.num_generations)
         self._sampler = make_sampler(self.graphdef, self.sampling_cfg)
-        self.update = make_update_fn(c, self.graphdef, self.rest, self.tx,
-                                     advantage_fn_from_config(c))
+        self.advantages = jax.jit(advantage_fn_from_config(c))
+        self.update = make_update_fn(c, self.graphdef, self.rest, self.tx)
         self.needs_embeddings = ("dra" in split_names(c.advantage.reward_transforms)
                                  or (c.advantage.baseline == "dagrpo"
                                      and c.advantage.options.dagrpo.distinctiveness == "cosine"))
@@ -243,22 +243,12 @@ class Trainer:
         t2 = time.perf_counter()
         emb = None
         if self.needs_embeddings:
-            emb = jnp.asarray(self.embed(texts, out)).reshape(P, G, -1)
-        tc = ctoks.shape[1]
-        ro = Rollout(
-            prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
-            completion_tokens=out.completion_tokens.reshape(P, G, tc),
-            completion_mask=out.completion_mask.reshape(P, G, tc),
-            logprobs=out.logprobs.reshape(P, G, tc),
-            prompt_logprobs=out.prompt_logprobs,
-            rewards=jnp.asarray(scored.rewards, jnp.float32).reshape(P, G),
-            correct=jnp.asarray(scored.correct, bool).reshape(P, G),
-            member_mask=jnp.ones((P, G), bool), is_anchor=jnp.zeros((P, G), bool),
-            fine_scores=(None if scored.fine_scores is None
-                         else jnp.asarray(scored.fine_scores, jnp.float32).reshape(P, G)),
-            embeddings=emb)
+            emb = self.embed(texts, out)
+        ro = rollout_from_sample(out, scored.rewards, scored.correct,
+                                 fine_scores=scored.fine_scores, embeddings=emb)
         if c.anchors.enabled:
             ro = self.add_anchors(ro, rows, emb_dim=None if emb is None else emb.shape[-1])
+        ro = jax.block_until_ready(ro)
         t3 = time.perf_counter()
         info = dict(texts=texts, rows=rep_rows, rewards=np.asarray(scored.rewards),
                     correct=np.asarray(scored.correct), components=scored.components,
@@ -331,8 +321,10 @@ class Trainer:
         rows = self.train_iter.next_batch(c.train.prompts_per_step)
         ro, info = self.rollout(rows, step)
         t1 = time.perf_counter()
-        self.state, metrics = self.update(self.state, ro, self.ref_params)
-        metrics = jax.device_get(metrics)  # the one host transfer of the step
+        adv, adv_diag = jax.block_until_ready(self.advantages(ro))
+        t_adv = time.perf_counter()
+        self.state, metrics = self.update(self.state, ro, self.ref_params, adv)
+        metrics = jax.device_get({**metrics, **adv_diag})  # the one host transfer of the step
         t2 = time.perf_counter()
         if not all(np.isfinite(v) for v in jax.tree.leaves(metrics)):
             bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
@@ -345,7 +337,8 @@ class Trainer:
         m.update({f"verify/{k}": float(v) for k, v in info["stats"].items()})
         step_time = t2 - t0
         m.update({"time/sample": info["time_sample"], "time/reward": info["time_reward"],
-                  "time/embed": info["time_embed"], "time/update": t2 - t1,
+                  "time/embed": info["time_embed"], "time/advantages": t_adv - t1,
+                  "time/update": t2 - t_adv,
                   "time/step": step_time, "tokens_per_s": info["n_tokens"] / step_time,
                   "sample/truncated_frac": info["truncated"],
                   "data/prompts_truncated": info["prompts_truncated"]})

@@ -135,19 +135,24 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest) -> Callable:
 
 
 def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
-                   advantage_fn: Optional[Callable] = None) -> Callable:
-    """The jitted pure update ``(state, rollout, ref_params) -> (state, metrics)``.
+                   advantage_fn: Optional[Callable] = None, *, jit: bool = True) -> Callable:
+    """The pure update ``(state, rollout, ref_params, advantages=None) -> (state, metrics)``.
 
+    ``advantages`` [P, G] may be precomputed (the host loop times that stage on its own);
+    when None they are computed here with ``advantage_fn`` (default: the configured chain).
     ``ref_params`` is the frozen reference policy's params (used when ``loss.beta > 0``;
-    pass None otherwise). The state argument is donated.
+    pass None otherwise). With ``jit`` the function is jitted and the state donated.
     """
     advantage_fn = advantage_fn or advantage_fn_from_config(c)
     loss_fn = make_loss_fn(c, graphdef, rest)
     mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
     beta = c.loss.beta
 
-    def update(state: TrainState, rollout: Rollout, ref_params=None):
-        adv, adv_diag = advantage_fn(rollout)
+    def update(state: TrainState, rollout: Rollout, ref_params=None, advantages=None):
+        if advantages is None:
+            adv, adv_diag = advantage_fn(rollout)
+        else:
+            adv, adv_diag = advantages, {}
         batch = flatten_rollout(rollout, adv)
         if beta > 0:
             ref_model = nnx.merge(graphdef, ref_params, rest)
@@ -198,7 +203,54 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new_state, metrics
 
-    return jax.jit(update, donate_argnums=(0,))
+    return jax.jit(update, donate_argnums=(0,)) if jit else update
+
+
+def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=None) -> Rollout:
+    """A ``[P, G]`` Rollout from a ``SampleOutput`` (rows p * G + g) and per-row rewards [P*G]."""
+    p = out.prompt_tokens.shape[0]
+    g = out.completion_tokens.shape[0] // p
+    tc = out.completion_tokens.shape[1]
+
+    def grp(x):
+        return None if x is None else jnp.asarray(x).reshape(p, g, *jnp.shape(x)[1:])
+
+    return Rollout(
+        prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
+        completion_tokens=out.completion_tokens.reshape(p, g, tc),
+        completion_mask=out.completion_mask.reshape(p, g, tc),
+        logprobs=out.logprobs.reshape(p, g, tc), prompt_logprobs=out.prompt_logprobs,
+        rewards=grp(jnp.asarray(rewards, jnp.float32)), correct=grp(jnp.asarray(correct, bool)),
+        member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool),
+        fine_scores=None if fine_scores is None else grp(jnp.asarray(fine_scores, jnp.float32)),
+        embeddings=None if embeddings is None else jnp.asarray(embeddings).reshape(p, g, -1))
+
+
+def make_train_step(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
+                    sampling_config, reward_fn: Callable) -> Callable:
+    """The whole step as ONE jit-compiled pure function, for rewards computable from tokens:
+
+        step(state, prompt_tokens [P, Tp], prompt_mask [P, Tp], reward_inputs, ref_params=None)
+            -> (state, metrics)
+
+    sample (key = fold_in(state.rng, state.step)) -> ``reward_fn(sample_out, reward_inputs) ->
+    (rewards [P*G], correct [P*G])`` (jittable, e.g. ``jaxgrpo.rewards.digit_match_reward``) ->
+    advantages -> mu clipped-policy updates. Rewards that need Python (math-verify, task
+    verifiers) use the same pieces with the verification between two jitted calls instead
+    (``jaxgrpo.loop.Trainer``).
+    """
+    from jaxgrpo.sampling import make_sampler
+
+    sampler = make_sampler(graphdef, sampling_config)
+    update = make_update_fn(c, graphdef, rest, tx, jit=False)
+
+    def step(state: TrainState, prompt_tokens, prompt_mask, reward_inputs, ref_params=None):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        out = sampler(nnx.merge_state(state.params, rest), prompt_tokens, prompt_mask, key)
+        rewards, correct = reward_fn(out, reward_inputs)
+        return update(state, rollout_from_sample(out, rewards, correct), ref_params)
+
+    return jax.jit(step, donate_argnums=(0,))
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
