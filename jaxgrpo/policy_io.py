@@ -126,8 +126,8 @@ def _restore_params(ckpt_dir: str, step: int, params_target: Any) -> Any:
     return params
 
 
-def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None
-                    ) -> Tuple[Any, Any, mc.ConfigDict]:
+def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None,
+                    model_path: Optional[str] = None) -> Tuple[Any, Any, mc.ConfigDict]:
     """``(model, tokenizer, config)`` of a training run, with the checkpoint's parameters.
 
     Args:
@@ -135,6 +135,8 @@ def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None
       step: the checkpoint step; default the latest.
       mesh: optional ``jax.sharding.Mesh``; the model is laid out on it
         (``jaxgrpo.sharding.shard_model``) and the parameters restored into those shardings.
+      model_path: replaces the config's ``model.path`` (the base weights / tokenizer moved, e.g.
+        the run directory was copied to another machine); the returned config carries it.
 
     Returns:
       The NNX model (its ``nnx.Param`` leaves replaced by the checkpoint's), the tokenizer, and
@@ -154,6 +156,8 @@ def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None
 
     run_dir = os.path.abspath(os.fspath(run_dir))
     config = load_run_config(run_dir)
+    if model_path is not None:
+        config.model.path = os.fspath(model_path)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     steps = checkpoint_steps(run_dir)
     if not os.path.isdir(ckpt_dir):
