@@ -282,17 +282,13 @@ def evaluate_rows(policy: Policy, rows: List[dict], score_fn: Callable, s: EvalS
     return res
 
 
-def evaluate_benchmark_files(policy: Policy, benchmarks: Dict[str, str], s: EvalSettings, *,
-                             fields: Optional[Dict[str, Tuple[str, str]]] = None,
-                             question_field: str = "problem", answer_field: str = "answer",
-                             limit: Optional[int] = None, log=print) -> Dict[str, dict]:
-    """{name: evaluate_rows result} for local benchmark files, scored with one math-verify pool.
-
-    Benchmark i (0-based, in the given order) samples with the key ``fold_in(key(seed), i + 1)``:
-    its samples depend on the seed and its position only.
-    """
+def load_benchmark_files(benchmarks: Dict[str, str], *,
+                         fields: Optional[Dict[str, Tuple[str, str]]] = None,
+                         question_field: str = "problem", answer_field: str = "answer",
+                         limit: Optional[int] = None) -> Dict[str, List[dict]]:
+    """{name: rows} (``jaxgrpo.evaluate.load_benchmark``); ``fields[name]`` = (question, answer)
+    columns of one benchmark, else the two defaults. A bad file raises EvalError (one line)."""
     from jaxgrpo.evaluate import load_benchmark
-    from jaxgrpo.rewards.math_verify_pool import MathVerifier
 
     fields = fields or {}
     loaded = {}
@@ -302,6 +298,18 @@ def evaluate_benchmark_files(policy: Policy, benchmarks: Dict[str, str], s: Eval
             loaded[name] = load_benchmark(path, question_field=qf, answer_field=af, limit=limit)
         except (FileNotFoundError, ValueError) as e:
             raise EvalError(str(e).splitlines()[0]) from e
+    return loaded
+
+
+def evaluate_benchmarks(policy: Policy, loaded: Dict[str, List[dict]], s: EvalSettings,
+                        log=print) -> Dict[str, dict]:
+    """{name: evaluate_rows result} for loaded benchmarks, scored with one math-verify pool.
+
+    Benchmark i (0-based, in the given order) samples with the key ``fold_in(key(seed), i + 1)``:
+    its samples depend on the seed and its position only.
+    """
+    from jaxgrpo.rewards.math_verify_pool import MathVerifier
+
     out = {}
     with MathVerifier(num_workers=s.verifier_workers, item_timeout_s=s.item_timeout_s,
                       sources=s.answer_sources) as verifier:
@@ -436,6 +444,8 @@ def run(args, log=print) -> dict:
         parse_ks(args.ks, args.num_samples)  # fail before loading anything
     if args.model is not None and not benchmarks:
         raise EvalError("--model needs at least one --benchmark NAME=PATH")
+    loaded = load_benchmark_files(benchmarks, fields=fields, question_field=args.question_field,
+                                  answer_field=args.answer_field, limit=args.limit)
 
     if args.run_model_path is not None and args.run_dir is None:
         raise EvalError("--run_model_path needs --run_dir")
@@ -443,10 +453,7 @@ def run(args, log=print) -> dict:
                               dtype=args.dtype, run_model_path=args.run_model_path)
     s = settings_for(policy, args)
     if benchmarks:
-        results = evaluate_benchmark_files(policy, benchmarks, s, fields=fields,
-                                           question_field=args.question_field,
-                                           answer_field=args.answer_field, limit=args.limit,
-                                           log=log)
+        results = evaluate_benchmarks(policy, loaded, s, log=log)
     else:
         results = evaluate_held_out(policy, s, limit=args.limit, log=log)
     table = markdown_table(results, s.ks)

@@ -53,8 +53,9 @@ import os
 import sys
 from typing import Dict, Optional
 
-from experiments.evaluate import (EvalError, EvalSettings, evaluate_benchmark_files,
-                                  load_eval_policy, parse_fields, write_outputs)
+from experiments.evaluate import (EvalError, EvalSettings, evaluate_benchmarks,
+                                  load_benchmark_files, load_eval_policy, parse_fields,
+                                  write_outputs)
 
 # (key, display name, question field, answer field) in the paper's column order.
 BENCHMARKS = (
@@ -241,12 +242,12 @@ def run(args, log=print) -> dict:
     for k in keys:
         if k not in files:
             log(f"[dra_table] {k}: {NOT_PROVIDED} (pass --{k} FILE)")
+    loaded = load_benchmark_files(files, fields=fields, limit=args.limit)
 
     policy = load_eval_policy(model=args.model, run_dir=args.run_dir, step=args.step,
                               dtype=args.dtype, run_model_path=args.run_model_path)
     s = paper_settings(args)
-    results = evaluate_benchmark_files(policy, files, s, fields=fields, limit=args.limit,
-                                       log=log)
+    results = evaluate_benchmarks(policy, loaded, s, log=log)
     source = (f"{policy.source} step {policy.step}" if policy.step is not None
               else policy.source)
     table, rows = build_table({k: results[k]["metrics"] if k in results else None
