@@ -86,12 +86,21 @@ def pad_id(tokenizer) -> int:
 
 
 class MetricsLogger:
-    """JSONL always; TensorBoard when asked (and installed)."""
+    """JSONL always; TensorBoard and Weights & Biases when asked."""
 
-    def __init__(self, run_dir: str, tensorboard: bool):
+    def __init__(self, run_dir: str, tensorboard: bool, wandb_config: Optional[dict] = None):
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._f = open(self.path, "a")
         self._tb = None
+        self._wandb = None
+        if wandb_config is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("config.log.wandb=True but wandb is not installed: "
+                                  "pip install wandb (set WANDB_MODE=offline without network)")
+            self._wandb = wandb.init(project="jaxgrpo", name=wandb_config.get("name"),
+                                     dir=run_dir, config=wandb_config, resume="allow")
         if tensorboard:
             try:
                 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -111,11 +120,16 @@ class MetricsLogger:
                     for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"]
             writer.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=vals)))
             writer.flush()
+        if self._wandb is not None:
+            self._wandb.log({f"{kind}/{k}": v for k, v in rec.items()
+                             if isinstance(v, (int, float)) and k != "step"}, step=step)
 
     def close(self):
         self._f.close()
         if self._tb is not None:
             self._tb[0].close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def _py(v):
@@ -194,7 +208,8 @@ class Trainer:
                                      and c.advantage.options.dagrpo.distinctiveness == "cosine"))
         self._encoder = None
         self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep)
-        self.logger = MetricsLogger(self.run_dir, c.log.tensorboard)
+        self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
+                                    c.to_dict() if c.log.wandb else None)
         self.history: List[dict] = []
 
     # -- pieces ------------------------------------------------------------------------------

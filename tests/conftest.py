@@ -108,3 +108,41 @@ def tiny_llama_dir(make_tiny_checkpoint):
         "llama", "llama", num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config():
+    """Factory ``tiny_run_config(model_dir, run_dir, **overrides) -> ConfigDict``: a training run
+    that takes seconds (tiny random checkpoint, 4 steps of 2 prompts x G=4, 8 new tokens; held-out
+    evaluation on 2 prompts x 2 samples). Overrides use dotted keys: ``{"checkpoint.every": 1}``.
+
+    Rewards: the cosine length-scaled reward varies with completion length, so a random policy
+    still gets non-zero advantages (the update really changes the params)."""
+    from jaxgrpo.config import base_config
+
+    def make(model_dir, run_dir, **overrides):
+        c = base_config()
+        c.name = "test"
+        c.run_dir = str(run_dir)
+        c.steps = 4
+        c.model.path = model_dir
+        c.data.template = "plain"
+        c.data.prompt_format = "{question}"
+        c.data.max_prompt_tokens = 48
+        c.data.train_size = 16
+        c.data.eval_size = 4
+        c.sampling.num_generations = 4
+        c.sampling.max_new_tokens = 8
+        c.rewards.cosine = 1.0
+        c.train.prompts_per_step = 2
+        c.optim.lr = 1e-2
+        c.eval.num_prompts = 2
+        c.eval.num_samples = 2
+        c.eval.ks = "1,2"
+        c.log.progress = False
+        c.log.tensorboard = False
+        c.checkpoint.every = 0
+        c.update_from_flattened_dict(overrides)
+        return c
+
+    return make

@@ -11,44 +11,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrpo.config import base_config
-
-
-def _tiny_run_config(model_dir, run_dir):
-    """Seconds-long run: tiny random checkpoint, 2 steps of 2 prompts x G=4, 8 new tokens,
-    a checkpoint after each step; final evaluation on 2 held-out prompts x 2 samples."""
-    c = base_config()
-    c.name = "evalcli"
-    c.run_dir = str(run_dir)
-    c.steps = 2
-    c.model.path = model_dir
-    c.data.template = "plain"
-    c.data.prompt_format = "{question}"
-    c.data.max_prompt_tokens = 48
-    c.data.train_size = 16
-    c.data.eval_size = 4
-    c.sampling.num_generations = 4
-    c.sampling.max_new_tokens = 8
-    c.rewards.cosine = 1.0  # varies with length: a random policy still gets advantages
-    c.train.prompts_per_step = 2
-    c.optim.lr = 1e-2
-    c.eval.num_prompts = 2
-    c.eval.num_samples = 2
-    c.eval.ks = "1,2"
-    c.log.progress = False
-    c.log.tensorboard = False
-    c.checkpoint.every = 1
-    c.checkpoint.keep = 2
-    return c
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_llama_dir, tmp_path_factory):
+def trained(tiny_llama_dir, tiny_run_config, tmp_path_factory):
     """(run_dir, final params as numpy leaves)."""
     from jaxgrpo.loop import Trainer
 
     run_dir = tmp_path_factory.mktemp("evalcli") / "run"
-    t = Trainer(_tiny_run_config(tiny_llama_dir, run_dir))
+    t = Trainer(tiny_run_config(tiny_llama_dir, run_dir, **{
+        "name": "evalcli", "steps": 2, "checkpoint.every": 1, "checkpoint.keep": 2}))
     try:
         t.train()
         params = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(t.state.params))]

@@ -22,41 +22,6 @@ from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, spl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(model_dir, run_dir, **over):
-    """A run that takes seconds: tiny random checkpoint, 2 prompts x G=4, 8 new tokens.
-
-    Rewards: the cosine length-scaled reward varies with completion length, so a random
-    policy still gets non-zero advantages (the update really changes the params)."""
-    c = base_config()
-    c.name = "test"
-    c.run_dir = str(run_dir)
-    c.steps = 4
-    c.model.path = model_dir
-    c.data.template = "plain"
-    c.data.prompt_format = "{question}"
-    c.data.max_prompt_tokens = 48
-    c.data.train_size = 16
-    c.data.eval_size = 4
-    c.sampling.num_generations = 4
-    c.sampling.max_new_tokens = 8
-    c.rewards.cosine = 1.0
-    c.train.prompts_per_step = 2
-    c.optim.lr = 1e-2
-    c.eval.num_prompts = 2
-    c.eval.num_samples = 2
-    c.eval.ks = "1,2"
-    c.log.progress = False
-    c.log.tensorboard = False
-    c.checkpoint.every = 0
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
-
-
 def read_train_metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         recs = [json.loads(line) for line in f]
@@ -67,18 +32,18 @@ def params_of(trainer):
     return jax.tree.leaves(jax.device_get(trainer.state.params))
 
 
-def test_resume_gives_the_uninterrupted_run(tiny_llama_dir, tmp_path):
+def test_resume_gives_the_uninterrupted_run(tiny_llama_dir, tiny_run_config, tmp_path):
     from jaxgrpo.loop import Trainer
 
-    straight = Trainer(tiny_config(tiny_llama_dir, tmp_path / "straight"))
+    straight = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "straight"))
     straight.train()
     straight.close()
 
-    first = Trainer(tiny_config(tiny_llama_dir, tmp_path / "resumed"))
+    first = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "resumed"))
     first.train(stop_at=2)  # preempted after step 2 (checkpoint saved)
     first.close()
     assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2"]
-    second = Trainer(tiny_config(tiny_llama_dir, tmp_path / "resumed"))
+    second = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "resumed"))
     second.train()
     second.close()
 
@@ -97,10 +62,10 @@ def test_resume_gives_the_uninterrupted_run(tiny_llama_dir, tmp_path):
         assert (run / name).exists(), name
 
 
-def test_corrupt_checkpoint_is_reported(tiny_llama_dir, tmp_path):
+def test_corrupt_checkpoint_is_reported(tiny_llama_dir, tiny_run_config, tmp_path):
     from jaxgrpo.loop import Trainer
 
-    t = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run"))
+    t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run"))
     t.train(stop_at=1)
     t.close()
     ckpt = tmp_path / "run" / "checkpoints" / "1" / "state"
@@ -109,32 +74,32 @@ def test_corrupt_checkpoint_is_reported(tiny_llama_dir, tmp_path):
     for v in victims:
         with open(v, "r+b") as f:
             f.truncate(max(1, os.path.getsize(v) // 3))
-    t2 = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run"))
+    t2 = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run"))
     with pytest.raises(CheckpointError, match="checkpoints/1"):
         t2.train()
     t2.close()
 
 
-def test_incompatible_checkpoint_is_reported(tiny_llama_dir, tiny_qwen2_dir, tmp_path):
+def test_incompatible_checkpoint_is_reported(tiny_llama_dir, tiny_run_config, tiny_qwen2_dir, tmp_path):
     from jaxgrpo.loop import Trainer
 
-    t = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run"))
+    t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run"))
     t.train(stop_at=1)
     t.close()
-    other = Trainer(tiny_config(tiny_qwen2_dir, tmp_path / "run"))  # another model shape
+    other = Trainer(tiny_run_config(tiny_qwen2_dir, tmp_path / "run"))  # another model shape
     with pytest.raises(CheckpointError, match="incompatible|structure"):
         other.train()
     other.close()
 
 
-def test_nan_metrics_stop_with_a_clear_error(tiny_llama_dir, tmp_path, monkeypatch):
+def test_nan_metrics_stop_with_a_clear_error(tiny_llama_dir, tiny_run_config, tmp_path, monkeypatch):
     from jaxgrpo.loop import Trainer
 
-    t = Trainer(tiny_config(tiny_llama_dir, tmp_path / "run", **{"checkpoint.every": 1}))
+    t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run", **{"checkpoint.every": 1}))
     real = t.update
 
-    def poisoned(state, ro, ref):
-        state, m = real(state, ro, ref)
+    def poisoned(*args):
+        state, m = real(*args)
         return state, {**m, "loss": jnp.float32(np.nan)}
 
     t.train(stop_at=1)
@@ -269,13 +234,13 @@ def test_every_experiment_config_validates():
         assert "Command" in doc and "Hardware" in doc and "Expected" in doc, n
 
 
-def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tmp_path):
+def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path):
     """The same config on 8 fake CPU devices (data 2 x fsdp 2 x tensor 2) gives the same
     metrics as on one device (the flag is set only in the subprocess)."""
     from jaxgrpo.loop import Trainer
 
     over = {"steps": 2, "train.prompts_per_step": 4, "eval.num_prompts": 4}
-    c = tiny_config(tiny_llama_dir, tmp_path / "one", **over)
+    c = tiny_run_config(tiny_llama_dir, tmp_path / "one", **over)
     t = Trainer(c)
     t.train()
     t.close()
