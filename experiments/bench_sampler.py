@@ -7,7 +7,8 @@ Both sides use the same random weights (copied from the torch model into ours), 
 left-padded prompt batch (lengths 24..32), greedy decoding and exactly ``--new-tokens`` new tokens
 (no EOS stopping: ``min_new_tokens`` in torch, no EOS ids in ours). Throughput = generated tokens
 of all rows / wall time of one whole call (prefill included), median of ``--repeats`` timed calls
-after one warm-up call (which also compiles the JAX function). torch uses 2 threads, as many as XLA
+after one warm-up call (which also compiles the JAX function; torch, being eager, warms up
+with an 8-token call and is timed once by default, ``--torch-repeats``). torch uses 2 threads, as many as XLA
 uses here. Notes on the optimisations and their measured effect: experiments/bench_notes.md.
 """
 from __future__ import annotations
@@ -58,8 +59,8 @@ def prompts(batch: int, vocab: int, max_len: int = 32, seed: int = 0):
     return ids, mask
 
 
-def timeit(fn, repeats):
-    fn()  # warm-up (compiles)
+def timeit(fn, repeats, warmup=None):
+    (warmup or fn)()  # warm-up (compiles the JAX function)
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -73,14 +74,16 @@ def bench_torch(tm, ids, mask, new_tokens, repeats):
 
     ti, tmk = torch.tensor(ids), torch.tensor(mask)
 
-    def run():
+    def run(n=new_tokens):
         with torch.inference_mode():
-            out = tm.generate(ti, attention_mask=tmk, do_sample=False, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, eos_token_id=2, pad_token_id=0)
-        assert out.shape[1] == ids.shape[1] + new_tokens
+            out = tm.generate(ti, attention_mask=tmk, do_sample=False, max_new_tokens=n,
+                              min_new_tokens=n, eos_token_id=2, pad_token_id=0)
+        assert out.shape[1] == ids.shape[1] + n
         return out
 
-    return timeit(run, repeats), run()[:, ids.shape[1]:].numpy()
+    out = []
+    t = timeit(lambda: out.append(run()), repeats, warmup=lambda: run(8))  # eager: short warm-up
+    return t, out[-1][:, ids.shape[1]:].numpy()
 
 
 def bench_jax(model, ids, mask, new_tokens, repeats):
@@ -108,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--rows", default=None, help="e.g. tiny:16,smollm2-135m:64")
+    ap.add_argument("--torch-repeats", type=int, default=1,
+                    help="torch generate is slow here (MKL on this AMD CPU): 1 timed call")
     ap.add_argument("--skip-torch", action="store_true")
     args = ap.parse_args(argv)
 
@@ -136,7 +141,7 @@ def main(argv=None):
         if args.skip_torch:
             tt, agree = float("nan"), float("nan")
         else:
-            tt, out_t = bench_torch(tm, ids, mask, args.new_tokens, repeats)
+            tt, out_t = bench_torch(tm, ids, mask, args.new_tokens, min(repeats, args.torch_repeats))
             agree = float(np.mean(out_j == out_t))
         results.append((shape, batch, n / tj, n / tt, agree))
         print(f"  {shape} b={batch}: jax {n / tj:.0f} tok/s, torch {n / tt:.0f} tok/s, "
