@@ -96,6 +96,39 @@ def prompt_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array, *,
                                 return_entropy, chunk_size)
 
 
+def _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask):
+    """Hidden states [B, Tc, E] predicting each completion token, with the shared prompt of a
+    group run ONCE (rows p*G + g share prompt p).
+
+    The prompt pass fills a KV cache of Tp + Tc slots for the P prompts; the cache is repeated G
+    times and the completions (minus their last token) attend to it. Same numbers as running
+    every row's prompt + completion (causal masks and positions are identical), but the prompt
+    part of the forward and backward passes costs P rows instead of P * G.
+    """
+    from jaxgrpo.models.decoder import init_cache
+
+    b, tc = completion_tokens.shape
+    bp, tp = prompt_tokens.shape
+    g = b // bp
+    pmask = prompt_mask.astype(bool)
+    cache = init_cache(model.config, bp, tp + tc, model.dtype)
+    key_mask = jnp.concatenate([pmask, jnp.zeros((bp, tc), bool)], axis=1)
+    h_prompt, cache = model.hidden_states(prompt_tokens, attention_mask=key_mask,
+                                          positions=positions_from_mask(pmask), cache=cache,
+                                          cache_index=0)
+    first = jnp.repeat(h_prompt[:, -1:], g, axis=0)  # predicts completion token 0
+    if tc == 1:
+        return first
+    cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+    key_mask = jnp.concatenate([jnp.repeat(pmask, g, axis=0), cmask], axis=1)
+    n_prompt = jnp.repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32), g)
+    positions = n_prompt[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]
+    h_rest, _ = model.hidden_states(completion_tokens[:, :-1].astype(prompt_tokens.dtype),
+                                    attention_mask=key_mask, positions=positions, cache=cache,
+                                    cache_index=tp)
+    return jnp.concatenate([first, h_rest], axis=1)
+
+
 def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                         completion_tokens: jax.Array, completion_mask: jax.Array, *,
                         temperature: float = 1.0, return_entropy: bool = False,
@@ -106,8 +139,8 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     Args:
       model: a ``jaxgrpo.models.Decoder`` (an nnx module; merge (graphdef, state) first).
       prompt_tokens, prompt_mask: [Bp, Tp] left-padded prompts. Bp may be B (one prompt per row)
-        or B / G (prompt-major groups: row p*G + g uses prompt p), in which case prompts are
-        repeated G times.
+        or B / G (prompt-major groups: row p*G + g uses prompt p), in which case each prompt is
+        run once and its KV cache shared by its G completions (same numbers, less compute).
       completion_tokens, completion_mask: [B, Tc] right-padded completions (mask True on valid
         tokens, EOS included).
       temperature: the policy is softmax(logits / temperature).
@@ -120,17 +153,20 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     """
     b, tc = completion_tokens.shape
     bp, tp = prompt_tokens.shape
+    cmask = completion_mask.astype(bool)
     if bp != b:
         if b % bp:
             raise ValueError(f"prompt rows {bp} do not divide completion rows {b}")
-        prompt_tokens = jnp.repeat(prompt_tokens, b // bp, axis=0)
-        prompt_mask = jnp.repeat(prompt_mask, b // bp, axis=0)
-    cmask = completion_mask.astype(bool)
-    ids = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)
-    mask = jnp.concatenate([prompt_mask.astype(bool), cmask], axis=1)
-    hidden, _ = model.hidden_states(ids, attention_mask=mask, positions=positions_from_mask(mask))
-    # Hidden state at position Tp-1+t predicts completion token t: only that slice meets the head.
-    h = jax.lax.dynamic_slice_in_dim(hidden, tp - 1, tc, axis=1)
+        h = _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask)
+    else:
+        ids = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)],
+                              axis=1)
+        mask = jnp.concatenate([prompt_mask.astype(bool), cmask], axis=1)
+        hidden, _ = model.hidden_states(ids, attention_mask=mask,
+                                        positions=positions_from_mask(mask))
+        # Hidden state at position Tp-1+t predicts completion token t: only that slice meets
+        # the head.
+        h = jax.lax.dynamic_slice_in_dim(hidden, tp - 1, tc, axis=1)
     out = token_logprobs_from_hidden(model, h, completion_tokens, temperature=temperature,
                                      return_entropy=return_entropy, chunk_size=chunk_size)
     return jax.tree.map(lambda a: jnp.where(cmask, a, 0.0), out)

@@ -115,14 +115,23 @@ def _reduce_metrics(ms: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
     return out
 
 
-def make_loss_fn(c: mc.ConfigDict, graphdef, rest) -> Callable:
-    """``loss_fn(params, batch, norms) -> (loss, metrics)`` for one micro-batch."""
+def shared_prompts(batch, group: int):
+    """Prompt rows once per group (rows p * group + g share prompt p), so the log-prob pass runs
+    each prompt once (``completion_logprobs`` shares its KV cache); ``group=1``: as is."""
+    if group == 1:
+        return batch["prompt_tokens"], batch["prompt_mask"]
+    return batch["prompt_tokens"][::group], batch["prompt_mask"][::group]
+
+
+def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
+    """``loss_fn(params, batch, norms) -> (loss, metrics)`` for one micro-batch whose rows are
+    whole groups of ``group`` completions (``group=1``: no assumption)."""
     lc = c.loss
 
     def loss_fn(params, batch, norms):
         model = nnx.merge(graphdef, params, rest)
         logp, entropy = completion_logprobs(
-            model, batch["prompt_tokens"], batch["prompt_mask"], batch["completion_tokens"],
+            model, *shared_prompts(batch, group), batch["completion_tokens"],
             batch["completion_mask"], temperature=c.sampling.temperature, return_entropy=True)
         return losses.policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
@@ -144,7 +153,6 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
     pass None otherwise). With ``jit`` the function is jitted and the state donated.
     """
     advantage_fn = advantage_fn or advantage_fn_from_config(c)
-    loss_fn = make_loss_fn(c, graphdef, rest)
     mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
     beta = c.loss.beta
 
@@ -154,15 +162,17 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
         else:
             adv, adv_diag = advantages, {}
         batch = flatten_rollout(rollout, adv)
+        group = rollout.rewards.shape[1]
         if beta > 0:
             ref_model = nnx.merge(graphdef, ref_params, rest)
             ref_lp = completion_logprobs(
-                ref_model, batch["prompt_tokens"], batch["prompt_mask"],
-                batch["completion_tokens"], batch["completion_mask"],
-                temperature=c.sampling.temperature)
+                ref_model, *shared_prompts(batch, group), batch["completion_tokens"],
+                batch["completion_mask"], temperature=c.sampling.temperature)
             batch["ref_logprobs"] = jax.lax.stop_gradient(ref_lp)
         n = batch["advantages"].shape[0]
         per = n // (n_mb * n_acc)
+        # Micro-batches of whole groups run each prompt once; otherwise prompts are repeated.
+        loss_fn = make_loss_fn(c, graphdef, rest, group if per % group == 0 else 1)
         mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, per, *x.shape[1:]), batch)
         max_len = batch["completion_tokens"].shape[-1]
 

@@ -97,3 +97,47 @@ def test_prompt_logprobs_match_torch(pair, temperature):
     # first real token and padding are 0
     first = np.argmax(mask, 1)
     assert np.all(plp[np.arange(len(first)), first] == 0) and np.all(plp[mask == 0] == 0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prompt_path_equals_repeated_prompts(temperature):
+    """Prompts given once per group (Bp = B / G: one prompt pass, KV cache shared by the G
+    completions) give the same log-probs, entropies and gradients as repeating every prompt."""
+    import numpy as np
+    from flax import nnx
+
+    from jaxgrpo.logprobs import completion_logprobs
+    from jaxgrpo.models.config import ModelConfig
+    from jaxgrpo.models.decoder import Decoder
+
+    cfg = ModelConfig(model_type="qwen2", vocab_size=50, hidden_size=32, intermediate_size=40,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=8, qkv_bias=True)
+    model = Decoder(cfg, rngs=nnx.Rngs(1))
+    r = np.random.default_rng(0)
+    p, g, tp, tc = 3, 4, 7, 6
+    pmask = np.ones((p, tp), bool)
+    pmask[0, :3] = False  # left padding of different lengths
+    pmask[2, :1] = False
+    cmask = np.ones((p * g, tc), bool)
+    cmask[1, 2:] = False
+    cmask[5, 4:] = False
+    cmask[11, 1:] = False
+    pt = jnp.asarray(r.integers(0, 50, (p, tp)), jnp.int32)
+    ct = jnp.asarray(r.integers(0, 50, (p * g, tc)), jnp.int32)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def f(params, shared):
+        m = nnx.merge(graphdef, params, rest)
+        prompts = (pt, jnp.asarray(pmask)) if shared else (
+            jnp.repeat(pt, g, 0), jnp.repeat(jnp.asarray(pmask), g, 0))
+        lp, ent = completion_logprobs(m, *prompts, ct, jnp.asarray(cmask),
+                                      temperature=temperature, return_entropy=True)
+        return jnp.sum(lp * jnp.arange(1, tc + 1)) + 0.1 * jnp.sum(ent), (lp, ent)
+
+    (v1, (lp1, e1)), g1 = jax.value_and_grad(f, has_aux=True)(params, True)
+    (v2, (lp2, e2)), g2 = jax.value_and_grad(f, has_aux=True)(params, False)
+    np.testing.assert_allclose(lp1, lp2, atol=2e-5)
+    np.testing.assert_allclose(e1, e2, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
