@@ -16,14 +16,13 @@ step, saves a checkpoint and exits.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +31,12 @@ import numpy as np
 from flax import nnx
 
 from jaxgrpo import sharding as shd
-from jaxgrpo.checkpoint import Checkpointer, CheckpointError
+from jaxgrpo.checkpoint import Checkpointer
 from jaxgrpo.config import split_names, validate
 from jaxgrpo.data import PromptIterator, decode_completions, encode_prompts
 from jaxgrpo.rollout import Rollout
 from jaxgrpo.sampling import SamplingConfig, make_sampler
-from jaxgrpo.train import (TrainState, advantage_fn_from_config, build_optimizer,
+from jaxgrpo.train import (advantage_fn_from_config, build_optimizer,
                            init_train_state, make_update_fn, rollout_from_sample, split_model)
 from jaxgrpo.env import build_env
 
@@ -48,7 +47,7 @@ from jaxgrpo.env import build_env
 def load_policy(c: mc.ConfigDict):
     """(model, tokenizer) from config.model: real weights, or a random decoder of a small shape
     with the tokenizer of ``model.path`` (smoke runs and tests)."""
-    from jaxgrpo.models import ModelConfig, Decoder, default_model_path, load_pretrained
+    from jaxgrpo.models import Decoder, default_model_path, load_pretrained
 
     dtype = jnp.bfloat16 if c.model.dtype == "bfloat16" else jnp.float32
     path = c.model.path or str(default_model_path())
@@ -243,7 +242,7 @@ class Trainer:
 
     def rollout(self, rows: List[dict], step: int):
         """Sample, verify and assemble one ``Rollout`` (plus host-side info for logging)."""
-        c, P, G = self.c, len(rows), self.c.sampling.num_generations
+        c, G = self.c, self.c.sampling.num_generations
         t0 = time.perf_counter()
         prompts, pmask, n_trunc = encode_prompts(self.tokenizer, rows, c.data, self.pad_id)
         out = self._sampler(self.model_state(), self.put_batch(prompts), self.put_batch(pmask),

@@ -47,7 +47,7 @@ import logging
 import math
 import os
 import re
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np

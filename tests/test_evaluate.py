@@ -2,7 +2,6 @@
 random decoder, and benchmark-file loading with each error case."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
 

@@ -20,7 +20,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import Optional
 
 from jaxgrpo.models.loading import CheckpointError, CheckpointNotFoundError
 
