@@ -1,7 +1,8 @@
 """CPU-scale comparison of GRPO, Dr.GRPO, DRA-GRPO, DaGRPO and ProGRPO on a reasoning-gym task.
 
     python -m experiments.tables.compare_methods                       # defaults below
-    python -m experiments.tables.compare_methods --seeds 0,1,2 --steps 20 --task basic_arithmetic
+    python -m experiments.tables.compare_methods --seeds 0,1,2 --steps 15 --task basic_arithmetic
+    python -m experiments.tables.compare_methods --report            # table from finished runs
     python -m experiments.tables.compare_methods --quick               # 2 steps, 1 seed (smoke)
 
 Trains each method from its config in ``experiments/configs`` (same model, data, sizes and
@@ -58,7 +59,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=15)
     p.add_argument("--task", default="basic_arithmetic")
     p.add_argument("--task_kwargs", default=None, help="JSON object for the task generator")
     p.add_argument("--k", type=int, default=4, help="samples per held-out prompt (pass@k)")
@@ -68,24 +69,34 @@ def main(argv=None):
     p.add_argument("--out", default="runs/compare_methods")
     p.add_argument("--quick", action="store_true", help="2 steps, 1 seed, 8 eval prompts")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true",
+                   help="no training: rebuild the table from the run directories already in --out")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.eval_prompts = 2, "0", 8
-    from jaxgrpo.loop import run
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.report:
+        args.quiet = True
     os.makedirs(args.out, exist_ok=True)
+    from jaxgrpo.loop import run
     results = {}  # method -> list of (before, after) eval dicts
     for name in methods:
         for seed in seeds:
             c = method_config(METHODS[name], args, seed, args.out)
             t0 = time.time()
-            run_dir = run(c)
-            with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = os.path.join(c.run_dir, "summary.json")
+            if args.report:
+                if not os.path.exists(summary):
+                    print(f"{name} seed {seed}: no finished run in {c.run_dir}, skipped")
+                    continue
+            else:
+                run(c)
+            with open(summary) as f:
                 ev = json.load(f)["eval"]
             steps = sorted(ev, key=int)
             results.setdefault(name, []).append((ev[steps[0]], ev[steps[-1]]))
@@ -93,8 +104,10 @@ def main(argv=None):
                   f"{ev[steps[0]]['accuracy']:.3f} -> {ev[steps[-1]]['accuracy']:.3f}")
 
     cols = [col.format(k=args.k) for col in COLUMNS]
+    n_runs = {name: len(runs) for name, runs in results.items()}
     lines = [f"Held-out evaluation after {args.steps} steps on reasoning-gym `{args.task}` "
-             f"({args.eval_prompts} prompts × {args.k} samples; mean ± std over seeds {seeds}).",
+             f"({args.eval_prompts} prompts × {args.k} samples; mean ± std over seeds {seeds}; "
+             f"finished runs per method: {n_runs}).",
              "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     before = [b for runs in results.values() for b, _ in runs]
     lines.append("| before training | " + " | ".join(fmt([b.get(c) for b in before])
