@@ -385,15 +385,20 @@ def write_outputs(out: str, results: Dict[str, dict], header: dict, table: str) 
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.evaluate",
-                                description="Evaluate a trained run or a model on benchmarks.")
+def add_policy_source_args(p: argparse.ArgumentParser) -> None:
+    """--run_dir | --model, plus --step and --run_model_path (shared with the table scripts)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run_dir", help="a training run directory (config.json, checkpoints/)")
     src.add_argument("--model", help="an HF checkpoint directory or a .gguf file")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--run_model_path", default=None,
                    help="replace the run config's model.path (base weights / tokenizer moved)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.evaluate",
+                                description="Evaluate a trained run or a model on benchmarks.")
+    add_policy_source_args(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="parameter dtype for --model (a run uses its config's)")
     p.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH",

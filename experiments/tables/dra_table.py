@@ -53,7 +53,8 @@ import os
 import sys
 from typing import Dict, Optional
 
-from experiments.evaluate import (EvalError, EvalSettings, evaluate_benchmarks,
+from experiments.evaluate import (EvalError, EvalSettings, add_policy_source_args,
+                                  evaluate_benchmarks,
                                   load_benchmark_files, load_eval_policy, parse_fields,
                                   write_outputs)
 
@@ -183,12 +184,7 @@ def _plot(rows, label, path):
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.tables.dra_table",
                                 description="DRA Table 1 (pass@1 on five math benchmarks).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run_dir", help="a trained run directory (e.g. from dra_paper.py)")
-    src.add_argument("--model", help="a base model: HF checkpoint directory or .gguf")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--run_model_path", default=None,
-                   help="replace the run config's model.path (base weights moved)")
+    add_policy_source_args(p)  # --run_dir (e.g. trained with dra_paper.py) | --model (base)
     for key, name, qf, af in BENCHMARKS:
         p.add_argument(f"--{key}", default=None, metavar="FILE",
                        help=f"local {name} file (columns {qf!r}, {af!r})")
