@@ -246,14 +246,7 @@ def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path)
     t.close()
     one = read_train_metrics(tmp_path / "one")
 
-    flat = {}
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-    walk(c.to_dict())
+    flat = _flat(c.to_dict())
     for k in ("model.path", "run_dir", "mesh.data", "mesh.fsdp", "mesh.tensor"):
         flat.pop(k)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -319,3 +312,45 @@ def test_fully_jitted_step_with_a_token_reward_matches_the_split_pipeline():
     np.testing.assert_allclose(float(m_fused["loss"]), float(m_split["loss"]), atol=1e-6)
     for x, y in zip(fused, jax.tree.leaves(jax.device_get(state.params))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tiny_llama_dir, tiny_run_config, tmp_path):
+    """`python -m experiments.run` under SIGTERM: finishes the step, saves a checkpoint, exits 0
+    (resuming from such a checkpoint is test_resume_gives_the_uninterrupted_run)."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    c = tiny_run_config(tiny_llama_dir, run_dir, steps=200)
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text(
+        "import json\nfrom jaxgrpo.config import base_config\n\n\ndef get_config():\n"
+        "    c = base_config()\n"
+        f"    c.update_from_flattened_dict(json.loads({json.dumps(json.dumps(_flat(c.to_dict())))}))\n"
+        "    return c\n")
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", f"--config={cfg_file}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and '"kind": "train"' in metrics.read_text():
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "saving a checkpoint" in out
+    steps = [int(s) for s in os.listdir(run_dir / "checkpoints")]
+    assert len(steps) == 1 and 1 <= steps[0] < 200
+    assert "eval_step200.jsonl" not in os.listdir(run_dir)  # stopped early, no final eval
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
