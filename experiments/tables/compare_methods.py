@@ -3,6 +3,9 @@
     python -m experiments.tables.compare_methods                       # defaults below
     python -m experiments.tables.compare_methods --seeds 0,1,2 --steps 15 --task basic_arithmetic
     python -m experiments.tables.compare_methods --report            # table from finished runs
+
+Finished runs found in --out are reused (so an interrupted comparison continues); --report only
+reads them.
     python -m experiments.tables.compare_methods --quick               # 2 steps, 1 seed (smoke)
 
 Trains each method from its config in ``experiments/configs`` (same model, data, sizes and
@@ -16,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -90,11 +94,14 @@ def main(argv=None):
             c = method_config(METHODS[name], args, seed, args.out)
             t0 = time.time()
             summary = os.path.join(c.run_dir, "summary.json")
-            if args.report:
-                if not os.path.exists(summary):
-                    print(f"{name} seed {seed}: no finished run in {c.run_dir}, skipped")
-                    continue
+            if os.path.exists(summary):
+                print(f"{name} seed {seed}: finished run found in {c.run_dir}, reused")
+            elif args.report:
+                print(f"{name} seed {seed}: no finished run in {c.run_dir}, skipped")
+                continue
             else:
+                if os.path.isdir(c.run_dir):  # an interrupted run: start it again from scratch
+                    shutil.rmtree(c.run_dir)
                 run(c)
             with open(summary) as f:
                 ev = json.load(f)["eval"]
