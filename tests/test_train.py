@@ -354,3 +354,27 @@ def _flat(d, prefix=""):
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+@pytest.mark.parametrize("chain", [
+    {"advantage.reward_transforms": "dra"},  # packaged MiniLM encoder
+    {"advantage.reward_transforms": "dra", "embedding.model": "policy"},
+    {"advantage.baseline": "dagrpo", "anchors.enabled": True, "anchors.trigger": "always"},
+    {"advantage.baseline": "dr_grpo", "advantage.advantage_transforms": "progrpo",
+     "loss.agg_mode": "seq-mean-token-sum-norm"},
+])
+def test_each_method_chain_trains_in_the_loop(tiny_llama_dir, tiny_run_config, tmp_path, chain):
+    """DRA (both embedders), DaGRPO with anchors and ProGRPO run through the host loop and
+    report their diagnostics."""
+    from jaxgrpo.loop import Trainer
+
+    t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run", steps=1, **chain))
+    t.train()
+    t.close()
+    m = read_train_metrics(tmp_path / "run")[1]
+    assert np.isfinite(m["loss"])
+    name = (chain.get("advantage.reward_transforms") or chain.get("advantage.advantage_transforms")
+            or chain["advantage.baseline"])
+    assert any(k.startswith(f"{name}/") for k in m), sorted(m)
+    if chain.get("anchors.enabled"):
+        assert m["anchor_token_frac"] > 0
