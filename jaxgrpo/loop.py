@@ -228,13 +228,14 @@ class Trainer:
         key = jax.random.wrap_key_data(self.state.rng)
         return jax.random.fold_in(jax.random.fold_in(key, step), salt)
 
-    def embed(self, texts: List[str], sample_out) -> np.ndarray:
+    def embed(self, texts: List[str], tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """L2-normalised completion embeddings [N, D]: the sentence encoder on the texts, or the
+        policy's own mean-pooled final hidden states on the completion tokens alone."""
         if self.c.embedding.model == "policy":
             from jaxgrpo.models.encoder import mean_pool_normalize
             model = nnx.merge(self.graphdef, self.state.params, self.rest)
-            h, _ = model.hidden_states(sample_out.completion_tokens,
-                                       attention_mask=sample_out.completion_mask)
-            return np.asarray(mean_pool_normalize(h, sample_out.completion_mask))
+            h, _ = model.hidden_states(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
+            return np.asarray(mean_pool_normalize(h, jnp.asarray(mask)))
         if self._encoder is None:
             from jaxgrpo.models.encoder import load_encoder
             self._encoder = load_encoder(self.c.embedding.encoder_path or None)
@@ -257,7 +258,7 @@ class Trainer:
         t2 = time.perf_counter()
         emb = None
         if self.needs_embeddings:
-            emb = self.embed(texts, out)
+            emb = self.embed(texts, ctoks, cmask)
         ro = rollout_from_sample(out, scored.rewards, scored.correct,
                                  fine_scores=scored.fine_scores, embeddings=emb)
         if c.anchors.enabled:
@@ -283,11 +284,13 @@ class Trainer:
             ids = (self.tokenizer.encode(t, add_special_tokens=False) + [eos])[:tc]
             toks[i, :len(ids)] = ids
             mask[i, :len(ids)] = True
-        emb = None
-        if emb_dim is not None:
-            emb = jnp.asarray(self.embed(texts, None) if self.c.embedding.model != "policy"
-                              else np.zeros((len(rows), emb_dim), np.float32))
+        emb = None if emb_dim is None else jnp.asarray(self.embed(texts, toks, mask))
+        # The anchor is scored by the same reward functions as the group (a correct solution
+        # need not get reward 1 when format / length terms are in the reward).
+        scored = self.env.reward(texts, rows, lengths=mask.sum(-1))
+        fine = 1.0 if scored.fine_scores is None else jnp.asarray(scored.fine_scores)
         return add_anchors(ro, jnp.asarray(toks), jnp.asarray(mask), anchor_embeddings=emb,
+                           anchor_reward=jnp.asarray(scored.rewards), anchor_fine_score=fine,
                            trigger=self.c.anchors.trigger)
 
     # -- evaluation --------------------------------------------------------------------------
