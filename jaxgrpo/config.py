@@ -16,7 +16,6 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "data.source": ("reasoning_gym", "file"),
     "data.template": ("chat", "plain"),
-    "advantage.baseline": ("grpo", "dr_grpo", "dagrpo"),
     "loss.kl_estimator": ("k1", "k2", "k3"),
     "loss.agg_mode": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
     "optim.schedule": ("constant", "cosine", "linear"),
@@ -25,8 +24,10 @@ CHOICES = {
     "rewards.format_style": ("dra", "think_answer", "boxed", "answer_tag"),
     "anchors.trigger": ("none_correct", "always", "at_most_one_correct"),
 }
-REWARD_TRANSFORMS = ("dra",)
-ADVANTAGE_TRANSFORMS = ("progrpo",)
+# Advantage transforms are checked against the registry (jaxgrpo.advantages.registry), so a
+# transform registered before base_config() is called is a valid choice with typed options.
+TRANSFORM_KEYS = (("advantage.baseline", "baseline"), ("advantage.reward_transforms", "reward"),
+                  ("advantage.advantage_transforms", "advantage"))
 
 
 def base_config() -> mc.ConfigDict:
@@ -174,11 +175,14 @@ def validate(c: mc.ConfigDict) -> mc.ConfigDict:
     for key, choices in CHOICES.items():
         if get(key) not in choices:
             raise ValueError(f"config.{key}={get(key)!r} is not one of {choices}")
-    for key, allowed in (("advantage.reward_transforms", REWARD_TRANSFORMS),
-                         ("advantage.advantage_transforms", ADVANTAGE_TRANSFORMS)):
-        for name in split_names(get(key)):
+    for key, kind in TRANSFORM_KEYS:
+        allowed = available_transforms(kind)
+        names = split_names(get(key))
+        if kind == "baseline" and len(names) != 1:
+            raise ValueError(f"config.{key}={get(key)!r} must name one baseline of {allowed}")
+        for name in names:
             if name not in allowed:
-                raise ValueError(f"config.{key}: unknown transform {name!r}; known: {allowed}")
+                raise ValueError(f"config.{key}: {name!r} is not one of {allowed}")
     positive = ["steps", "sampling.max_new_tokens", "train.prompts_per_step",
                 "train.num_iterations", "train.num_minibatches", "train.grad_accum",
                 "data.max_prompt_tokens", "eval.num_prompts", "eval.num_samples"]

@@ -378,3 +378,28 @@ def test_each_method_chain_trains_in_the_loop(tiny_llama_dir, tiny_run_config, t
     assert any(k.startswith(f"{name}/") for k in m), sorted(m)
     if chain.get("anchors.enabled"):
         assert m["anchor_token_frac"] > 0
+
+
+def test_a_registered_transform_is_a_config_choice_with_typed_options():
+    """Extending: register a baseline, and it is selectable and configurable like the built-ins."""
+    from jaxgrpo.advantages import registry
+    from jaxgrpo.train import advantage_fn_from_config
+
+    def sign_baseline(rollout, *, scale: float = 1.0):
+        adv = scale * jnp.sign(rollout.rewards - rollout.rewards.mean(axis=1, keepdims=True))
+        return adv, {"frac_positive": jnp.mean(adv > 0)}
+
+    registry.register_transform("sign", "baseline", sign_baseline)
+    try:
+        c = base_config()
+        c.advantage.baseline = "sign"
+        c.advantage.options.sign.scale = 2.0
+        validate(c)
+        with pytest.raises(TypeError):
+            c.advantage.options.sign.scale = "big"  # typed from the default
+        adv, diag = advantage_fn_from_config(c)(_random_rollout())
+        r = np.asarray(_random_rollout().rewards)
+        np.testing.assert_allclose(adv, 2.0 * np.sign(r - r.mean(1, keepdims=True)))
+        assert "sign/frac_positive" in diag
+    finally:
+        registry._REGISTRY.pop("sign")
