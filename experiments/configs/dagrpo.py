@@ -2,8 +2,8 @@
 
 Command:  python -m experiments.run --config experiments/configs/dagrpo.py
 Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym 2-digit addition), minutes.
-Expected: reward and held-out accuracy rise over 20 steps, as for the default GRPO run; the
-          CPU-scale comparison of all methods is experiments/tables/compare_methods.py.
+Expected: held-out accuracy 0.22 -> 0.87 ± 0.06 after 15 steps (mean ± std over seeds 0-2,
+          measured; experiments/tables/results/compare_methods.md).
 """
 from experiments.configs.common import smoke_config
 

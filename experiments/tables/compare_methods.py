@@ -136,7 +136,7 @@ def _plot(results, cols, path):
 
     names = list(results)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, col in zip(axes, (cols[0], cols[2], cols[4])):
+    for ax, col in zip(axes, (cols[0], cols[2], cols[5])):  # accuracy, pass@k, entropy
         means = [np.mean([a.get(col) or 0.0 for _, a in results[n]]) for n in names]
         stds = [np.std([a.get(col) or 0.0 for _, a in results[n]]) for n in names]
         ax.bar(names, means, yerr=stds, capsize=3)
