@@ -47,20 +47,20 @@ from jaxgrpo.env import build_env
 def load_policy(c: mc.ConfigDict):
     """(model, tokenizer) from config.model: real weights, or a random decoder of a small shape
     with the tokenizer of ``model.path`` (smoke runs and tests)."""
-    from jaxgrpo.models import Decoder, default_model_path, load_pretrained
+    from jaxgrpo.models import (Decoder, default_model_path, load_config, load_pretrained,
+                                load_tokenizer)
 
     dtype = jnp.bfloat16 if c.model.dtype == "bfloat16" else jnp.float32
     path = c.model.path or str(default_model_path())
-    model, tokenizer = load_pretrained(path, dtype=dtype)
-    if c.model.random_init_layers > 0:
-        real = model.config
-        h = c.model.random_init_hidden
-        cfg = dataclasses.replace(
-            real, hidden_size=h, intermediate_size=2 * h,
-            num_hidden_layers=c.model.random_init_layers, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=h // 4)
-        model = Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(c.seed))
-    return model, tokenizer
+    if c.model.random_init_layers == 0:
+        return load_pretrained(path, dtype=dtype)
+    # A random decoder of a small shape; only the config and tokenizer are read (no weights).
+    h = c.model.random_init_hidden
+    cfg = dataclasses.replace(
+        load_config(path), hidden_size=h, intermediate_size=2 * h,
+        num_hidden_layers=c.model.random_init_layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=h // 4)
+    return Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(c.seed)), load_tokenizer(path)
 
 
 def eos_ids(model, tokenizer) -> tuple:

@@ -403,3 +403,16 @@ def test_a_registered_transform_is_a_config_choice_with_typed_options():
         assert "sign/frac_positive" in diag
     finally:
         registry._REGISTRY.pop("sign")
+
+
+def test_random_init_smoke_run_uses_the_checkpoints_tokenizer_only(tiny_llama_dir,
+                                                                   tiny_run_config, tmp_path):
+    from jaxgrpo.loop import Trainer
+
+    t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run", steps=1,
+                                **{"model.random_init_layers": 1, "model.random_init_hidden": 32}))
+    assert t.model_config.num_hidden_layers == 1 and t.model_config.hidden_size == 32
+    assert t.model_config.vocab_size == 320  # the checkpoint's vocabulary, for its tokenizer
+    t.train()
+    t.close()
+    assert np.isfinite(read_train_metrics(tmp_path / "run")[1]["loss"])
