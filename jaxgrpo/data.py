@@ -7,7 +7,7 @@ sees exactly the prompts the uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -97,8 +97,7 @@ def encode_prompts(tokenizer, rows: Sequence[dict], data_cfg, pad_id: int,
     return tokens, mask, n_trunc
 
 
-def decode_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray,
-                       eos_ids: Optional[Sequence[int]] = None) -> List[str]:
+def decode_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> List[str]:
     """Completion texts: valid tokens only, special tokens (EOS) dropped."""
     return [tokenizer.decode(t[m].tolist(), skip_special_tokens=True)
             for t, m in zip(np.asarray(tokens), np.asarray(mask))]
