@@ -14,99 +14,99 @@ import numpy as np
 
 
 def pass_at_k(n, c, k) -> np.ndarray:
-  """Unbiased pass@k = 1 - C(n - c, k) / C(n, k) from n samples with c correct.
+    """Unbiased pass@k = 1 - C(n - c, k) / C(n, k) from n samples with c correct.
 
-  Computed stably as 1 - prod_{i = n-c+1}^{n} (1 - k / i) (Chen et al. 2021, arXiv 2107.03374),
-  which is 1 when n - c < k. Vectorised: n, c, k broadcast as NumPy integer arrays.
+    Computed stably as 1 - prod_{i = n-c+1}^{n} (1 - k / i) (Chen et al. 2021, arXiv 2107.03374),
+    which is 1 when n - c < k. Vectorised: n, c, k broadcast as NumPy integer arrays.
 
-  Args:
-    n: samples per problem (>= 1); c: correct samples (0 <= c <= n); k: budget (1 <= k <= n).
+    Args:
+      n: samples per problem (>= 1); c: correct samples (0 <= c <= n); k: budget (1 <= k <= n).
 
-  Returns:
-    float64 array of the broadcast shape (a 0-d array for scalar inputs).
+    Returns:
+      float64 array of the broadcast shape (a 0-d array for scalar inputs).
 
-  Raises:
-    ValueError: non-integer inputs, k < 1, k > n, c < 0 or c > n.
-  """
-  n, c, k = (np.asarray(v) for v in (n, c, k))
-  for name, v in (("n", n), ("c", c), ("k", k)):
-    if v.size and not np.issubdtype(v.dtype, np.integer):
-      if not np.all(np.equal(np.mod(v, 1), 0)):
-        raise ValueError(f"pass_at_k: {name} must be integers; got {v}.")
-  n, c, k = np.broadcast_arrays(n.astype(np.int64), c.astype(np.int64), k.astype(np.int64))
-  if np.any(k < 1):
-    raise ValueError(f"pass_at_k: k must be >= 1; got {k[k < 1]}.")
-  if np.any(k > n):
-    raise ValueError(f"pass_at_k: k must be <= n (need at least k samples); got k={k[k > n]} "
-                     f"with n={n[k > n]}.")
-  if np.any(c < 0) or np.any(c > n):
-    raise ValueError("pass_at_k: need 0 <= c <= n.")
-  if n.size == 0:
-    return np.zeros(n.shape, np.float64)
-  i = np.arange(1, int(n.max()) + 1, dtype=np.float64)  # [M]
-  nn, cc, kk = n[..., None], c[..., None], k[..., None].astype(np.float64)
-  in_range = (i > nn - cc) & (i <= nn)
-  terms = np.where(in_range, 1.0 - kk / i, 1.0)
-  out = 1.0 - np.prod(terms, axis=-1)
-  return np.where(n - c < k, 1.0, out)
+    Raises:
+      ValueError: non-integer inputs, k < 1, k > n, c < 0 or c > n.
+    """
+    n, c, k = (np.asarray(v) for v in (n, c, k))
+    for name, v in (("n", n), ("c", c), ("k", k)):
+        if v.size and not np.issubdtype(v.dtype, np.integer):
+            if not np.all(np.equal(np.mod(v, 1), 0)):
+                raise ValueError(f"pass_at_k: {name} must be integers; got {v}.")
+    n, c, k = np.broadcast_arrays(n.astype(np.int64), c.astype(np.int64), k.astype(np.int64))
+    if np.any(k < 1):
+        raise ValueError(f"pass_at_k: k must be >= 1; got {k[k < 1]}.")
+    if np.any(k > n):
+        raise ValueError(f"pass_at_k: k must be <= n (need at least k samples); got k={k[k > n]} "
+                         f"with n={n[k > n]}.")
+    if np.any(c < 0) or np.any(c > n):
+        raise ValueError("pass_at_k: need 0 <= c <= n.")
+    if n.size == 0:
+        return np.zeros(n.shape, np.float64)
+    i = np.arange(1, int(n.max()) + 1, dtype=np.float64)  # [M]
+    nn, cc, kk = n[..., None], c[..., None], k[..., None].astype(np.float64)
+    in_range = (i > nn - cc) & (i <= nn)
+    terms = np.where(in_range, 1.0 - kk / i, 1.0)
+    out = 1.0 - np.prod(terms, axis=-1)
+    return np.where(n - c < k, 1.0, out)
 
 
 def maj_at_k(answers: Sequence[Optional[Hashable]], correct: Sequence[bool], k: int) -> bool:
-  """maj@k for one problem: majority vote over the first k sampled answers.
+    """maj@k for one problem: majority vote over the first k sampled answers.
 
-  Unparsable answers (None) do not vote; ties go to the answer seen first. The vote is correct
-  when a sample carrying the winning answer is correct (answers are assumed to be normalised,
-  so equal answers are equally correct). No valid answer -> False.
+    Unparsable answers (None) do not vote; ties go to the answer seen first. The vote is correct
+    when a sample carrying the winning answer is correct (answers are assumed to be normalised,
+    so equal answers are equally correct). No valid answer -> False.
 
-  Raises:
-    ValueError: k < 1, k > len(answers), or answers/correct lengths differ.
-  """
-  if len(answers) != len(correct):
-    raise ValueError(f"maj_at_k: {len(answers)} answers but {len(correct)} correctness flags.")
-  if not 1 <= k <= len(answers):
-    raise ValueError(f"maj_at_k: need 1 <= k <= {len(answers)}; got k={k}.")
-  counts: "collections.OrderedDict[Hashable, int]" = collections.OrderedDict()
-  first_correct = {}
-  for a, ok in zip(answers[:k], correct[:k]):
-    if a is None:
-      continue
-    counts[a] = counts.get(a, 0) + 1
-    first_correct.setdefault(a, bool(ok))
-  if not counts:
-    return False
-  best = max(counts.values())
-  winner = next(a for a, v in counts.items() if v == best)
-  return first_correct[winner]
+    Raises:
+      ValueError: k < 1, k > len(answers), or answers/correct lengths differ.
+    """
+    if len(answers) != len(correct):
+        raise ValueError(f"maj_at_k: {len(answers)} answers but {len(correct)} correctness flags.")
+    if not 1 <= k <= len(answers):
+        raise ValueError(f"maj_at_k: need 1 <= k <= {len(answers)}; got k={k}.")
+    counts: "collections.OrderedDict[Hashable, int]" = collections.OrderedDict()
+    first_correct = {}
+    for a, ok in zip(answers[:k], correct[:k]):
+        if a is None:
+            continue
+        counts[a] = counts.get(a, 0) + 1
+        first_correct.setdefault(a, bool(ok))
+    if not counts:
+        return False
+    best = max(counts.values())
+    winner = next(a for a, v in counts.items() if v == best)
+    return first_correct[winner]
 
 
 def maj_at_k_mean(answers: Sequence[Sequence[Optional[Hashable]]],
                   correct: Sequence[Sequence[bool]], k: int) -> float:
-  """maj@k averaged over problems (lists of per-problem answers / correctness)."""
-  if len(answers) == 0:
-    raise ValueError("maj_at_k_mean: no problems.")
-  return float(np.mean([maj_at_k(a, c, k) for a, c in zip(answers, correct)]))
+    """maj@k averaged over problems (lists of per-problem answers / correctness)."""
+    if len(answers) == 0:
+        raise ValueError("maj_at_k_mean: no problems.")
+    return float(np.mean([maj_at_k(a, c, k) for a, c in zip(answers, correct)]))
 
 
 def mean_pairwise_cosine_distance(embeddings: jax.Array, mask: Optional[jax.Array] = None, *,
                                   fill_value: float = 0.0) -> jax.Array:
-  """Mean of 1 - cos(e_i, e_j) over unordered pairs i < j of valid members.
+    """Mean of 1 - cos(e_i, e_j) over unordered pairs i < j of valid members.
 
-  Args:
-    embeddings: float [..., G, D] (need not be normalised; zero vectors count as cosine 0).
-    mask: optional bool [..., G] (e.g. correct completions only); default all valid.
-    fill_value: returned where fewer than two members are valid (default 0.0).
+    Args:
+      embeddings: float [..., G, D] (need not be normalised; zero vectors count as cosine 0).
+      mask: optional bool [..., G] (e.g. correct completions only); default all valid.
+      fill_value: returned where fewer than two members are valid (default 0.0).
 
-  Returns:
-    float32 [...].
-  """
-  e = embeddings.astype(jnp.float32)
-  e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-  g = e.shape[-2]
-  m = jnp.ones(e.shape[:-1], bool) if mask is None else mask.astype(bool)
-  if m.shape != e.shape[:-1]:
-    raise ValueError(f"mask must have shape {e.shape[:-1]}; got {m.shape}.")
-  cos = jnp.einsum("...id,...jd->...ij", e, e)
-  pair = m[..., :, None] & m[..., None, :] & ~jnp.eye(g, dtype=bool)
-  npairs = jnp.sum(pair, axis=(-1, -2))
-  tot = jnp.sum(jnp.where(pair, 1.0 - cos, 0.0), axis=(-1, -2))
-  return jnp.where(npairs > 0, tot / jnp.maximum(npairs, 1), fill_value)
+    Returns:
+      float32 [...].
+    """
+    e = embeddings.astype(jnp.float32)
+    e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+    g = e.shape[-2]
+    m = jnp.ones(e.shape[:-1], bool) if mask is None else mask.astype(bool)
+    if m.shape != e.shape[:-1]:
+        raise ValueError(f"mask must have shape {e.shape[:-1]}; got {m.shape}.")
+    cos = jnp.einsum("...id,...jd->...ij", e, e)
+    pair = m[..., :, None] & m[..., None, :] & ~jnp.eye(g, dtype=bool)
+    npairs = jnp.sum(pair, axis=(-1, -2))
+    tot = jnp.sum(jnp.where(pair, 1.0 - cos, 0.0), axis=(-1, -2))
+    return jnp.where(npairs > 0, tot / jnp.maximum(npairs, 1), fill_value)

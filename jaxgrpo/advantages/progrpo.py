@@ -29,101 +29,101 @@ PROMPT_CONFIDENCES = ("mean", "low_fraction", "group_mean_answer")
 
 
 def low_fraction_count(n_valid: jax.Array, rho: float) -> jax.Array:
-  """k = max(1, ceil(rho * n)) in exact integer arithmetic (int32, same shape as ``n_valid``).
+    """k = max(1, ceil(rho * n)) in exact integer arithmetic (int32, same shape as ``n_valid``).
 
-  rho (a Python float, static under jit) is replaced by its closest fraction a/b with
-  b <= 1000 (0.2 -> 1/5), so that e.g. 0.2 * 15 gives k = 3, not the k = 4 that float rounding
-  (3.0000000000000004) would give.
-  """
-  if not 0.0 < rho <= 1.0:
-    raise ValueError(f"rho must be in (0, 1]; got {rho!r}.")
-  frac = fractions.Fraction(rho).limit_denominator(1000)
-  a, b = frac.numerator, frac.denominator
-  n = n_valid.astype(jnp.int32)
-  return jnp.maximum(1, (a * n + b - 1) // b)
+    rho (a Python float, static under jit) is replaced by its closest fraction a/b with
+    b <= 1000 (0.2 -> 1/5), so that e.g. 0.2 * 15 gives k = 3, not the k = 4 that float rounding
+    (3.0000000000000004) would give.
+    """
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1]; got {rho!r}.")
+    frac = fractions.Fraction(rho).limit_denominator(1000)
+    a, b = frac.numerator, frac.denominator
+    n = n_valid.astype(jnp.int32)
+    return jnp.maximum(1, (a * n + b - 1) // b)
 
 
 def low_fraction_mean(values: jax.Array, mask: jax.Array, *, rho: float = 0.2) -> jax.Array:
-  """Mean of the k = max(1, ceil(rho * n)) smallest valid entries along the last axis.
+    """Mean of the k = max(1, ceil(rho * n)) smallest valid entries along the last axis.
 
-  Args:
-    values: float [..., T]; mask: bool [..., T] (n = number of True entries).
+    Args:
+      values: float [..., T]; mask: bool [..., T] (n = number of True entries).
 
-  Returns:
-    float32 [...]; 0 where n = 0 (no valid entry).
-  """
-  chex.assert_equal_shape([values, mask])
-  v = jnp.where(mask, values.astype(jnp.float32), jnp.inf)
-  srt = jnp.sort(v, axis=-1)
-  n = jnp.sum(mask, axis=-1)
-  k = low_fraction_count(n, rho)
-  t = values.shape[-1]
-  take = jnp.arange(t) < k[..., None]
-  s = jnp.sum(jnp.where(take & jnp.isfinite(srt), srt, 0.0), axis=-1)
-  return jnp.where(n > 0, s / k.astype(jnp.float32), 0.0)
+    Returns:
+      float32 [...]; 0 where n = 0 (no valid entry).
+    """
+    chex.assert_equal_shape([values, mask])
+    v = jnp.where(mask, values.astype(jnp.float32), jnp.inf)
+    srt = jnp.sort(v, axis=-1)
+    n = jnp.sum(mask, axis=-1)
+    k = low_fraction_count(n, rho)
+    t = values.shape[-1]
+    take = jnp.arange(t) < k[..., None]
+    s = jnp.sum(jnp.where(take & jnp.isfinite(srt), srt, 0.0), axis=-1)
+    return jnp.where(n > 0, s / k.astype(jnp.float32), 0.0)
 
 
 def answer_confidence(logprobs: jax.Array, completion_mask: jax.Array, *,
                       reading: str = "low_fraction", rho: float = 0.2) -> jax.Array:
-  """Answer confidence c(o|q) [P, G] from token log-probs [P, G, T] (INTERPRETATION).
+    """Answer confidence c(o|q) [P, G] from token log-probs [P, G, T] (INTERPRETATION).
 
-  Readings (``reading``), with l_t the log-probs of the valid tokens (EOS included):
-    * ``"low_fraction"`` (A, default): exp(mean of the k = max(1, ceil(rho |o|)) smallest l_t);
-    * ``"low_fraction_norm"`` (B): exp(sum_t l_t / (rho |o|));
-    * ``"mean"`` (C): exp(mean_t l_t) (plain geometric-mean probability).
-  An empty completion (no valid token) gets confidence 1 (log-confidence 0); the ARM correction
-  of an empty completion is set to 0 separately.
-  """
-  if reading not in ANSWER_CONFIDENCES:
-    raise ValueError(f"answer_confidence must be one of {ANSWER_CONFIDENCES}; got {reading!r}.")
-  lp = jax.lax.stop_gradient(logprobs).astype(jnp.float32)
-  m = completion_mask.astype(bool)
-  n = jnp.sum(m, axis=-1).astype(jnp.float32)
-  if reading == "low_fraction":
-    log_c = low_fraction_mean(lp, m, rho=rho)
-  elif reading == "low_fraction_norm":
-    log_c = jnp.sum(jnp.where(m, lp, 0.0), axis=-1) / jnp.maximum(rho * n, 1e-12)
-  else:
-    log_c = jnp.sum(jnp.where(m, lp, 0.0), axis=-1) / jnp.maximum(n, 1.0)
-  return jnp.exp(jnp.where(n > 0, log_c, 0.0))
+    Readings (``reading``), with l_t the log-probs of the valid tokens (EOS included):
+      * ``"low_fraction"`` (A, default): exp(mean of the k = max(1, ceil(rho |o|)) smallest l_t);
+      * ``"low_fraction_norm"`` (B): exp(sum_t l_t / (rho |o|));
+      * ``"mean"`` (C): exp(mean_t l_t) (plain geometric-mean probability).
+    An empty completion (no valid token) gets confidence 1 (log-confidence 0); the ARM correction
+    of an empty completion is set to 0 separately.
+    """
+    if reading not in ANSWER_CONFIDENCES:
+        raise ValueError(f"answer_confidence must be one of {ANSWER_CONFIDENCES}; got {reading!r}.")
+    lp = jax.lax.stop_gradient(logprobs).astype(jnp.float32)
+    m = completion_mask.astype(bool)
+    n = jnp.sum(m, axis=-1).astype(jnp.float32)
+    if reading == "low_fraction":
+        log_c = low_fraction_mean(lp, m, rho=rho)
+    elif reading == "low_fraction_norm":
+        log_c = jnp.sum(jnp.where(m, lp, 0.0), axis=-1) / jnp.maximum(rho * n, 1e-12)
+    else:
+        log_c = jnp.sum(jnp.where(m, lp, 0.0), axis=-1) / jnp.maximum(n, 1.0)
+    return jnp.exp(jnp.where(n > 0, log_c, 0.0))
 
 
 def predicted_prompt_mask(prompt_mask: jax.Array) -> jax.Array:
-  """Prompt positions that carry a prediction log pi(q_t | q_<t): real tokens after the first."""
-  pm = prompt_mask.astype(bool)
-  return pm & (jnp.cumsum(pm, axis=-1) > 1)
+    """Prompt positions that carry a prediction log pi(q_t | q_<t): real tokens after the first."""
+    pm = prompt_mask.astype(bool)
+    return pm & (jnp.cumsum(pm, axis=-1) > 1)
 
 
 def prompt_confidence(prompt_logprobs: jax.Array, prompt_mask: jax.Array, *,
                       reading: str = "mean", rho: float = 0.2,
                       token_mask: Optional[jax.Array] = None) -> jax.Array:
-  """Prompt confidence c(q) [P] (INTERPRETATION): 1 / perplexity of the prompt.
+    """Prompt confidence c(q) [P] (INTERPRETATION): 1 / perplexity of the prompt.
 
-  Args:
-    prompt_logprobs: float [P, Tp], log pi_old(q_t | q_<t) (0 where no prediction exists).
-    prompt_mask: bool [P, Tp] real prompt tokens.
-    reading: ``"mean"`` (A, default): exp(mean over predicted tokens t >= 2); or
-      ``"low_fraction"``: exp(mean of the lowest-rho fraction of them).
-    token_mask: optional bool [P, Tp] restricting the tokens used (e.g. question tokens only,
-      excluding the chat template); default: every predicted prompt token.
+    Args:
+      prompt_logprobs: float [P, Tp], log pi_old(q_t | q_<t) (0 where no prediction exists).
+      prompt_mask: bool [P, Tp] real prompt tokens.
+      reading: ``"mean"`` (A, default): exp(mean over predicted tokens t >= 2); or
+        ``"low_fraction"``: exp(mean of the lowest-rho fraction of them).
+      token_mask: optional bool [P, Tp] restricting the tokens used (e.g. question tokens only,
+        excluding the chat template); default: every predicted prompt token.
 
-  Returns:
-    float32 [P]; 1 for a prompt with no predicted token.
-  """
-  chex.assert_equal_shape([prompt_logprobs, prompt_mask])
-  valid = predicted_prompt_mask(prompt_mask)
-  if token_mask is not None:
-    chex.assert_equal_shape([token_mask, prompt_mask])
-    valid = valid & token_mask.astype(bool)
-  lp = jax.lax.stop_gradient(prompt_logprobs).astype(jnp.float32)
-  n = jnp.sum(valid, axis=-1).astype(jnp.float32)
-  if reading == "mean":
-    log_c = jnp.sum(jnp.where(valid, lp, 0.0), axis=-1) / jnp.maximum(n, 1.0)
-  elif reading == "low_fraction":
-    log_c = low_fraction_mean(lp, valid, rho=rho)
-  else:
-    raise ValueError(f"prompt reading must be 'mean' or 'low_fraction'; got {reading!r}.")
-  return jnp.exp(jnp.where(n > 0, log_c, 0.0))
+    Returns:
+      float32 [P]; 1 for a prompt with no predicted token.
+    """
+    chex.assert_equal_shape([prompt_logprobs, prompt_mask])
+    valid = predicted_prompt_mask(prompt_mask)
+    if token_mask is not None:
+        chex.assert_equal_shape([token_mask, prompt_mask])
+        valid = valid & token_mask.astype(bool)
+    lp = jax.lax.stop_gradient(prompt_logprobs).astype(jnp.float32)
+    n = jnp.sum(valid, axis=-1).astype(jnp.float32)
+    if reading == "mean":
+        log_c = jnp.sum(jnp.where(valid, lp, 0.0), axis=-1) / jnp.maximum(n, 1.0)
+    elif reading == "low_fraction":
+        log_c = low_fraction_mean(lp, valid, rho=rho)
+    else:
+        raise ValueError(f"prompt reading must be 'mean' or 'low_fraction'; got {reading!r}.")
+    return jnp.exp(jnp.where(n > 0, log_c, 0.0))
 
 
 def arm_reweight(
@@ -138,37 +138,37 @@ def arm_reweight(
     apply_mask: Optional[jax.Array] = None,
     gate_mask: Optional[jax.Array] = None,
 ) -> Tuple[jax.Array, jax.Array]:
-  """A~ = A + alpha (c(q) - c(o|q)) outside all-wrong groups (ProGRPO ARM, arXiv 2602.05281).
+    """A~ = A + alpha (c(q) - c(o|q)) outside all-wrong groups (ProGRPO ARM, arXiv 2602.05281).
 
-  Args:
-    advantages: [P, G] baseline advantages.
-    correct: bool [P, G]; a group is all-wrong when no member is correct.
-    answer_conf: [P, G] c(o_i|q); prompt_conf: [P] c(q) or [P, G].
-    alpha: strength (not public; default 1.0).
-    gate_all_correct: ablation; if True all-correct groups are also left unchanged.
-    member_mask: optional bool [P, G]; non-members are unchanged (their advantage stays 0).
-    apply_mask: optional bool [P, G]; members where False get no correction (e.g. anchors).
-    gate_mask: optional bool [P, G]; the members whose correctness decides the all-wrong /
-      all-correct gates (default: all members).
+    Args:
+      advantages: [P, G] baseline advantages.
+      correct: bool [P, G]; a group is all-wrong when no member is correct.
+      answer_conf: [P, G] c(o_i|q); prompt_conf: [P] c(q) or [P, G].
+      alpha: strength (not public; default 1.0).
+      gate_all_correct: ablation; if True all-correct groups are also left unchanged.
+      member_mask: optional bool [P, G]; non-members are unchanged (their advantage stays 0).
+      apply_mask: optional bool [P, G]; members where False get no correction (e.g. anchors).
+      gate_mask: optional bool [P, G]; the members whose correctness decides the all-wrong /
+        all-correct gates (default: all members).
 
-  Returns:
-    ``(adjusted advantages [P, G] in the dtype of ``advantages``, correction [P, G] float32)``;
-    the correction is wrapped in stop_gradient.
-  """
-  p, g = advantages.shape
-  member = _common.member_mask_or_ones(member_mask, (p, g))
-  apply = member if apply_mask is None else member & apply_mask.astype(bool)
-  gm = member if gate_mask is None else member & gate_mask.astype(bool)
-  c = jnp.asarray(correct).astype(bool) & gm
-  n_correct = jnp.sum(c, axis=1, keepdims=True)
-  n_member = jnp.sum(gm, axis=1, keepdims=True)
-  active = n_correct > 0
-  if gate_all_correct:
-    active = active & (n_correct < n_member)
-  cq = prompt_conf if jnp.ndim(prompt_conf) == 2 else prompt_conf[:, None]
-  corr = alpha * (cq.astype(jnp.float32) - answer_conf.astype(jnp.float32))
-  corr = jax.lax.stop_gradient(jnp.where(active & apply, corr, 0.0))
-  return (advantages.astype(jnp.float32) + corr).astype(advantages.dtype), corr
+    Returns:
+      ``(adjusted advantages [P, G] in the dtype of ``advantages``, correction [P, G] float32)``;
+      the correction is wrapped in stop_gradient.
+    """
+    p, g = advantages.shape
+    member = _common.member_mask_or_ones(member_mask, (p, g))
+    apply = member if apply_mask is None else member & apply_mask.astype(bool)
+    gm = member if gate_mask is None else member & gate_mask.astype(bool)
+    c = jnp.asarray(correct).astype(bool) & gm
+    n_correct = jnp.sum(c, axis=1, keepdims=True)
+    n_member = jnp.sum(gm, axis=1, keepdims=True)
+    active = n_correct > 0
+    if gate_all_correct:
+        active = active & (n_correct < n_member)
+    cq = prompt_conf if jnp.ndim(prompt_conf) == 2 else prompt_conf[:, None]
+    corr = alpha * (cq.astype(jnp.float32) - answer_conf.astype(jnp.float32))
+    corr = jax.lax.stop_gradient(jnp.where(active & apply, corr, 0.0))
+    return (advantages.astype(jnp.float32) + corr).astype(advantages.dtype), corr
 
 
 def progrpo_transform(
@@ -183,53 +183,53 @@ def progrpo_transform(
     gate_all_correct: bool = False,
     apply_to_anchors: bool = False,
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-  """Advantage transform: ProGRPO ARM on a Rollout and baseline advantages [P, G].
+    """Advantage transform: ProGRPO ARM on a Rollout and baseline advantages [P, G].
 
-  Uses rollout.logprobs / completion_mask (answer confidence), rollout.prompt_logprobs /
-  prompt_mask (prompt confidence), rollout.correct (the all-wrong gate), rollout.member_mask.
+    Uses rollout.logprobs / completion_mask (answer confidence), rollout.prompt_logprobs /
+    prompt_mask (prompt confidence), rollout.correct (the all-wrong gate), rollout.member_mask.
 
-  Args:
-    alpha: correction strength (default 1.0).
-    answer_confidence_reading: see :func:`answer_confidence` (default ``"low_fraction"``).
-    prompt_confidence_reading: ``"mean"`` (default), ``"low_fraction"`` (see
-      :func:`prompt_confidence`) or ``"group_mean_answer"`` (c(q) := mean of the members'
-      answer confidences; zero-mean correction within a group, not the paper's definition).
-    rho: the low-probability fraction for answers (0.2); prompt_rho: for prompts.
-    gate_all_correct: ablation switch (see :func:`arm_reweight`).
-    apply_to_anchors: off-policy anchors have logprobs 0 (confidence 1), which is not a
-      behaviour-policy confidence; by default they get no correction and are excluded from the
-      group-mean prompt confidence.
-  The all-wrong / all-correct gates always look at the on-policy members only: an anchor (an
-  expert solution, correct by construction) does not switch ARM on for a group whose own
-  samples are all wrong.
-  An empty completion (no valid token) gets no correction.
-  """
-  if prompt_confidence_reading not in PROMPT_CONFIDENCES:
-    raise ValueError(f"prompt_confidence_reading must be one of {PROMPT_CONFIDENCES}; got "
-                     f"{prompt_confidence_reading!r}.")
-  chex.assert_equal_shape([advantages, rollout.rewards])
-  member = rollout.member_mask.astype(bool)
-  ca = answer_confidence(rollout.logprobs, rollout.completion_mask,
-                         reading=answer_confidence_reading, rho=rho)
-  nonempty = jnp.any(rollout.completion_mask, axis=-1)
-  apply = nonempty if apply_to_anchors else nonempty & ~rollout.is_anchor.astype(bool)
-  if prompt_confidence_reading == "group_mean_answer":
-    w = (member & apply).astype(jnp.float32)
-    cq = jnp.sum(ca * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-  else:
-    cq = prompt_confidence(rollout.prompt_logprobs, rollout.prompt_mask,
-                           reading=prompt_confidence_reading, rho=prompt_rho)
-  adv, corr = arm_reweight(advantages, rollout.correct, ca, cq, alpha=alpha,
-                           gate_all_correct=gate_all_correct, member_mask=member,
-                           apply_mask=apply, gate_mask=~rollout.is_anchor.astype(bool))
-  touched = (corr != 0.0).astype(jnp.float32)
-  wm = (member & apply).astype(jnp.float32)
-  nw = jnp.maximum(jnp.sum(wm), 1.0)
-  diag = {
-      "correction_mean": _common.scalar(jnp.sum(corr * wm) / nw),
-      "correction_abs_mean": _common.scalar(jnp.sum(jnp.abs(corr) * wm) / nw),
-      "frac_corrected": _common.scalar(jnp.sum(touched * wm) / nw),
-      "answer_confidence_mean": _common.scalar(jnp.sum(ca * wm) / nw),
-      "prompt_confidence_mean": _common.scalar(jnp.mean(cq)),
-  }
-  return adv, diag
+    Args:
+      alpha: correction strength (default 1.0).
+      answer_confidence_reading: see :func:`answer_confidence` (default ``"low_fraction"``).
+      prompt_confidence_reading: ``"mean"`` (default), ``"low_fraction"`` (see
+        :func:`prompt_confidence`) or ``"group_mean_answer"`` (c(q) := mean of the members'
+        answer confidences; zero-mean correction within a group, not the paper's definition).
+      rho: the low-probability fraction for answers (0.2); prompt_rho: for prompts.
+      gate_all_correct: ablation switch (see :func:`arm_reweight`).
+      apply_to_anchors: off-policy anchors have logprobs 0 (confidence 1), which is not a
+        behaviour-policy confidence; by default they get no correction and are excluded from the
+        group-mean prompt confidence.
+    The all-wrong / all-correct gates always look at the on-policy members only: an anchor (an
+    expert solution, correct by construction) does not switch ARM on for a group whose own
+    samples are all wrong.
+    An empty completion (no valid token) gets no correction.
+    """
+    if prompt_confidence_reading not in PROMPT_CONFIDENCES:
+        raise ValueError(f"prompt_confidence_reading must be one of {PROMPT_CONFIDENCES}; got "
+                         f"{prompt_confidence_reading!r}.")
+    chex.assert_equal_shape([advantages, rollout.rewards])
+    member = rollout.member_mask.astype(bool)
+    ca = answer_confidence(rollout.logprobs, rollout.completion_mask,
+                           reading=answer_confidence_reading, rho=rho)
+    nonempty = jnp.any(rollout.completion_mask, axis=-1)
+    apply = nonempty if apply_to_anchors else nonempty & ~rollout.is_anchor.astype(bool)
+    if prompt_confidence_reading == "group_mean_answer":
+        w = (member & apply).astype(jnp.float32)
+        cq = jnp.sum(ca * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    else:
+        cq = prompt_confidence(rollout.prompt_logprobs, rollout.prompt_mask,
+                               reading=prompt_confidence_reading, rho=prompt_rho)
+    adv, corr = arm_reweight(advantages, rollout.correct, ca, cq, alpha=alpha,
+                             gate_all_correct=gate_all_correct, member_mask=member,
+                             apply_mask=apply, gate_mask=~rollout.is_anchor.astype(bool))
+    touched = (corr != 0.0).astype(jnp.float32)
+    wm = (member & apply).astype(jnp.float32)
+    nw = jnp.maximum(jnp.sum(wm), 1.0)
+    diag = {
+        "correction_mean": _common.scalar(jnp.sum(corr * wm) / nw),
+        "correction_abs_mean": _common.scalar(jnp.sum(jnp.abs(corr) * wm) / nw),
+        "frac_corrected": _common.scalar(jnp.sum(touched * wm) / nw),
+        "answer_confidence_mean": _common.scalar(jnp.sum(ca * wm) / nw),
+        "prompt_confidence_mean": _common.scalar(jnp.mean(cq)),
+    }
+    return adv, diag

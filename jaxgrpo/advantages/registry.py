@@ -34,45 +34,45 @@ KINDS = ("baseline", "reward", "advantage")
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
-  """A registered transform: its name, kind, function and option defaults."""
-  name: str
-  kind: str
-  fn: Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
+    """A registered transform: its name, kind, function and option defaults."""
+    name: str
+    kind: str
+    fn: Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
 
-  @property
-  def defaults(self) -> Dict[str, Any]:
-    """Keyword-only options of ``fn`` and their defaults."""
-    return {
-        k: p.default
-        for k, p in inspect.signature(self.fn).parameters.items()
-        if p.kind == inspect.Parameter.KEYWORD_ONLY
-    }
+    @property
+    def defaults(self) -> Dict[str, Any]:
+        """Keyword-only options of ``fn`` and their defaults."""
+        return {
+            k: p.default
+            for k, p in inspect.signature(self.fn).parameters.items()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY
+        }
 
 
 _REGISTRY: Dict[str, Transform] = {}
 
 
 def register_transform(name: str, kind: str, fn: Callable) -> Transform:
-  """Registers ``fn`` under ``name``; its options must be keyword-only parameters."""
-  if kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
-  if name in _REGISTRY:
-    raise ValueError(f"an advantage transform named {name!r} is already registered.")
-  t = Transform(name, kind, fn)
-  _REGISTRY[name] = t
-  return t
+    """Registers ``fn`` under ``name``; its options must be keyword-only parameters."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
+    if name in _REGISTRY:
+        raise ValueError(f"an advantage transform named {name!r} is already registered.")
+    t = Transform(name, kind, fn)
+    _REGISTRY[name] = t
+    return t
 
 
 def get_transform(name: str) -> Transform:
-  try:
-    return _REGISTRY[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown advantage transform {name!r}; known: {sorted(_REGISTRY)}.") from None
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown advantage transform {name!r}; known: {sorted(_REGISTRY)}.") from None
 
 
 def available_transforms(kind: Optional[str] = None) -> Tuple[str, ...]:
-  return tuple(sorted(n for n, t in _REGISTRY.items() if kind is None or t.kind == kind))
+    return tuple(sorted(n for n, t in _REGISTRY.items() if kind is None or t.kind == kind))
 
 
 register_transform("grpo", "baseline", grpo_transform)
@@ -83,11 +83,11 @@ register_transform("progrpo", "advantage", progrpo_transform)
 
 
 def _check_kind(name: str, kind: str) -> Transform:
-  t = get_transform(name)
-  if t.kind != kind:
-    raise ValueError(f"transform {name!r} is a {t.kind} transform, not a {kind} transform; "
-                     f"{kind} transforms: {list(available_transforms(kind))}.")
-  return t
+    t = get_transform(name)
+    if t.kind != kind:
+        raise ValueError(f"transform {name!r} is a {t.kind} transform, not a {kind} transform; "
+                         f"{kind} transforms: {list(available_transforms(kind))}.")
+    return t
 
 
 def make_advantage_fn(
@@ -96,69 +96,69 @@ def make_advantage_fn(
     advantage_transforms: Sequence[str] = (),
     options: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Callable[[Any], Tuple[jax.Array, Dict[str, jax.Array]]]:
-  """Composes reward transforms -> baseline -> advantage transforms by name.
+    """Composes reward transforms -> baseline -> advantage transforms by name.
 
-  Example (DRA-GRPO followed by ProGRPO's ARM)::
+    Example (DRA-GRPO followed by ProGRPO's ARM)::
 
-      fn = make_advantage_fn("grpo", ("dra",), ("progrpo",),
-                             options={"grpo": {"eps": 1e-6}, "progrpo": {"alpha": 0.5}})
-      adv, diag = jax.jit(fn)(rollout)   # adv [P, G]; diag {"dra/weight_mean": ..., ...}
+        fn = make_advantage_fn("grpo", ("dra",), ("progrpo",),
+                               options={"grpo": {"eps": 1e-6}, "progrpo": {"alpha": 0.5}})
+        adv, diag = jax.jit(fn)(rollout)   # adv [P, G]; diag {"dra/weight_mean": ..., ...}
 
-  Args:
-    baseline: a baseline name (``"grpo"``, ``"dr_grpo"``, ``"dagrpo"``).
-    reward_transforms: reward transforms applied in order before the baseline (``"dra"``).
-    advantage_transforms: advantage transforms applied in order after it (``"progrpo"``).
-    options: ``{transform name: {option: value}}``; omitted options take the defaults.
+    Args:
+      baseline: a baseline name (``"grpo"``, ``"dr_grpo"``, ``"dagrpo"``).
+      reward_transforms: reward transforms applied in order before the baseline (``"dra"``).
+      advantage_transforms: advantage transforms applied in order after it (``"progrpo"``).
+      options: ``{transform name: {option: value}}``; omitted options take the defaults.
 
-  Returns:
-    A pure function ``rollout -> (advantages [P, G], diagnostics)``. Diagnostic keys are
-    ``"<transform>/<name>"`` plus ``"adv/abs_mean"``, ``"adv/mean"`` over members.
+    Returns:
+      A pure function ``rollout -> (advantages [P, G], diagnostics)``. Diagnostic keys are
+      ``"<transform>/<name>"`` plus ``"adv/abs_mean"``, ``"adv/mean"`` over members.
 
-  Raises:
-    ValueError: unknown transform name, a transform of the wrong kind, a name used twice,
-      options for a transform not in the chain, or an unknown option key.
-  """
-  options = dict(options or {})
-  chain = ([(_check_kind(n, "reward"), "reward") for n in reward_transforms]
-           + [(_check_kind(baseline, "baseline"), "baseline")]
-           + [(_check_kind(n, "advantage"), "advantage") for n in advantage_transforms])
-  names = [t.name for t, _ in chain]
-  if len(set(names)) != len(names):
-    raise ValueError(f"a transform appears twice in the chain {names}.")
-  for name, opts in options.items():
-    if name not in names:
-      raise ValueError(f"options given for {name!r}, which is not in the chain {names} "
-                       f"(known transforms: {sorted(_REGISTRY)}).")
-    allowed = get_transform(name).defaults
-    unknown = sorted(set(opts) - set(allowed))
-    if unknown:
-      raise ValueError(f"unknown option(s) {unknown} for advantage transform {name!r}; "
-                       f"allowed: {sorted(allowed)}.")
-  if (baseline == "dagrpo" and reward_transforms
-      and options.get("dagrpo", {}).get("score", "fine") == "fine"):
-    raise ValueError(
-        f"reward transforms {list(reward_transforms)} would have no effect: DaGRPO with "
-        "score='fine' ranks by correct + alpha * fine_scores, not by rollout.rewards; set "
-        "options={'dagrpo': {'score': 'reward'}} to apply them.")
-  bound = [(t, dict(options.get(t.name, {}))) for t, _ in chain]
+    Raises:
+      ValueError: unknown transform name, a transform of the wrong kind, a name used twice,
+        options for a transform not in the chain, or an unknown option key.
+    """
+    options = dict(options or {})
+    chain = ([(_check_kind(n, "reward"), "reward") for n in reward_transforms]
+             + [(_check_kind(baseline, "baseline"), "baseline")]
+             + [(_check_kind(n, "advantage"), "advantage") for n in advantage_transforms])
+    names = [t.name for t, _ in chain]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a transform appears twice in the chain {names}.")
+    for name, opts in options.items():
+        if name not in names:
+            raise ValueError(f"options given for {name!r}, which is not in the chain {names} "
+                             f"(known transforms: {sorted(_REGISTRY)}).")
+        allowed = get_transform(name).defaults
+        unknown = sorted(set(opts) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for advantage transform {name!r}; "
+                             f"allowed: {sorted(allowed)}.")
+    if (baseline == "dagrpo" and reward_transforms
+        and options.get("dagrpo", {}).get("score", "fine") == "fine"):
+        raise ValueError(
+            f"reward transforms {list(reward_transforms)} would have no effect: DaGRPO with "
+            "score='fine' ranks by correct + alpha * fine_scores, not by rollout.rewards; set "
+            "options={'dagrpo': {'score': 'reward'}} to apply them.")
+    bound = [(t, dict(options.get(t.name, {}))) for t, _ in chain]
 
-  def advantage_fn(rollout) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    diag: Dict[str, jax.Array] = {}
-    adv = None
-    for t, opts in bound:
-      if t.kind == "reward":
-        rewards, d = t.fn(rollout, **opts)
-        rollout = rollout.replace(rewards=rewards)
-      elif t.kind == "baseline":
-        adv, d = t.fn(rollout, **opts)
-      else:
-        adv, d = t.fn(rollout, adv, **opts)
-      diag.update({f"{t.name}/{k}": v for k, v in d.items()})
-    m = rollout.member_mask.astype(jnp.float32)
-    nm = jnp.maximum(jnp.sum(m), 1.0)
-    a = adv.astype(jnp.float32)
-    diag["adv/abs_mean"] = jnp.sum(jnp.abs(a) * m) / nm
-    diag["adv/mean"] = jnp.sum(a * m) / nm
-    return adv, diag
+    def advantage_fn(rollout) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+        diag: Dict[str, jax.Array] = {}
+        adv = None
+        for t, opts in bound:
+            if t.kind == "reward":
+                rewards, d = t.fn(rollout, **opts)
+                rollout = rollout.replace(rewards=rewards)
+            elif t.kind == "baseline":
+                adv, d = t.fn(rollout, **opts)
+            else:
+                adv, d = t.fn(rollout, adv, **opts)
+            diag.update({f"{t.name}/{k}": v for k, v in d.items()})
+        m = rollout.member_mask.astype(jnp.float32)
+        nm = jnp.maximum(jnp.sum(m), 1.0)
+        a = adv.astype(jnp.float32)
+        diag["adv/abs_mean"] = jnp.sum(jnp.abs(a) * m) / nm
+        diag["adv/mean"] = jnp.sum(a * m) / nm
+        return adv, diag
 
-  return advantage_fn
+    return advantage_fn
