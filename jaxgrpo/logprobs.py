@@ -119,7 +119,7 @@ def _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask)
     first = jnp.repeat(h_prompt[:, -1:], g, axis=0)  # predicts completion token 0
     if tc == 1:
         return first
-    cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+    cache = cache.repeat(g)
     key_mask = jnp.concatenate([jnp.repeat(pmask, g, axis=0), cmask], axis=1)
     n_prompt = jnp.repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32), g)
     positions = n_prompt[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]

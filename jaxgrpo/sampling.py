@@ -183,7 +183,7 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
 
     # Broadcast to G samples per prompt (prompt-major rows).
     rep = lambda a: jnp.repeat(a, g, axis=0) if g > 1 else a
-    cache = jax.tree.map(rep, cache)
+    cache = cache.repeat(g)
     key_mask = rep(key_mask_p)
     next_pos = rep(jnp.sum(pmask, axis=1).astype(jnp.int32))  # position of completion token 0
     logits0 = rep(last_logits)

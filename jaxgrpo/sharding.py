@@ -11,12 +11,19 @@ One ``jax.sharding.Mesh`` with three named axes carries every kind of parallelis
 
 Parameters are laid out by an ordered list of ``(regex, PartitionSpec)`` rules matched (first
 match wins, ``re.search``) against the ``'/'``-joined path of each array in an ``nnx.State``
-(e.g. ``layers/3/self_attn/q_proj/kernel``). The same rules lay out optimizer state, whose paths
-contain the parameter paths (``0/mu/layers/3/self_attn/q_proj/kernel``,
+(e.g. ``layers/self_attn/q_proj/kernel``). The rules describe ONE layer's shapes: the decoder's
+layers are stacked (``[L, ...]`` arrays under ``layers/``, see ``STACKED``), and those get a
+leading ``None`` (the layer axis is never split). The same rules lay out optimizer state, whose
+paths contain the parameter paths (``0/mu/layers/self_attn/q_proj/kernel``,
 ``opt_state/0/nu/...`` for ``nnx.Optimizer``). Rank-0 leaves (optax's step ``count``,
-``nnx.Optimizer.step``) are always replicated. Activations are not annotated: ``jax.jit``
-propagates shardings from the parameters and the batch (``batch_sharding``: leading axis split
-over ``('data', 'fsdp')``).
+``nnx.Optimizer.step``) are always replicated.
+
+Activations are constrained inside the decoder with ``constrain`` (batch over
+``('data', 'fsdp')``, attention heads and MLP units over ``'tensor'``, the residual stream
+replicated across ``'tensor'``), so XLA all-gathers FSDP-sharded weights where they are used
+instead of all-reducing activations. The constraints read the mesh of the surrounding
+``with jax.set_mesh(mesh):`` at trace time and are no-ops without one (or on one device): wrap
+the calls of jitted functions that run the model in it.
 
 Typical single-host use::
 
@@ -85,6 +92,18 @@ DEFAULT_RULES: Tuple[Tuple[str, P], ...] = (
     (r"inv_freq$", P()),  # [D/2], non-trainable
 )
 
+# Paths of stacked (scanned) layer parameters, [L, *per-layer shape]: the rules' specs describe the
+# per-layer shape and get a leading None. ``layers/<digit>`` (a Python list of layers) is not.
+STACKED = r"(^|/)layers/(?!\d+(/|$))"
+
+# Activation layouts (``constrain``): [B, T, E] residual stream, [B, T, H, D] heads,
+# [B, T, I] MLP units, [B, T, V] logits (vocab-split like the embedding), [L, B, KVH, S, D] cache.
+ACT_HIDDEN = P(BATCH_AXES, None, None)
+ACT_HEADS = P(BATCH_AXES, None, "tensor", None)
+ACT_MLP = P(BATCH_AXES, None, "tensor")
+ACT_LOGITS = P(BATCH_AXES, None, "tensor")
+ACT_CACHE = P(None, BATCH_AXES, "tensor", None, None)
+
 
 # ------------------------------------------------------------------------------------ meshes
 
@@ -144,6 +163,34 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """
     bs, rep = batch_sharding(mesh), replicated(mesh)
     return jax.tree.map(lambda x: jax.device_put(x, rep if np.ndim(x) == 0 else bs), batch)
+
+
+def constrain(x: jax.Array, spec: P) -> jax.Array:
+    """``with_sharding_constraint(x, spec)`` on the mesh set by ``jax.set_mesh``, else ``x``.
+
+    A no-op without a mesh or on a one-device mesh. Mesh axes the mesh lacks, manual axes (inside
+    ``shard_map``) and axes whose size does not divide their dimension are dropped from ``spec``
+    (that dimension is then replicated over them), so any batch size traces.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    sizes = dict(mesh.shape)
+    skip = set(mesh.manual_axes)
+    if skip >= set(sizes):  # fully inside shard_map: nothing left to constrain
+        return x
+    entries = list(spec) + [None] * (x.ndim - len(spec))
+    out = []
+    for e, n in zip(entries, x.shape):
+        axes = () if e is None else ((e,) if isinstance(e, str) else tuple(e))
+        kept, prod = [], 1
+        for a in axes:
+            if a in skip or a not in sizes or n % (prod * sizes[a]):
+                continue
+            kept.append(a)
+            prod *= sizes[a]
+        out.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+    return jax.lax.with_sharding_constraint(x, P(*out))
 
 
 # ---------------------------------------------------------------------------- partition rules
@@ -233,7 +280,9 @@ def match_partition_rules(rules: Rules, state: Any, mesh=None, *,
     ``state`` is any pytree of arrays or ``jax.ShapeDtypeStruct`` (an ``nnx.State``, an optax
     state, a dict). Each leaf's ``'/'``-joined path (see ``path_to_str``) is matched with
     ``re.search`` against the rules in order; the first match gives its spec, padded with
-    ``None`` to the leaf's rank. Rank-0 leaves are replicated without consulting the rules.
+    ``None`` to the leaf's rank; leaves under a stacked ``layers/`` (``STACKED``) get a leading
+    ``None`` first, so the rules describe one layer. Rank-0 leaves are replicated without
+    consulting the rules.
 
     With ``mesh`` (a ``Mesh`` or ``AbstractMesh``), a dimension whose size is not divisible by
     its mesh axes' total size keeps only a divisible prefix of those axes (usually: replicated);
@@ -243,6 +292,7 @@ def match_partition_rules(rules: Rules, state: Any, mesh=None, *,
     whose spec has more entries than the leaf's rank or names an axis the mesh lacks.
     """
     compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
+    stacked = re.compile(STACKED)
     fallbacks = [] if fallbacks is None else fallbacks
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     specs, unmatched = [], []
@@ -254,6 +304,8 @@ def match_partition_rules(rules: Rules, state: Any, mesh=None, *,
             continue
         for rx, spec in compiled:
             if rx.search(name):
+                if stacked.search(name):
+                    spec = P(None, *spec)  # the layer axis of a stacked parameter
                 specs.append(_fit_spec(spec, shape, name, mesh, fallbacks))
                 break
         else:

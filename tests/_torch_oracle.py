@@ -15,17 +15,23 @@ def copy_torch_weights(model: Decoder, torch_model) -> Decoder:
     model.norm.weight[...] = sd["model.norm.weight"]
     if model.lm_head is not None:
         model.lm_head.kernel[...] = sd["lm_head.weight"].T
-    for i, layer in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        layer.input_layernorm.weight[...] = sd[p + "input_layernorm.weight"]
-        layer.post_attention_layernorm.weight[...] = sd[p + "post_attention_layernorm.weight"]
-        for n in ["q_proj", "k_proj", "v_proj", "o_proj"]:
-            lin = getattr(layer.self_attn, n)
-            lin.kernel[...] = sd[p + f"self_attn.{n}.weight"].T
-            if lin.bias is not None:
-                lin.bias[...] = sd[p + f"self_attn.{n}.bias"]
-        for n in ["gate_proj", "up_proj", "down_proj"]:
-            getattr(layer.mlp, n).kernel[...] = sd[p + f"mlp.{n}.weight"].T
+    # Layers are stacked: each parameter is one [L, ...] array, layer i at index i.
+    n = model.config.num_hidden_layers
+    layers = model.layers
+
+    def stack(fmt, transpose=False):
+        return np.stack([sd[f"model.layers.{i}." + fmt].T if transpose
+                         else sd[f"model.layers.{i}." + fmt] for i in range(n)])
+
+    layers.input_layernorm.weight[...] = stack("input_layernorm.weight")
+    layers.post_attention_layernorm.weight[...] = stack("post_attention_layernorm.weight")
+    for name in ["q_proj", "k_proj", "v_proj", "o_proj"]:
+        lin = getattr(layers.self_attn, name)
+        lin.kernel[...] = stack(f"self_attn.{name}.weight", transpose=True)
+        if lin.bias is not None:
+            lin.bias[...] = stack(f"self_attn.{name}.bias")
+    for name in ["gate_proj", "up_proj", "down_proj"]:
+        getattr(layers.mlp, name).kernel[...] = stack(f"mlp.{name}.weight", transpose=True)
     return model
 
 

@@ -98,7 +98,7 @@ def test_logits_match_transformers(which, request):
 
 def test_bf16_loading_close(tiny_qwen2_dir):
     model, _ = load_pretrained(tiny_qwen2_dir, dtype=jnp.bfloat16, tokenizer=False)
-    kernel = model.layers[0].self_attn.q_proj.kernel[...]
+    kernel = model.layers.self_attn.q_proj.kernel[...]  # stacked [L, E, H*D]
     assert kernel.dtype == jnp.bfloat16
     ids, mask = _batch(model.config.vocab_size)
     ref = _torch_logits(_hf_model(tiny_qwen2_dir), ids, mask)

@@ -2,8 +2,15 @@
 
 Grouped-query attention, RoPE (with Llama-3 / linear scaling), RMSNorm, SwiGLU MLP, optional
 q/k/v bias (Qwen2), tied or untied embeddings, any head_dim. Parameter names mirror Hugging Face
-(``layers[i].self_attn.q_proj.kernel`` is ``model.layers.i.self_attn.q_proj.weight`` transposed),
+(``layers.self_attn.q_proj.kernel[i]`` is ``model.layers.i.self_attn.q_proj.weight`` transposed),
 which keeps weight loading and partition rules readable.
+
+The layers are ONE ``DecoderLayer`` whose parameters carry a leading layer axis L (built with
+``nnx.vmap``) and run by ``jax.lax.scan``: the program holds one layer body whatever the depth, so
+compile time and program size stay flat in L. ``Decoder.remat`` (one of ``REMAT_POLICIES``)
+rematerialises that body in the backward pass. Under a mesh (``jax.set_mesh``) activations are
+constrained to batch over ('data', 'fsdp') and heads / MLP units over 'tensor'
+(``jaxgrpo.sharding.constrain``); without one the constraints are no-ops.
 
 Two call modes, both pure functions of (params, inputs) once split with ``nnx.split``:
   * ``model(input_ids, attention_mask=, positions=)`` -> logits [B, T, V] (teacher forcing);
@@ -19,30 +26,76 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxgrpo.models.config import ModelConfig, rope_inv_freq
+from jaxgrpo.sharding import constrain, ACT_HIDDEN, ACT_HEADS, ACT_MLP, ACT_LOGITS, ACT_CACHE
+
+# Rematerialisation policies of the scanned layer body (``Decoder.remat``): "none" saves every
+# intermediate the backward pass needs; "full" saves nothing (recomputes the layer); the others
+# are ``jax.checkpoint_policies`` of the same name (save matmul outputs, or only those without
+# batch dimensions, i.e. not the attention score / value products).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+# The layer's slice of a stacked KV cache is always saved under remat: recomputing it needs the
+# whole stacked cache, which the scan would then save once per layer (L x the cache).
+_KV_NAME = "decoder_layer_kv"
 
 
 @struct.dataclass
 class KVCache:
-    """Per-layer key/value cache; ``k[i]``, ``v[i]`` are [B, num_kv_heads, S, head_dim].
+    """Stacked key/value cache: ``k``, ``v`` are [L, B, num_kv_heads, S, head_dim].
 
+    One array per kind, scanned with the stacked layers (layer i reads and writes ``k[i]``).
     Head-major so that decode-time attention is a batched (b, head) matmul that reads the cache in
     place: with [B, S, H, D] XLA transposed (copied) the whole cache of every layer at every step.
     """
 
-    k: Tuple[jax.Array, ...]
-    v: Tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
 
     @property
     def max_length(self) -> int:
-        return self.k[0].shape[2]
+        return self.k.shape[3]
+
+    def repeat(self, g: int) -> "KVCache":
+        """Each batch row repeated ``g`` times, prompt-major (row p*g + j is a copy of row p)."""
+        if g == 1:
+            return self
+        return KVCache(k=jnp.repeat(self.k, g, axis=1), v=jnp.repeat(self.v, g, axis=1))
+
+
+@struct.dataclass
+class LayerKV:
+    """Layer ``index`` of a stacked cache, as one scanned layer sees it.
+
+    ``write`` puts new keys/values into their slots of the STACKED arrays (an in-place update of
+    T slots of one layer), ``read`` returns that layer's [B, KVH, S, D] view; writing into a
+    per-layer copy instead would copy the layer's whole cache at every decode step.
+    """
+
+    k: jax.Array  # [L, B, KVH, S, D]
+    v: jax.Array
+    index: jax.Array  # int32 scalar: the layer
+
+    def write(self, k_new: jax.Array, v_new: jax.Array, slot) -> "LayerKV":
+        """k_new, v_new [B, KVH, T, D] written at slots [slot, slot + T) of layer ``index``."""
+        at = (self.index, 0, 0, slot, 0)
+        return LayerKV(k=jax.lax.dynamic_update_slice(self.k, k_new[None].astype(self.k.dtype), at),
+                       v=jax.lax.dynamic_update_slice(self.v, v_new[None].astype(self.v.dtype), at),
+                       index=self.index)
+
+    def read(self) -> Tuple[jax.Array, jax.Array]:
+        """This layer's (k, v), each [B, KVH, S, D]."""
+        k = jax.lax.dynamic_index_in_dim(self.k, self.index, 0, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(self.v, self.index, 0, keepdims=False)
+        return checkpoint_name(k, _KV_NAME), checkpoint_name(v, _KV_NAME)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, cfg.num_key_value_heads, max_length, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
-    return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)))
+    """A zero cache of [L, batch, num_kv_heads, max_length, head_dim] keys and values."""
+    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_length, cfg.head_dim)
+    return KVCache(k=constrain(jnp.zeros(shape, dtype), ACT_CACHE),
+                   v=constrain(jnp.zeros(shape, dtype), ACT_CACHE))
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -84,22 +137,23 @@ class Attention(nnx.Module):
     def __call__(self, x, cos, sin, key_mask, query_slots, cache_kv=None, cache_index=None):
         """x [B, T, E]; key_mask [B, S] bool; query_slots [T] int (slot index of each query).
 
-        Without a cache S = T and keys are this call's own. With ``cache_kv=(k, v)`` of
-        [B, KVH, S, D] the new keys are written at ``cache_index`` and all S slots are attended (masked by ``key_mask`` and causality). Returns (out [B, T, E], (k, v) or None).
+        Without a cache S = T and keys are this call's own. With ``cache_kv`` (a ``LayerKV``: this
+        layer of a stacked [L, B, KVH, S, D] cache) the new keys are written at ``cache_index`` and
+        all S slots are attended (masked by ``key_mask`` and causality). Returns
+        (out [B, T, E], the updated ``LayerKV`` or None).
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k, v = (constrain(a, ACT_HEADS) for a in (q, k, v))  # heads over 'tensor'
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]: the cache layout
         v = v.transpose(0, 2, 1, 3)
         new_kv = None
         if cache_kv is not None:
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, cache_index, 0))
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, cache_index, 0))
-            new_kv = (k, v)
+            new_kv = cache_kv.write(k, v, cache_index)
+            k, v = new_kv.read()
         s = k.shape[2]
         rep = self.num_heads // self.num_kv_heads
         # GQA without materialising repeated K/V: queries grouped as [B, KVH, rep * T, D].
@@ -132,14 +186,17 @@ class MLP(nnx.Module):
         self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ACT_MLP)
+        return self.down_proj(h)
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    """One pre-norm block. ``attn_kw`` (e.g. the attention implementation) go to ``Attention``."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs, **attn_kw):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.self_attn = Attention(cfg, rngs=rngs, **kw)
+        self.self_attn = Attention(cfg, rngs=rngs, **kw, **attn_kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, **kw)
 
@@ -150,19 +207,45 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
+def remat_policy(name: str):
+    """The ``jax.checkpoint`` policy for ``Decoder.remat = name``; None for "none"."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {name!r}")
+    if name == "none":
+        return None
+    cp = jax.checkpoint_policies
+    base = cp.nothing_saveable if name == "full" else getattr(cp, name)
+    return cp.save_from_both_policies(base, cp.save_only_these_names(_KV_NAME))
+
+
 class Decoder(nnx.Module):
-    """Causal LM: ``model(input_ids, ...)`` -> logits [B, T, vocab] (float32)."""
+    """Causal LM: ``model(input_ids, ...)`` -> logits [B, T, vocab] (float32).
+
+    ``dtype`` is the compute dtype, ``param_dtype`` (default: ``dtype``) the parameters' own.
+    ``remat`` (one of ``REMAT_POLICIES``, default "none") is the rematerialisation policy of the
+    scanned layer body; it is a plain attribute, so ``model.remat = "full"`` after loading (and
+    before ``nnx.split``) takes effect. ``layer_kw`` are passed to every ``DecoderLayer`` (and on
+    to ``Attention``).
+    """
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None,
-                 rngs: Optional[nnx.Rngs] = None):
+                 rngs: Optional[nnx.Rngs] = None, remat: str = "none", **layer_kw):
         param_dtype = dtype if param_dtype is None else param_dtype
         rngs = rngs if rngs is not None else nnx.Rngs(0)
+        remat_policy(remat)  # validates the name
         self.config = cfg
         self.dtype = dtype
+        self.remat = remat
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
                                       param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(cfg.num_hidden_layers)])
+
+        # L layers as one module with stacked [L, ...] parameters, each layer its own init key.
+        @nnx.split_rngs(splits=cfg.num_hidden_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=cfg.num_hidden_layers)
+        def make_layers(r):
+            return DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r, **layer_kw)
+
+        self.layers = make_layers(rngs)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype,
@@ -171,6 +254,10 @@ class Decoder(nnx.Module):
             self.lm_head = None
         self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(cfg), jnp.float32))
 
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
     def init_cache(self, batch: int, max_length: int) -> KVCache:
         return init_cache(self.config, batch, max_length, self.dtype)
 
@@ -178,9 +265,33 @@ class Decoder(nnx.Module):
         """Final-norm hidden states [..., E] -> float32 logits [..., V]."""
         if self.lm_head is None:
             w = self.embed_tokens.embedding[...].astype(self.dtype)
-            return jnp.einsum("...e,ve->...v", h, w, preferred_element_type=jnp.float32)
-        w = self.lm_head.kernel[...].astype(self.dtype)
-        return jnp.einsum("...e,ev->...v", h, w, preferred_element_type=jnp.float32)
+            out = jnp.einsum("...e,ve->...v", h, w, preferred_element_type=jnp.float32)
+        else:
+            w = self.lm_head.kernel[...].astype(self.dtype)
+            out = jnp.einsum("...e,ev->...v", h, w, preferred_element_type=jnp.float32)
+        return constrain(out, ACT_LOGITS) if out.ndim == 3 else out
+
+    def _run_layers(self, x, cos, sin, key_mask, query_slots, cache, cache_index):
+        """x [B, T, E] through the L stacked layers (one ``lax.scan``); returns (x, cache)."""
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(carry, xs):
+            x, kv = carry
+            state_i, i = xs
+            layer = nnx.merge(graphdef, state_i)
+            lkv = None if kv is None else LayerKV(k=kv[0], v=kv[1], index=i)
+            x, lkv = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index)
+            kv = None if lkv is None else (constrain(lkv.k, ACT_CACHE), constrain(lkv.v, ACT_CACHE))
+            return (constrain(x, ACT_HIDDEN), kv), None
+
+        policy = remat_policy(self.remat)
+        if policy is not None:
+            # prevent_cse is only needed outside scan (jax.checkpoint docs).
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        kv0 = None if cache is None else (cache.k, cache.v)
+        (x, kv), _ = jax.lax.scan(body, (x, kv0),
+                                  (layer_state, jnp.arange(self.num_layers, dtype=jnp.int32)))
+        return x, (None if kv is None else KVCache(k=kv[0], v=kv[1]))
 
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache=None,
                       cache_index=None):
@@ -201,16 +312,10 @@ class Decoder(nnx.Module):
         freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
-        x = self.embed_tokens(input_ids)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, nkv = layer(x, cos, sin, key_mask, query_slots, kv, cache_index)
-            if nkv is not None:
-                new_k.append(nkv[0])
-                new_v.append(nkv[1])
+        x = constrain(self.embed_tokens(input_ids), ACT_HIDDEN)
+        x, new_cache = self._run_layers(x, cos, sin, key_mask, query_slots, cache, cache_index)
         h = self.norm(x)
-        return (h, None) if cache is None else (h, KVCache(k=tuple(new_k), v=tuple(new_v)))
+        return (h, None) if cache is None else (h, new_cache)
 
     def __call__(self, input_ids, *, attention_mask=None, positions=None, cache=None,
                  cache_index=None):

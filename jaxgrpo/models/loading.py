@@ -21,7 +21,7 @@ import json
 import os
 import re
 import struct
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -211,18 +211,22 @@ def read_hf_tensors(path) -> Dict[str, np.ndarray]:
 # Name mapping between the decoder's state and Hugging Face tensors
 # --------------------------------------------------------------------------------------------
 
-def _hf_name(path: Tuple) -> Tuple[str, bool]:
-    """Decoder state path -> (Hugging Face tensor name, whether the tensor is transposed)."""
+def _hf_names(path: Tuple, num_layers: int) -> Tuple[List[str], bool, bool]:
+    """Decoder state path -> (Hugging Face tensor names, transposed?, stacked?).
+
+    A stacked layer parameter (``layers/self_attn/q_proj/kernel``, [L, ...]) maps to the L names
+    ``model.layers.{i}.self_attn.q_proj.weight``; anything else to one name.
+    """
     parts = [str(p) for p in path]
     leaf = parts[-1]
     if parts[0] == "lm_head":
-        return "lm_head.weight", True
-    prefix = "model." + ".".join(parts[:-1])
-    if leaf == "kernel":
-        return prefix + ".weight", True
-    if leaf == "embedding":
-        return prefix + ".weight", False
-    return prefix + "." + leaf, False  # RMSNorm ``weight``, Linear ``bias``
+        return ["lm_head.weight"], True, False
+    transpose = leaf == "kernel"
+    suffix = "weight" if leaf in ("kernel", "embedding") else leaf  # RMSNorm weight, Linear bias
+    if parts[0] == "layers":
+        rest = ".".join(parts[1:-1] + [suffix])
+        return [f"model.layers.{i}.{rest}" for i in range(num_layers)], transpose, True
+    return ["model." + ".".join(parts[:-1] + [suffix])], transpose, False
 
 
 def _abstract_decoder(cfg: ModelConfig, dtype, compute_dtype):
@@ -249,20 +253,26 @@ def decoder_from_hf_tensors(cfg: ModelConfig, tensors: Mapping[str, np.ndarray],
     missing, bad_shape = [], []
     flat = []
     for path, var in nnx.to_flat_state(params):
-        name, transpose = _hf_name(path)
-        want = var.get_value()
-        if name not in tensors:
-            missing.append(name)
+        names, transpose, stacked = _hf_names(path, cfg.num_hidden_layers)
+        want = tuple(var.get_value().shape[1:] if stacked else var.get_value().shape)
+        arrays = []
+        for name in names:
+            if name not in tensors:
+                missing.append(name)
+                continue
+            used.add(name)
+            arr = tensors[name]
+            got_shape = tuple(arr.shape[::-1]) if transpose else tuple(arr.shape)
+            if got_shape != want:
+                hf_shape = want[::-1] if transpose else want
+                bad_shape.append(f"{name}: expected {hf_shape}, found {tuple(arr.shape)}")
+                continue
+            arrays.append(np.asarray(arr.T if transpose else arr, dtype=np_dtype))
+        if len(arrays) != len(names):
             continue
-        used.add(name)
-        arr = tensors[name]
-        got_shape = tuple(arr.shape[::-1]) if transpose else tuple(arr.shape)
-        if got_shape != tuple(want.shape):
-            hf_shape = tuple(want.shape[::-1]) if transpose else tuple(want.shape)
-            bad_shape.append(f"{name}: expected {hf_shape}, found {tuple(arr.shape)}")
-            continue
-        arr = arr.T if transpose else arr
-        flat.append((path, var.replace(jnp.asarray(np.asarray(arr, dtype=np_dtype)))))
+        # Stacked layers: one [L, ...] array, built on the host (one device transfer).
+        value = np.stack(arrays) if stacked else arrays[0]
+        flat.append((path, var.replace(jnp.asarray(value))))
     if bad_shape:
         raise CheckpointError(f"{source}: {len(bad_shape)} tensor(s) with mismatched shape "
                               f"for the config: " + "; ".join(bad_shape[:8]))
@@ -289,15 +299,16 @@ def _non_param_state(cfg: ModelConfig, make, abstract_rest):
 
 
 def hf_tensors_from_decoder(model: Decoder, dtype=None) -> Dict[str, np.ndarray]:
-    """The model's parameters as Hugging-Face-named NumPy arrays ([out, in] weights)."""
+    """The model's parameters as Hugging-Face-named NumPy arrays ([out, in] weights); stacked
+    layer parameters are split back into one tensor per layer."""
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name, transpose = _hf_name(path)
+        names, transpose, stacked = _hf_names(path, model.config.num_hidden_layers)
         arr = np.asarray(jax.device_get(var.get_value()))
-        arr = arr.T if transpose else arr
         if dtype is not None:
             arr = arr.astype(np.dtype(jnp.dtype(dtype)))
-        out[name] = np.ascontiguousarray(arr)
+        for name, a in zip(names, arr if stacked else [arr]):
+            out[name] = np.ascontiguousarray(a.T if transpose else a)
     return out
 
 
