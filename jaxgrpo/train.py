@@ -5,13 +5,22 @@
 
 1. turns rewards into advantages with the configured transform chain
    (``jaxgrpo.advantages.make_advantage_fn``);
-2. flattens the ``[P, G, ...]`` groups into N = P * G sequences and, if ``loss.beta > 0``,
-   computes the reference policy's log-probs once;
-3. runs ``num_iterations`` (mu) passes, each over ``num_minibatches`` optimiser steps
-   (``lax.scan``), each step accumulating gradients over ``grad_accum`` micro-batches
+2. flattens the ``[P, G, ...]`` groups into N = P * G sequences and splits them into
+   ``num_minibatches * grad_accum`` micro-batches of whole groups, taken with a stride over the
+   groups (``micro_batches``) so that on a mesh every micro-batch is spread over all the batch
+   devices (``('data', 'fsdp')``) instead of living on a few of them;
+3. if ``loss.beta > 0``, computes the reference policy's log-probs once, micro-batch by
+   micro-batch (``lax.map``): only [N, Tc] float32 log-probs are kept, never [N, Tc, V] logits;
+4. runs ``num_iterations`` (mu) passes, each over ``num_minibatches`` optimiser steps
+   (``lax.scan``), each step accumulating float32 gradients over ``grad_accum`` micro-batches
    (``lax.scan``). Every micro-batch loss is normalised by the *minibatch's* global counts
    (tokens, sequences, max length), so summing micro-batch gradients gives exactly the
    minibatch gradient, and the value does not depend on sharding or accumulation.
+
+Memory knobs: ``train.logits_chunk`` (time chunks of the LM head, log-probs and entropy, with
+remat per chunk), ``model.param_dtype`` (master weights and optimizer state; float32 by default)
+and ``model.dtype`` (compute). Compilation: on a mesh the jitted update returns its state with
+exactly the shardings it was given, so step 2 reuses step 1's executable.
 
 ``make_train_step`` chains sampling -> host verification -> ``update`` for the host loop
 (rewards that need Python, such as math-verify, run between the two jitted calls).
@@ -25,12 +34,14 @@ import jax.numpy as jnp
 import ml_collections as mc
 import optax
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxgrpo import losses
 from jaxgrpo.advantages import make_advantage_fn
-from jaxgrpo.config import split_names
+from jaxgrpo.config import check_micro_batch, split_names
 from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.rollout import Rollout
+from jaxgrpo.sharding import BATCH_AXES
 
 
 @struct.dataclass
@@ -122,16 +133,61 @@ def shared_prompts(batch, group: int):
     return batch["prompt_tokens"][::group], batch["prompt_mask"][::group]
 
 
+def micro_batches(batch: Dict[str, jax.Array], n_micro: int, group: int):
+    """Split N rows into ``n_micro`` micro-batches taken with a stride over whole groups.
+
+    ``batch`` holds [N, ...] arrays whose rows p * group + g are the members of group p.
+    Micro-batch m holds groups m, m + n_micro, m + 2 * n_micro, ... (each group's rows kept
+    together and in order, so the shared-prompt pass of ``make_loss_fn`` still applies). Why a
+    stride: a batch split over D devices holds contiguous blocks of rows, and a contiguous
+    micro-batch would sit on a few of the devices while the others idle (and XLA then replicates
+    it); the strided micro-batch takes an equal share of every block (exactly, with no data
+    movement, when D divides the micro-batch's group count; otherwise XLA moves the small token
+    arrays once). When ``n_micro`` does not divide the number of groups, the stride is over
+    single rows (groups are split across micro-batches and prompts are repeated per row).
+
+    Returns ``(mbs, unit)``: ``mbs`` the same keys with arrays [n_micro, N / n_micro, ...],
+    ``unit`` the group size the micro-batches keep whole (``group``, or 1).
+    """
+    n = batch["advantages"].shape[0]
+    if n % n_micro:
+        raise ValueError(f"{n} rows do not split into {n_micro} micro-batches")
+    unit = group if (n // group) % n_micro == 0 else 1
+    per = n // n_micro
+
+    def split(x):
+        x = x.reshape(n // (unit * n_micro), n_micro, unit, *x.shape[1:])
+        return x.swapaxes(0, 1).reshape(n_micro, per, *x.shape[3:])
+
+    return jax.tree.map(split, batch), unit
+
+
+def constrain_rows(tree: Any, mesh: Optional[Mesh], axis: int = 0) -> Any:
+    """``with_sharding_constraint`` on every array of ``tree``: dimension ``axis`` (the rows)
+    split over the batch axes ``('data', 'fsdp')``, the other dimensions replicated. A no-op
+    without a mesh."""
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, P(*([None] * axis), BATCH_AXES))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
 def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
     """``loss_fn(params, batch, norms) -> (loss, metrics)`` for one micro-batch whose rows are
-    whole groups of ``group`` completions (``group=1``: no assumption)."""
+    whole groups of ``group`` completions (``group=1``: no assumption).
+
+    The LM head, log-softmax and entropy run in time chunks of ``train.logits_chunk`` tokens
+    (0: one pass), each chunk rematerialised in the backward pass, so at most
+    [rows, chunk, V] float32 logits are live."""
     lc = c.loss
+    chunk = c.train.logits_chunk or None
 
     def loss_fn(params, batch, norms):
         model = nnx.merge(graphdef, params, rest)
         logp, entropy = completion_logprobs(
             model, *shared_prompts(batch, group), batch["completion_tokens"],
-            batch["completion_mask"], temperature=c.sampling.temperature, return_entropy=True)
+            batch["completion_mask"], temperature=c.sampling.temperature, return_entropy=True,
+            chunk_size=chunk)
         return losses.policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
             ref_logprobs=batch.get("ref_logprobs"), is_anchor=batch["is_anchor"],
@@ -142,18 +198,98 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
     return loss_fn
 
 
+def _mesh_of(tree: Any) -> Optional[Mesh]:
+    """The mesh of the first array in ``tree`` laid out with a ``NamedSharding`` (None: none)."""
+    for x in jax.tree.leaves(tree):
+        s = getattr(x, "sharding", None)
+        if isinstance(s, NamedSharding):
+            return s.mesh
+    return None
+
+
+class StateShardedJit:
+    """``jax.jit(fn, donate_argnums=(0,))`` for ``fn(state, *args) -> (state, metrics)`` whose
+    returned state has exactly the shardings of the state it was given.
+
+    Without ``out_shardings`` XLA picks the output layout itself (on a 2-device fsdp mesh it
+    returned ``P('fsdp',)`` for a ``P('fsdp', 'tensor')`` kernel and split the replicated norm
+    weights), so the second call saw new input shardings and compiled again, and so did every
+    other function taking the params (the sampler). Here the layout of the first call's state is
+    the contract: each array that carries a ``NamedSharding`` on the mesh keeps it, every other
+    array (e.g. ``step`` and ``rng`` from ``init_train_state``) is replicated, the metrics are
+    replicated, and the state is ``device_put`` to that layout (a no-op once it is there).
+
+    ``build(mesh) -> fn`` makes the pure function for a mesh (None: no mesh); the mesh is the
+    one given, or else that of the state's first ``NamedSharding``. ``lower`` takes the same
+    arguments (arrays or ``jax.ShapeDtypeStruct`` with shardings) for AOT compilation.
+    """
+
+    def __init__(self, build: Callable[[Optional[Mesh]], Callable], mesh: Optional[Mesh] = None):
+        self._build = build
+        self._mesh = mesh
+        self._jits: Dict[Any, Any] = {}
+
+    def _prepare(self, state):
+        mesh = self._mesh if self._mesh is not None else _mesh_of(state)
+        if mesh is None:
+            key, shardings = None, None
+        else:
+            rep = NamedSharding(mesh, P())
+
+            def keep(x):
+                s = getattr(x, "sharding", None)
+                return s if isinstance(s, NamedSharding) and s.mesh == mesh else rep
+
+            shardings = jax.tree.map(keep, state)
+            key = (mesh, tuple(jax.tree.leaves(shardings)))
+        if key not in self._jits:
+            fn = self._build(mesh)
+            self._jits[key] = (jax.jit(fn, donate_argnums=(0,)) if mesh is None else jax.jit(
+                fn, donate_argnums=(0,), out_shardings=(shardings, NamedSharding(mesh, P()))))
+        return self._jits[key], shardings
+
+    def __call__(self, state, *args, **kwargs):
+        fn, shardings = self._prepare(state)
+        if shardings is not None:
+            state = jax.device_put(state, shardings)
+        return fn(state, *args, **kwargs)
+
+    def lower(self, state, *args, **kwargs):
+        fn, _ = self._prepare(state)
+        return fn.lower(state, *args, **kwargs)
+
+    def _cache_size(self) -> int:
+        """Compiled variants over all layouts seen (1 in a run whose shapes do not change)."""
+        return sum(f._cache_size() for f in self._jits.values())
+
+
 def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
-                   advantage_fn: Optional[Callable] = None, *, jit: bool = True) -> Callable:
+                   advantage_fn: Optional[Callable] = None, *, jit: bool = True,
+                   mesh: Optional[Mesh] = None) -> Callable:
     """The pure update ``(state, rollout, ref_params, advantages=None) -> (state, metrics)``.
 
     ``advantages`` [P, G] may be precomputed (the host loop times that stage on its own);
     when None they are computed here with ``advantage_fn`` (default: the configured chain).
     ``ref_params`` is the frozen reference policy's params (used when ``loss.beta > 0``;
-    pass None otherwise). With ``jit`` the function is jitted and the state donated.
+    pass None otherwise). With ``jit`` the function is jitted (``StateShardedJit``: the state is
+    donated and comes back with the shardings it went in with, so later steps do not
+    recompile). ``mesh``: the mesh whose ``('data', 'fsdp')`` axes split every micro-batch
+    (default: the mesh of the state's params, if they are sharded); without one, no sharding
+    constraints. A micro-batch that those batch devices cannot divide raises ``ValueError``.
     """
     advantage_fn = advantage_fn or advantage_fn_from_config(c)
+
+    def build(mesh):
+        return _build_update(c, graphdef, rest, tx, advantage_fn, mesh)
+
+    return StateShardedJit(build, mesh) if jit else build(mesh)
+
+
+def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> Callable:
     mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
     beta = c.loss.beta
+    chunk = c.train.logits_chunk or None
+    batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
     def update(state: TrainState, rollout: Rollout, ref_params=None, advantages=None):
         if advantages is None:
@@ -162,17 +298,29 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
             adv, adv_diag = advantages, {}
         batch = flatten_rollout(rollout, adv)
         group = rollout.rewards.shape[1]
-        if beta > 0:
-            ref_model = nnx.merge(graphdef, ref_params, rest)
-            ref_lp = completion_logprobs(
-                ref_model, *shared_prompts(batch, group), batch["completion_tokens"],
-                batch["completion_mask"], temperature=c.sampling.temperature)
-            batch["ref_logprobs"] = jax.lax.stop_gradient(ref_lp)
         n = batch["advantages"].shape[0]
-        per = n // (n_mb * n_acc)
+        check_micro_batch(n, group, n_mb * n_acc, batch_devices, need_whole_groups=False)
+        # [n_mb * n_acc, per, ...]: strided whole groups, rows split over the batch devices.
+        mbs, unit = micro_batches(batch, n_mb * n_acc, group)
+        mbs = constrain_rows(mbs, mesh, axis=1)
+        if beta > 0:
+            # Reference log-probs once per update, one micro-batch at a time: only [N, Tc]
+            # float32 log-probs survive, never the [N, Tc, V] logits of all rows at once.
+            ref_model = nnx.merge(graphdef, ref_params, rest)
+
+            def ref_pass(mb):
+                mb = constrain_rows(mb, mesh)
+                lp = completion_logprobs(
+                    ref_model, *shared_prompts(mb, unit), mb["completion_tokens"],
+                    mb["completion_mask"], temperature=c.sampling.temperature, chunk_size=chunk)
+                return jax.lax.stop_gradient(lp)
+
+            keys = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")
+            mbs["ref_logprobs"] = constrain_rows(
+                jax.lax.map(ref_pass, {k: mbs[k] for k in keys}), mesh, axis=1)
         # Micro-batches of whole groups run each prompt once; otherwise prompts are repeated.
-        loss_fn = make_loss_fn(c, graphdef, rest, group if per % group == 0 else 1)
-        mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, per, *x.shape[1:]), batch)
+        loss_fn = make_loss_fn(c, graphdef, rest, unit)
+        mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, *x.shape[1:]), mbs)
         max_len = batch["completion_tokens"].shape[-1]
 
         def opt_step(carry, mb):
@@ -182,16 +330,22 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
                          max_completion_length=max_len)
 
             def micro(gsum, micro_batch):
+                micro_batch = constrain_rows(micro_batch, mesh)
                 (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms)
-                return jax.tree.map(jnp.add, gsum, g), (loss, m)
+                # float32 accumulator whatever the parameter dtype: bf16 sums lose small terms.
+                return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), gsum, g), (loss, m)
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             grads, (micro_losses, ms) = jax.lax.scan(micro, zeros, mb)
+            grad_norm = optax.global_norm(grads)
+            # The optimizer sees gradients in the parameters' dtype, so its state keeps its
+            # dtype across steps (float32 master weights: no cast at all).
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             ms = _reduce_metrics(ms)
             ms["loss"] = jnp.sum(micro_losses)  # micro losses share the minibatch normaliser
-            ms["grad_norm"] = optax.global_norm(grads)
+            ms["grad_norm"] = grad_norm
             return (params, opt_state), ms
 
         def iteration(carry, _):
@@ -212,7 +366,7 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new_state, metrics
 
-    return jax.jit(update, donate_argnums=(0,)) if jit else update
+    return update
 
 
 def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=None) -> Rollout:
@@ -236,7 +390,8 @@ def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=N
 
 
 def make_train_step(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
-                    sampling_config, reward_fn: Callable) -> Callable:
+                    sampling_config, reward_fn: Callable, *, mesh: Optional[Mesh] = None
+                    ) -> Callable:
     """The whole step as ONE jit-compiled pure function, for rewards computable from tokens:
 
         step(state, prompt_tokens [P, Tp], prompt_mask [P, Tp], reward_inputs, ref_params=None)
@@ -246,20 +401,26 @@ def make_train_step(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransfor
     (rewards [P*G], correct [P*G])`` (jittable, e.g. ``jaxgrpo.rewards.digit_match_reward``) ->
     advantages -> mu clipped-policy updates. Rewards that need Python (math-verify, task
     verifiers) use the same pieces with the verification between two jitted calls instead
-    (``jaxgrpo.loop.Trainer``).
+    (``jaxgrpo.loop.Trainer``). Jitted like ``make_update_fn`` (``StateShardedJit``; ``mesh``
+    as there).
     """
     from jaxgrpo.sampling import make_sampler
 
     sampler = make_sampler(graphdef, sampling_config)
-    update = make_update_fn(c, graphdef, rest, tx, jit=False)
+    advantage_fn = advantage_fn_from_config(c)
 
-    def step(state: TrainState, prompt_tokens, prompt_mask, reward_inputs, ref_params=None):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        out = sampler(nnx.merge_state(state.params, rest), prompt_tokens, prompt_mask, key)
-        rewards, correct = reward_fn(out, reward_inputs)
-        return update(state, rollout_from_sample(out, rewards, correct), ref_params)
+    def build(mesh):
+        update = _build_update(c, graphdef, rest, tx, advantage_fn, mesh)
 
-    return jax.jit(step, donate_argnums=(0,))
+        def step(state: TrainState, prompt_tokens, prompt_mask, reward_inputs, ref_params=None):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            out = sampler(nnx.merge_state(state.params, rest), prompt_tokens, prompt_mask, key)
+            rewards, correct = reward_fn(out, reward_inputs)
+            return update(state, rollout_from_sample(out, rewards, correct), ref_params)
+
+        return step
+
+    return StateShardedJit(build, mesh)
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

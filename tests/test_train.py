@@ -144,18 +144,24 @@ def test_grad_accumulation_does_not_change_the_update(agg):
     """grad_accum = 1, 2, 4 micro-batches give the same loss and gradient (global normalisers).
 
     Plain SGD (lr 1) so the parameter change *is* the gradient; Adam's first step is g/|g|,
-    which would amplify float round-off in near-zero gradient entries."""
+    which would amplify float round-off in near-zero gradient entries. grad_accum = 8 (2-row
+    micro-batches that split the groups of 4) is refused by validate, naming the keys, and the
+    update itself still gives the same result (groups split over micro-batches)."""
     import optax
-    ro = _random_rollout()
+    ro = _random_rollout(p=4)
     results = []
-    for acc in (1, 2, 4):
+    for acc in (1, 2, 4, 8):
         c = base_config()
         c.train.grad_accum = acc
-        c.train.prompts_per_step = 2
+        c.train.prompts_per_step = 4
         c.sampling.num_generations = 4
         c.loss.agg_mode = agg
         c.optim.lr = 1e-2
-        validate(c)
+        if acc < 8:
+            validate(c)
+        else:
+            with pytest.raises(ValueError, match=r"grad_accum.*prompts_per_step"):
+                validate(c)
         graphdef, params, rest = split_model(_tiny_model())
         tx = optax.sgd(1.0)
         state = init_train_state(params, tx, 0)
@@ -416,3 +422,192 @@ def test_random_init_smoke_run_uses_the_checkpoints_tokenizer_only(tiny_llama_di
     t.train()
     t.close()
     assert np.isfinite(read_train_metrics(tmp_path / "run")[1]["loss"])
+
+
+# ------------------------------------------------- memory: micro-batched reference, chunked head
+
+
+def _other_params(seed=1):
+    """Reference-policy params of the tiny model's shape, from another initialisation."""
+    cfg = _tiny_model().config
+    return split_model(Decoder(cfg, rngs=nnx.Rngs(seed)))[1]
+
+
+def test_reference_pass_per_micro_batch_and_chunked_head_keep_the_update():
+    """beta > 0 with a reference policy unlike the policy: the reference log-probs computed per
+    (strided) micro-batch with a time-chunked LM head (chunks 3 and 2 do not divide Tc = 5)
+    give the loss and gradient (SGD lr 1: the parameter change) of one pass over all rows, and
+    the KL metric equals k3 = exp(-d) + d - 1 computed in float64 from full-batch log-probs."""
+    import optax
+
+    from jaxgrpo.logprobs import completion_logprobs
+    from jaxgrpo.train import flatten_rollout
+
+    ro = _random_rollout(p=4)
+    ref = _other_params()
+    runs = []
+    for acc, chunk in ((1, 0), (2, 3), (4, 2)):
+        c = base_config()
+        c.train.prompts_per_step, c.sampling.num_generations = 4, 4
+        c.train.grad_accum, c.train.logits_chunk = acc, chunk
+        c.loss.beta = 0.04
+        validate(c)
+        graphdef, params, rest = split_model(_tiny_model())
+        before = jax.tree.leaves(jax.device_get(params))
+        tx = optax.sgd(1.0)
+        state, m = make_update_fn(c, graphdef, rest, tx)(init_train_state(params, tx, 0), ro, ref)
+        delta = [a - b for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), before)]
+        runs.append((delta, float(m["loss"]), float(m["kl_mean"])))
+    assert max(float(np.abs(d).max()) for d in runs[0][0]) > 1e-3  # a real gradient
+    for delta, loss, _ in runs[1:]:
+        np.testing.assert_allclose(loss, runs[0][1], rtol=1e-5, atol=1e-6)
+        for x, y in zip(delta, runs[0][0]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    # KL of the one-micro-batch run against an independent float64 k3 over all tokens.
+    graphdef, params, rest = split_model(_tiny_model())
+    b = flatten_rollout(ro, jnp.zeros(ro.rewards.shape))
+    args = (b["prompt_tokens"], b["prompt_mask"], b["completion_tokens"], b["completion_mask"])
+    lp = np.asarray(completion_logprobs(nnx.merge(graphdef, params, rest), *args), np.float64)
+    lr = np.asarray(completion_logprobs(nnx.merge(graphdef, ref, rest), *args), np.float64)
+    mask = np.asarray(b["completion_mask"])
+    d = lp - lr
+    k3 = (np.exp(-d) + d - 1)[mask].mean()
+    assert k3 > 1e-3
+    np.testing.assert_allclose(runs[0][2], k3, rtol=1e-4)
+
+
+def test_micro_batches_are_strided_whole_groups():
+    """Micro-batch m holds groups m, m + n, ... with each group's rows in order; a split that
+    cannot keep groups whole strides over rows."""
+    from jaxgrpo.train import micro_batches
+
+    n_rows, g = 24, 3  # 8 groups
+    batch = {"advantages": jnp.arange(n_rows), "x": jnp.arange(2 * n_rows).reshape(n_rows, 2)}
+    mbs, unit = micro_batches(batch, 4, g)
+    assert unit == 3
+    groups = np.asarray(mbs["advantages"]).reshape(4, 2, 3) // 3
+    np.testing.assert_array_equal(groups[:, :, 0], [[0, 4], [1, 5], [2, 6], [3, 7]])
+    np.testing.assert_array_equal(np.asarray(mbs["advantages"])[1], [3, 4, 5, 15, 16, 17])
+    np.testing.assert_array_equal(np.asarray(mbs["x"])[1, :, 0], 2 * np.array([3, 4, 5, 15, 16, 17]))
+    mbs, unit = micro_batches(batch, 12, g)  # 2-row micro-batches: groups cannot stay whole
+    assert unit == 1
+    np.testing.assert_array_equal(np.asarray(mbs["advantages"])[5], [5, 17])
+
+
+# --------------------------------------------------------------------- precision that trains
+
+
+def _changed(before, after):
+    """(fraction of entries that changed, ||after - before|| / ||before||) over all leaves."""
+    b = np.concatenate([np.asarray(x, np.float64).ravel() for x in before])
+    a = np.concatenate([np.asarray(x, np.float64).ravel() for x in after])
+    return float(np.mean(a != b)), float(np.linalg.norm(a - b) / np.linalg.norm(b)), a - b
+
+
+def test_fp32_master_weights_with_bf16_compute_train_at_lr_1e_6():
+    """10 AdamW steps at lr 1e-6: float32 parameters with bfloat16 compute change (almost) every
+    weight, by the relative amount and in the direction of an all-float32 run; bfloat16
+    parameters (the old paper config) round the updates away."""
+    from jaxgrpo.logprobs import completion_logprobs
+    from jaxgrpo.train import flatten_rollout
+
+    cfg = _tiny_model().config
+    ro0 = _random_rollout(p=4)
+    b = flatten_rollout(ro0, jnp.zeros(ro0.rewards.shape))
+    # On-policy behaviour log-probs (ratio 1 at the start), from the float32 model.
+    ref_model = Decoder(cfg, rngs=nnx.Rngs(0))
+    old = completion_logprobs(ref_model, b["prompt_tokens"], b["prompt_mask"],
+                              b["completion_tokens"], b["completion_mask"])
+    ro = ro0.replace(logprobs=old.reshape(ro0.completion_tokens.shape))
+    c = base_config()
+    c.train.prompts_per_step, c.sampling.num_generations = 4, 4
+    c.optim.lr, c.optim.grad_clip = 1e-6, 1.0
+    validate(c)
+    out = {}
+    for name, param_dtype, dtype in (("fp32", jnp.float32, jnp.float32),
+                                     ("bf16_compute", jnp.float32, jnp.bfloat16),
+                                     ("bf16_params", jnp.bfloat16, jnp.bfloat16)):
+        graphdef, params, rest = split_model(
+            Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+        before = jax.tree.leaves(jax.device_get(params))
+        tx = build_optimizer(c)
+        state = init_train_state(params, tx, 0)
+        update = make_update_fn(c, graphdef, rest, tx)
+        for _ in range(10):
+            state, m = update(state, ro, None)
+        assert all(x.dtype == param_dtype for x in jax.tree.leaves(state.params))
+        mu = state.opt_state[1][0].mu
+        assert all(x.dtype == param_dtype for x in jax.tree.leaves(mu))  # moments follow params
+        out[name] = _changed(before, jax.tree.leaves(jax.device_get(state.params)))
+    frac32, rel32, d32 = out["fp32"]
+    frac_mixed, rel_mixed, d_mixed = out["bf16_compute"]
+    frac16, rel16, _ = out["bf16_params"]
+    print({k: v[:2] for k, v in out.items()})
+    assert frac32 > 0.99 and frac_mixed > 0.99
+    assert 0.8 < rel_mixed / rel32 < 1.25
+    cosine = float(d32 @ d_mixed / (np.linalg.norm(d32) * np.linalg.norm(d_mixed)))
+    assert cosine > 0.9, cosine
+    assert frac16 < 0.05 and rel16 < 0.25 * rel32  # bf16 master weights lose the updates
+
+
+def test_load_policy_reads_param_and_compute_dtypes(tiny_llama_dir):
+    from jaxgrpo.loop import load_policy
+
+    c = base_config()
+    c.model.path = tiny_llama_dir
+    c.model.dtype = "bfloat16"
+    for random_layers in (0, 1):  # the checkpoint's weights, and a random decoder of its vocab
+        c.model.random_init_layers = random_layers
+        model, _ = load_policy(validate(c))
+        kernel = model.layers[0].self_attn.q_proj.kernel[...]
+        assert kernel.dtype == jnp.float32 and model.dtype == jnp.bfloat16
+        logits = model(jnp.ones((1, 3), jnp.int32))
+        assert logits.dtype == jnp.bfloat16
+
+
+# ------------------------------------------------------------------ micro-batch validation
+
+
+def test_micro_batch_the_mesh_or_the_group_cannot_divide_is_refused():
+    import importlib
+    c = importlib.import_module("experiments.configs.dra_paper").get_config()
+    c.mesh.data, c.mesh.fsdp = 1, 8
+    validate(c)  # 2 micro-batches of 24 rows on 8 batch devices
+    c.train.grad_accum = 4  # 12 rows over 8 devices
+    with pytest.raises(ValueError, match=r"mesh\.data \* mesh\.fsdp.*train\.grad_accum"):
+        validate(c)
+    c.mesh.data, c.mesh.fsdp = 2, 2  # 12 rows over 4 devices: fine
+    validate(c)
+    c.train.grad_accum = 3  # 16 rows: not whole groups of G = 6
+    with pytest.raises(ValueError, match=r"group size G = 6.*train\.grad_accum"):
+        validate(c)
+
+
+# -------------------------------------------------------- no recompilation after the first step
+
+
+def test_no_recompilation_after_the_first_step_on_2_device_meshes():
+    """3 host-loop steps (sampler, then update with beta > 0, 2 micro-batches, chunked head) on
+    fsdp, data and tensor meshes of 2 fake devices compile the sampler and the update once each
+    (counted from jax_log_compiles and from the jit caches) and give the metrics of the run
+    without a mesh; a micro-batch the mesh cannot divide is refused naming the keys."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_compile_count_worker.py")],
+                       env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    for name in ("none", "fsdp", "data", "tensor"):
+        for step, counts in enumerate(out[name]["counts"]):
+            assert counts == {"sampler_logged": 1, "update_logged": 1, "sampler_cache": 1,
+                              "update_cache": 1}, (name, step, counts)
+    assert "fsdp" in out["fsdp"]["q_spec"] and "tensor" in out["tensor"]["q_spec"]
+    for name in ("fsdp", "data", "tensor"):
+        for step, (a, b) in enumerate(zip(out[name]["metrics"], out["none"]["metrics"])):
+            for key in ("loss", "kl_mean", "grad_norm", "reward/mean", "entropy_mean"):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{name} step {step + 1} {key}")
+    assert out["none"]["metrics"][-1]["kl_mean"] > 0  # the policy moved off the reference
+    err = out["indivisible_error"]
+    assert err and "mesh.data * mesh.fsdp" in err and "train.grad_accum" in err, err

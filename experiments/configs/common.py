@@ -39,7 +39,8 @@ def paper_dra_config(name: str, baseline: str):
     c.name = name
     c.steps = 500
     c.model.path = "/path/to/DeepSeek-R1-Distill-Qwen-1.5B"  # a local HF checkpoint directory
-    c.model.dtype = "bfloat16"
+    c.model.dtype = "bfloat16"  # compute
+    c.model.param_dtype = "float32"  # master weights + Adam moments (bf16 loses lr-1e-6 steps)
     c.data.source = "file"
     c.data.path = "/path/to/open-rs.jsonl"  # local copy of the 7,000-problem Open-RS mix
     c.data.question_field = "problem"
@@ -69,7 +70,11 @@ def paper_dra_config(name: str, baseline: str):
     c.train.prompts_per_step = 8  # 8 prompts x G=6 = 48 completions per optimiser step
     c.train.num_iterations = 1
     c.train.num_minibatches = 1
-    c.train.grad_accum = 4
+    # 2 micro-batches of 24 rows = 4 whole groups each; 24 divides over 1, 2, 4, 6, 8, 12 or 24
+    # batch devices (mesh.data * mesh.fsdp). On 4 x 40 GB GPUs grad_accum = 4 (12 rows, 3 per
+    # device) also fits the rules; 12 rows do not divide over 8 devices.
+    c.train.grad_accum = 2
+    c.train.logits_chunk = 512  # [rows, 512, 151936] f32 logits at a time, not [rows, 3584, ...]
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 50  # warmup_ratio 0.1 of 500 steps
