@@ -69,6 +69,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m experiments.memory_plan", description=__doc__.split("\n\n")[0],
         epilog="--config FILE and --config.<key>=<value> are those of experiments.run.")
+    p.add_argument("--config", default="",
+                   help="experiment config file (default: that of experiments.run)")
     p.add_argument("--mesh", required=True,
                    help="data,fsdp,tensor mesh sizes, e.g. 1,4,1 (positive ints)")
     p.add_argument("--layers", default="",
@@ -406,7 +408,7 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
         full[layers] = sizes
         if not compiled_here:
             continue
-        for note in notes:
+        for note in notes if layers == min(depths) else ():
             print(f"  note: {note}")
         print(f"  [{backend}] compiling update at {layers} layer(s) ...", flush=True)
         update = make_update_fn(c, graphdef, rest, tx)
@@ -532,7 +534,8 @@ def child_main(argv):
     from jaxgrpo import sharding as shd
     from jaxgrpo.config import validate
 
-    c = parse_config(["memory_plan", *rest])
+    c = parse_config(["memory_plan", *([f"--config={args.config}"] if args.config else []),
+                      *rest])
     group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
     n = c.train.prompts_per_step * group
     d, f, t = sizes
