@@ -193,6 +193,59 @@ def constrain(x: jax.Array, spec: P) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, P(*out))
 
 
+def process_rows(mesh: Mesh, num_rows: int) -> slice:
+    """The rows of a ``num_rows``-row batch (leading axis laid out by ``batch_sharding``) whose
+    shards live on this process's devices: the slice of the batch this process feeds to
+    ``global_batch``. One process: ``slice(0, num_rows)``.
+
+    Raises ``ValueError`` when they are not one contiguous block (a mesh whose device order
+    interleaves the processes along the batch axes).
+    """
+    index = batch_sharding(mesh).addressable_devices_indices_map((num_rows,))
+    spans = sorted({(ix[0].indices(num_rows)[0], ix[0].indices(num_rows)[1])
+                    for ix in index.values()})
+    lo, hi = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != hi - lo:
+        raise ValueError(f"process {jax.process_index()} holds rows {spans} of the batch, not "
+                         f"one contiguous block; build the mesh with each process's devices "
+                         f"adjacent along ('data', 'fsdp')")
+    return slice(lo, hi)
+
+
+def global_batch(local: Any, mesh: Mesh, num_rows: int) -> Any:
+    """Global arrays of ``num_rows`` rows (split over ``('data', 'fsdp')``) from this process's
+    rows ``local`` (rows ``process_rows(mesh, num_rows)`` of every leaf), with
+    ``jax.make_array_from_process_local_data``. Rank-0 leaves are replicated (the same value on
+    every process). With one process ``local`` is the whole batch (as ``shard_batch``).
+    """
+    bs, rep = batch_sharding(mesh), replicated(mesh)
+
+    def one(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.make_array_from_process_local_data(rep, x, ())
+        return jax.make_array_from_process_local_data(bs, x, (num_rows, *x.shape[1:]))
+
+    return jax.tree.map(one, local)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of the global value of every array of ``tree``, on every process.
+
+    An array with shards on other processes' devices (a batch-sharded sampler output on several
+    hosts) is gathered with ``multihost_utils.process_allgather(tiled=True)``: a collective, so
+    every process must call it at the same point. Other arrays are copied as they are.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
 # ---------------------------------------------------------------------------- partition rules
 
 
