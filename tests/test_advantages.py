@@ -694,3 +694,199 @@ def test_registry_nonfinite_reward_through_composition():
     adv, diag = jax.jit(make_advantage_fn("grpo", ("dra",)))(ro)
     assert np.all(np.isfinite(adv)) and float(adv[0, 1]) == 0.0
     assert float(diag["grpo/frac_nonfinite_rewards"]) == 0.25
+
+
+# ---------------------------------------------------------------- RLOO, batch std, ProGRPO gates
+
+
+def np_rloo(r, mask=None):
+    """verl compute_rloo_outcome_advantage / Tunix rloo: R_i - mean of the other members."""
+    r = np.asarray(r, np.float64)
+    mask = np.ones(r.shape, bool) if mask is None else np.asarray(mask, bool)
+    out = np.zeros_like(r)
+    for p in range(r.shape[0]):
+        idx = np.nonzero(mask[p])[0]
+        if idx.size < 2:
+            continue
+        for i in idx:
+            others = [r[p, j] for j in idx if j != i]
+            out[p, i] = r[p, i] - np.mean(others)
+    return out
+
+
+def test_rloo_matches_numpy(variant):
+    rng = np.random.default_rng(20)
+    r = rng.normal(size=(5, 6)).astype(np.float32)
+    m = rng.uniform(size=(5, 6)) > 0.2
+    m[3] = [True] + [False] * 5  # a group of one member: no baseline
+    r[4] = 0.3  # a constant group
+    out = variant(rloo)(jnp.asarray(r), jnp.asarray(m))
+    np.testing.assert_allclose(out, np_rloo(r, m), rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(out)[3] == 0.0) and np.all(np.asarray(out)[4] == 0.0)
+    adv, diag = jax.jit(make_advantage_fn("rloo"))(make_rollout(r))
+    np.testing.assert_allclose(adv, np_rloo(r), rtol=1e-5, atol=1e-6)
+    assert "rloo/frac_zero_spread_groups" in diag
+
+
+def test_grpo_scale_rewards_batch_matches_trl():
+    rng = np.random.default_rng(21)
+    r = rng.normal(size=(4, 5)).astype(np.float32)
+    r[1] = 2.0  # a constant group: advantage 0, but its rewards enter the batch std
+    # TRL sum_then_normalize, scale_rewards="batch": (r - group mean) / (nanstd(all r) + 1e-4)
+    x = np.asarray(r, np.float64)
+    want = (x - x.mean(1, keepdims=True)) / (x.std(ddof=1) + 1e-4)
+    out = grpo(jnp.asarray(r), scale_rewards="batch")
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(out)[1] == 0.0)
+    m = np.ones((4, 5), bool)
+    m[0, :2] = False  # non-members are left out of the batch std too
+    xm = np.where(m, x, np.nan)
+    want_m = np.where(m, (x - np.nanmean(xm, 1, keepdims=True))
+                      / (np.nanstd(xm, ddof=1) + 1e-4), 0.0)
+    np.testing.assert_allclose(grpo(jnp.asarray(r), jnp.asarray(m), scale_rewards="batch"), want_m,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="scale_rewards"):
+        grpo(jnp.asarray(r), scale_rewards="none")
+
+
+def np_arm_gate(a, rewards, correct, ca, cq, alpha=1.0, gate="reward_sum"):
+    """METHODS §4: no correction where sum_k r_k = 0 (gate "reward_sum") or, as an option,
+    where no correctness flag is set (gate "correct")."""
+    out = np.array(a, np.float64)
+    for p in range(out.shape[0]):
+        off = (np.sum(rewards[p]) == 0) if gate == "reward_sum" else (not np.any(correct[p]))
+        if not off:
+            out[p] = out[p] + alpha * (cq[p] - ca[p])
+    return out
+
+
+@pytest.mark.parametrize("gate", ["reward_sum", "correct"])
+def test_progrpo_gate(gate):
+    # Group 0: no correct answer but a format reward (sum r > 0); group 1: rewards all 0 but a
+    # correctness flag set (e.g. accuracy weight 0); group 2: both zero; group 3: both set.
+    rewards = np.asarray([[0.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.5]],
+                         np.float32)
+    correct = np.asarray([[0, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 1]], bool)
+    ro = make_rollout(rewards, correct=correct, tc=9, seed=22)
+    base = grpo(ro.rewards)
+    out, _ = jax.jit(functools.partial(get_transform("progrpo"), gate=gate))(ro, base)
+    ca = np_answer_conf(ro.logprobs, ro.completion_mask)
+    cq = np_prompt_conf(np.asarray(ro.prompt_logprobs), np.asarray(ro.prompt_mask))
+    want = np_arm_gate(np_grpo(rewards), rewards, correct, ca, cq, gate=gate)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    d = np.abs(np.asarray(out - base)).max(1)
+    assert (d[0] > 0) == (gate == "reward_sum") and (d[1] > 0) == (gate == "correct")
+    assert d[2] == 0 and d[3] > 0
+
+
+def test_progrpo_question_tokens_only():
+    ro = make_rollout(np.asarray([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), tp=8, seed=23)
+    pm = np.asarray(ro.prompt_mask)
+    qm = pm.copy()
+    qm[:, -2:] = False  # the last two prompt tokens: the template's generation prompt
+    qm[0, np.nonzero(pm[0])[0][:2]] = False  # and a system prefix on prompt 0
+    ro = ro.replace(question_mask=jnp.asarray(qm))
+    base = grpo(ro.rewards)
+    out, diag = jax.jit(functools.partial(get_transform("progrpo"), prompt_tokens="question"))(
+        ro, base)
+    plp = np.asarray(ro.prompt_logprobs, np.float64)
+    cq = np.ones(2)
+    for p in range(2):
+        pred = np.nonzero(pm[p])[0][1:]  # tokens with a prediction
+        v = plp[p][[t for t in pred if qm[p, t]]]
+        cq[p] = math.exp(v.mean()) if v.size else 1.0
+    ca = np_answer_conf(ro.logprobs, ro.completion_mask)
+    np.testing.assert_allclose(out, np_arm(np_grpo(ro.rewards), np.asarray(ro.correct), ca, cq),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(diag["prompt_confidence_mean"], cq.mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="question_mask"):
+        get_transform("progrpo")(ro.replace(question_mask=None), base, prompt_tokens="question")
+
+
+def test_public_functions_return_diagnostics_on_request():
+    r = jnp.asarray([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    adv, diag = grpo(r, return_diagnostics=True)
+    np.testing.assert_allclose(adv, grpo(r))
+    np.testing.assert_allclose(diag["frac_zero_spread_groups"], 0.5)
+    e = make_rollout(np.ones((2, 3))).embeddings
+    tilde, d = dra_reweight(r, e, return_diagnostics=True)
+    np.testing.assert_allclose(tilde, dra_reweight(r, e))
+    assert set(d) >= {"weight_mean", "frac_rows_floored"}
+
+
+# ---------------------------------------------------------------- declared rollout needs
+
+
+@pytest.mark.parametrize("chain,options,want", [
+    (("grpo", (), ()), {}, set()),
+    (("dr_grpo", (), ()), {}, set()),
+    (("rloo", (), ()), {}, set()),
+    (("grpo", ("dra",), ()), {}, {"embeddings"}),
+    (("dagrpo", (), ()), {}, {"fine_scores"}),
+    (("dagrpo", (), ()), {"dagrpo": {"score": "reward"}}, set()),
+    (("dagrpo", (), ()), {"dagrpo": {"distinctiveness": "embedding"}},
+     {"fine_scores", "embeddings"}),
+    (("dagrpo", (), ()), {"dagrpo": {"score": "reward", "distinctiveness": "embedding"}},
+     {"embeddings"}),
+    (("grpo", (), ("progrpo",)), {}, {"prompt_logprobs"}),
+    (("grpo", (), ("progrpo",)), {"progrpo": {"prompt_tokens": "question"}},
+     {"prompt_logprobs", "question_mask"}),
+    (("grpo", (), ("progrpo",)), {"progrpo": {"prompt_confidence_reading": "group_mean_answer"}},
+     set()),
+    (("dr_grpo", ("dra",), ("progrpo",)), {}, {"embeddings", "prompt_logprobs"}),
+])
+def test_required_inputs_and_one_step_with_exactly_those(chain, options, want):
+    """The declared needs are what the chain reads: a rollout holding only those optional
+    fields (prompt log-probs / question mask poisoned with NaN when not declared) gives finite
+    advantages."""
+    baseline, rt, at = chain
+    need = required_inputs(baseline, rt, at, options)
+    assert need == frozenset(want)
+    correct = np.asarray([[1, 0, 1, 0], [1, 1, 1, 1]], bool)
+    ro = make_rollout(correct * 1.0, correct=correct)
+    ro = ro.replace(
+        embeddings=ro.embeddings if "embeddings" in need else None,
+        fine_scores=ro.fine_scores if "fine_scores" in need else None,
+        prompt_logprobs=(ro.prompt_logprobs if "prompt_logprobs" in need
+                         else jnp.full_like(ro.prompt_logprobs, jnp.nan)),
+        question_mask=ro.prompt_mask if "question_mask" in need else None)
+    adv, diag = jax.jit(make_advantage_fn(baseline, rt, at, options))(ro)
+    assert np.all(np.isfinite(np.asarray(adv)))
+
+
+def test_every_registered_transform_declares_its_needs():
+    from jaxgrpo.advantages.registry import ROLLOUT_INPUTS, available_transforms
+
+    for name in available_transforms():
+        t = get_transform(name)
+        assert t.required_inputs() <= set(ROLLOUT_INPUTS), name
+
+
+def test_register_checks_the_signature_and_needs():
+    from jaxgrpo.advantages import registry
+
+    def bad(rewards, scale=1.0):  # an option before `*`
+        return rewards, {}
+
+    with pytest.raises(ValueError, match="scale"):
+        registry.register_transform("bad", "baseline", bad)
+    with pytest.raises(ValueError, match="logits"):
+        registry.register_transform("bad", "baseline", grpo, needs={"logits"})
+
+    def emb_baseline(rewards, embeddings, *, k: float = 1.0):
+        return k * rewards, {}
+
+    registry.register_transform("emb_baseline", "baseline", emb_baseline)
+    try:
+        assert required_inputs("emb_baseline") == {"embeddings"}  # derived from the signature
+    finally:
+        registry._REGISTRY.pop("emb_baseline")
+    assert "bad" not in registry._REGISTRY
+
+
+def test_add_anchors_extends_truncated():
+    ro = make_rollout(np.zeros((2, 3)), emb=False).replace(
+        truncated=jnp.asarray([[True, False, True], [False, False, False]]))
+    out = add_anchors(ro, jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4), bool))
+    np.testing.assert_array_equal(out.truncated, [[True, False, True, False],
+                                                  [False, False, False, False]])
