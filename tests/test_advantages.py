@@ -890,3 +890,25 @@ def test_add_anchors_extends_truncated():
     out = add_anchors(ro, jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4), bool))
     np.testing.assert_array_equal(out.truncated, [[True, False, True, False],
                                                   [False, False, False, False]])
+
+
+def test_question_token_mask_marks_the_question_in_the_templated_prompt(tiny_tokenizer):
+    import ml_collections as mc
+
+    from jaxgrpo.data import encode_prompts, question_token_mask
+
+    rows = [{"question": "what is 12 + 30?"}, {"question": "The capital of France"}]
+    cfg = mc.ConfigDict(dict(template="chat", prompt_format="{question}\nAnswer: ",
+                             system_prompt="Let me think step by step.", max_prompt_tokens=64))
+    pad = tiny_tokenizer.pad_token_id
+    tokens, pmask, _ = encode_prompts(tiny_tokenizer, rows, cfg, pad)
+    qm = question_token_mask(tiny_tokenizer, rows, cfg, tokens.shape[1])
+    assert qm.shape == tokens.shape and not np.any(qm & ~pmask)
+    for i, r in enumerate(rows):
+        q_ids = tokens[i][qm[i]]
+        assert tiny_tokenizer.decode(q_ids.tolist()).strip() == r["question"]
+        assert qm[i].sum() < pmask[i].sum()  # template and instructions are not question tokens
+    cfg.max_prompt_tokens = 6  # truncation keeps the end of the prompt: no question token left
+    tokens, pmask, _ = encode_prompts(tiny_tokenizer, rows, cfg, pad)
+    qm = question_token_mask(tiny_tokenizer, rows, cfg, tokens.shape[1])
+    assert qm.shape == tokens.shape and not np.any(qm & ~pmask)
