@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections as mc
 
+from jaxgrpo import losses
 from jaxgrpo.advantages.registry import available_transforms, get_transform
 
 # Choices checked by validate(); one place to read what each string field accepts.
@@ -17,8 +18,10 @@ CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "data.source": ("reasoning_gym", "file"),
     "data.template": ("chat", "plain"),
-    "loss.kl_estimator": ("k1", "k2", "k3"),
-    "loss.agg_mode": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
+    "loss.kl_estimator": losses.KL_ESTIMATORS,
+    "loss.agg_mode": losses.AGG_MODES,
+    "loss.importance_sampling_level": losses.IS_LEVELS,
+    "loss.kl_clamp_preset": tuple(losses.KL_CLAMP_PRESETS),
     "optim.schedule": ("constant", "cosine", "linear"),
     "embedding.model": ("minilm", "policy"),
     "rewards.fine_score": ("logprob", "format", "none"),
@@ -81,6 +84,11 @@ def base_config() -> mc.ConfigDict:
     c.rewards.accuracy = 1.0  # verifier correctness (task scorer or math-verify)
     c.rewards.format = 0.0  # completion has the expected answer format
     c.rewards.cosine = 0.0  # cosine length-scaled correctness (DRA / Open-RS reference)
+    # DAPO soft overlong punishment (arXiv 2503.14476 eq. 13; verl reward_model.overlong_buffer),
+    # in tokens: weight = verl's penalty_factor; 0 - (len - (max_new_tokens - buffer)) / buffer
+    # over the last `overlong_buffer` tokens before sampling.max_new_tokens (-1 at the limit).
+    c.rewards.overlong = 0.0
+    c.rewards.overlong_buffer = 0  # L_cache tokens (DAPO: 4096 of 20480)
     c.rewards.answer_sources = "answer_tag,boxed,hash"  # extraction precedence (rewards/extract.py)
     c.rewards.format_style = "boxed"  # see jaxgrpo.rewards.functions.FORMAT_STYLES
     c.rewards.fine_score = "logprob"  # DaGRPO's finer score s_i: "logprob" | "format" | "none"
@@ -116,9 +124,21 @@ def base_config() -> mc.ConfigDict:
     c.loss.eps_high = 0.2  # 0.28 = DAPO's clip-higher
     c.loss.beta = 0.0  # KL weight; 0 keeps no reference model
     c.loss.kl_estimator = "k3"
-    c.loss.kl_clamp = 0.0  # 0 = no clamp of the per-token KL
-    c.loss.agg_mode = "token-mean"
+    c.loss.kl_clamp = 0.0  # 0 = no clamp of the per-token KL value
+    c.loss.kl_log_ratio_clamp = 0.0  # 0 = no clamp of log pi - log pi_ref before the estimator
+    c.loss.kl_clamp_preset = "none"  # "verl": low_var_kl's clamps (log-ratio 20, value 10)
+    # Ratio level: "token" (PPO/GRPO), "sequence" (GSPO arXiv 2507.18071, TRL
+    # importance_sampling_level), "gspo-token" (verl loss_mode=gspo, Tunix loss_algo).
+    c.loss.importance_sampling_level = "token"
+    c.loss.log_ratio_clamp = 0.0  # 0 = none; verl / Tunix clamp log pi - log pi_old at 20
+    c.loss.clip_ratio_c = 0.0  # dual-clip (verl clip_ratio_c, 3.0 there); 0 = off, else > 1
+    c.loss.delta = 0.0  # TRL two-sided clip `delta` (INTELLECT-2); 0 = off, else > 1
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm | bnpo | dapo (losses.AGG_MODES)
+    c.loss.agg_mode = losses.DEFAULT_AGG_MODE
     c.loss.anchor_gamma = 0.1
+    # TRL mask_truncated_completions: completions without EOS (cut at max_new_tokens) take part
+    # in the advantages but not in the loss nor its token / sequence normalisers.
+    c.loss.mask_truncated_completions = False
 
     # Optimisation.
     c.train = mc.ConfigDict()
@@ -138,6 +158,8 @@ def base_config() -> mc.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.b1 = 0.9
     c.optim.b2 = 0.99
+    # Cosine schedule floor as a fraction of lr (HF "cosine_with_min_lr" min_lr_rate); 0 = to 0.
+    c.optim.min_lr_ratio = 0.0
     c.optim.grad_clip = 1.0
 
     # Device mesh; -1 = all remaining devices.
@@ -263,4 +285,36 @@ def validate(c: mc.ConfigDict) -> mc.ConfigDict:
         raise ValueError("config.data.path is required when config.data.source='file'")
     if c.anchors.enabled and c.advantage.baseline != "dagrpo":
         raise ValueError("config.anchors.enabled=True needs config.advantage.baseline='dagrpo'")
+    _validate_loss_menu(c)
     return c
+
+
+def _validate_loss_menu(c: mc.ConfigDict) -> None:
+    """Checks of the loss / reward-shaping / schedule options of the GRPO-family menu."""
+    lc = c.loss
+    for key in ("kl_clamp", "kl_log_ratio_clamp", "log_ratio_clamp", "clip_ratio_c", "delta"):
+        if lc[key] < 0:
+            raise ValueError(f"config.loss.{key} must be >= 0 (0 = off), got {lc[key]}")
+    if lc.kl_clamp_preset != "none" and (lc.kl_clamp or lc.kl_log_ratio_clamp):
+        raise ValueError(
+            f"config.loss.kl_clamp_preset={lc.kl_clamp_preset!r} sets the KL clamps itself: leave "
+            "config.loss.kl_clamp and config.loss.kl_log_ratio_clamp at 0")
+    # verl asserts clip_ratio_c > 1; a cap at or below 1 would also cap on-policy tokens.
+    for key in ("clip_ratio_c", "delta"):
+        if lc[key] and lc[key] <= 1.0:
+            raise ValueError(f"config.loss.{key}={lc[key]} must be > 1 (or 0 = off)")
+    r = c.rewards
+    if r.overlong < 0:
+        raise ValueError(f"config.rewards.overlong (the penalty factor) must be >= 0, got "
+                         f"{r.overlong}")
+    if r.overlong and not 1 <= r.overlong_buffer < c.sampling.max_new_tokens:
+        raise ValueError(
+            f"config.rewards.overlong={r.overlong} needs 1 <= config.rewards.overlong_buffer < "
+            f"config.sampling.max_new_tokens={c.sampling.max_new_tokens}; got "
+            f"{r.overlong_buffer}")
+    o = c.optim
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise ValueError(f"config.optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if o.min_lr_ratio and o.schedule != "cosine":
+        raise ValueError(f"config.optim.min_lr_ratio={o.min_lr_ratio} applies to "
+                         f"config.optim.schedule='cosine' only, got {o.schedule!r}")

@@ -101,3 +101,34 @@ def decode_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> List[
     """Completion texts: valid tokens only, special tokens (EOS) dropped."""
     return [tokenizer.decode(t[m].tolist(), skip_special_tokens=True)
             for t, m in zip(np.asarray(tokens), np.asarray(mask))]
+
+
+def question_token_mask(tokenizer, rows: Sequence[dict], data_cfg, width: int,
+                        question_key: str = "question") -> np.ndarray:
+    """bool [B, width]: True on the prompt tokens of each row's question, aligned with the
+    left-padded ``encode_prompts`` output of the same rows (``width`` = its width).
+
+    ProGRPO's question-only prompt confidence (arXiv 2602.05281, METHODS §4 option) reads
+    ``Rollout.question_mask``. A token counts as a question token when its character span (the
+    tokenizer's offset mapping) overlaps the question's span in the rendered prompt (its last
+    occurrence, after any system prompt); template, system prompt and instructions are False.
+    Truncation keeps the last ``max_prompt_tokens`` tokens, as ``tokenize_left_padded``.
+    """
+    out = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        q = r[question_key]
+        text = render_prompt(tokenizer, q, template=data_cfg.template,
+                             prompt_format=data_cfg.prompt_format,
+                             system_prompt=data_cfg.system_prompt)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = text.rfind(q)
+        end = start + len(q)
+        flags = [start >= 0 and len(q) > 0 and a < end and b > start
+                 for a, b in enc["offset_mapping"]]
+        flags = flags[-data_cfg.max_prompt_tokens:]
+        if len(flags) > width:
+            raise ValueError(f"question_token_mask: prompt {i} has {len(flags)} tokens, more than "
+                             f"width={width} (pass the width of encode_prompts' output)")
+        if flags:
+            out[i, width - len(flags):] = flags
+    return out

@@ -92,6 +92,10 @@ def build_env(c) -> Env:
                                 {"style": c.rewards.format_style}))
     if c.rewards.cosine:
         specs.append(RewardSpec("cosine", float(c.rewards.cosine)))
+    if c.rewards.overlong:  # DAPO soft overlong punishment, in tokens (weight = penalty factor)
+        specs.append(RewardSpec("overlong", float(c.rewards.overlong),
+                                {"max_len": c.sampling.max_new_tokens,
+                                 "buffer_len": c.rewards.overlong_buffer}))
     sources = split_names(c.rewards.answer_sources)
     extract_answer("", sources)  # fails at start on an unknown source name
     verifier_kwargs = dict(num_workers=c.rewards.verifier_workers,

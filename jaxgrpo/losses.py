@@ -2,28 +2,46 @@
 
 * Clipped surrogate with asymmetric clip (PPO, arXiv 1707.06347; GRPO, arXiv 2402.03300;
   clip-higher from DAPO, arXiv 2503.14476): per token  -min(rho A, clip(rho, 1-eps_low,
-  1+eps_high) A),  rho = exp(log pi_theta - log pi_old).
+  1+eps_high) A),  rho = exp(log pi_theta - log pi_old). Options, each off by default:
+  - importance-sampling level (:func:`log_importance_weights`): per token (PPO / GRPO), per
+    sequence (GSPO, Zheng et al., arXiv 2507.18071; TRL ``importance_sampling_level=
+    "sequence"``) or GSPO-token (the same sequence value with per-token gradients; verl
+    ``policy_loss.loss_mode="gspo"``, Tunix ``loss_algo="gspo-token"``);
+  - a clamp of the per-token log-ratio before the exponential (verl and Tunix clamp at +-20);
+  - dual-clip (Ye et al., arXiv 1912.09729; verl ``clip_ratio_c``, 3.0 there): for A < 0 the
+    loss is capped at ``clip_ratio_c * |A|``;
+  - TRL's two-sided ``delta`` (INTELLECT-2, arXiv 2505.07291): the unclipped ratio is capped
+    at ``delta`` before the min.
 * KL estimators to the reference policy (Schulman's k1/k2/k3; k3 is the DeepSeekMath / TRL
-  choice).
+  choice), with optional clamps (:data:`KL_CLAMP_PRESETS`: verl's ``low_var_kl`` clamps the
+  log-ratio at +-20 and the k3 value at +-10).
 * Off-policy anchor tokens (LUFFY, arXiv 2504.14945): behaviour probability 1, so the ratio is
   p = pi_theta(token), shaped f(p) = p / (p + gamma), gamma = 0.1, not clipped.
 * Aggregation (:func:`aggregate_loss`) with EXPLICIT global normalisers, so that the loss value
   does not depend on how a batch is split into minibatches, accumulation steps or shards
-  (verl ``agg_loss``; Dr.GRPO arXiv 2503.20783 for ``seq-mean-token-sum-norm``).
+  (verl ``agg_loss``; Dr.GRPO arXiv 2503.20783 for ``seq-mean-token-sum-norm``; TRL
+  ``loss_type="bnpo"`` and ``"dapo"`` for the two per-batch token normalisers).
 
 Layout: flat ``[N, T]`` (N sequences, T completion positions). Per-token functions return
 UNREDUCED ``[N, T]`` arrays (padding positions hold finite junk; aggregation masks them).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import chex
 import jax
 import jax.numpy as jnp
 
-AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "bnpo", "dapo")
+DEFAULT_AGG_MODE = "token-mean"  # also config.loss.agg_mode's default (verl's default)
 KL_ESTIMATORS = ("k1", "k2", "k3")
+IS_LEVELS = ("token", "sequence", "gspo-token")
+# (value clamp, log-ratio clamp) of the KL estimate; None = no clamp.
+KL_CLAMP_PRESETS = {
+    "none": (None, None),  # TRL, Tunix default
+    "verl": (10.0, 20.0),  # verl kl_penalty(..., "low_var_kl"): log-ratio +-20, value +-10
+}
 
 Scalar = Union[int, float, jax.Array]
 
@@ -38,26 +56,86 @@ def _broadcast_adv(advantages: jax.Array, shape) -> jax.Array:
     return jnp.broadcast_to(a, shape)
 
 
-def importance_ratio(logprobs: jax.Array, old_logprobs: jax.Array) -> jax.Array:
-    """rho = exp(log pi_theta - log pi_old), [N, T]; no gradient through ``old_logprobs``."""
+def log_importance_weights(logprobs: jax.Array, old_logprobs: jax.Array,
+                           mask: Optional[jax.Array] = None, *, level: str = "token",
+                           log_ratio_clamp: Optional[float] = None) -> jax.Array:
+    """Log importance weights log w [N, T]; no gradient through ``old_logprobs``.
+
+    With d_t = log pi_theta(y_t) - log pi_old(y_t) (clamped to [-log_ratio_clamp,
+    log_ratio_clamp] first when given; verl and Tunix use 20):
+      * ``"token"`` (PPO / GRPO): log w_t = d_t;
+      * ``"sequence"`` (GSPO, arXiv 2507.18071 eq. 7; TRL ``importance_sampling_level=
+        "sequence"``): log w_t = s = sum_t m_t d_t / max(sum_t m_t, 1), the length-normalised
+        sequence log-ratio, the same for every token of a sequence (its gradient reaches every
+        token through the mean);
+      * ``"gspo-token"`` (GSPO-token, arXiv 2507.18071 eq. 13; verl ``loss_mode="gspo"``, Tunix
+        ``loss_algo="gspo-token"``): log w_t = log pi_theta(y_t) - sg(log pi_theta(y_t)) + sg(s):
+        the value of ``"sequence"`` with the gradient of log pi_theta(y_t) at token t only.
+
+    ``mask`` (bool [N, T], valid tokens) is needed by the two sequence levels.
+    """
     chex.assert_equal_shape([logprobs, old_logprobs])
-    return jnp.exp(logprobs.astype(jnp.float32)
-                   - jax.lax.stop_gradient(old_logprobs).astype(jnp.float32))
+    lp = logprobs.astype(jnp.float32)
+    d = lp - jax.lax.stop_gradient(old_logprobs).astype(jnp.float32)
+    if log_ratio_clamp is not None:
+        d = jnp.clip(d, -log_ratio_clamp, log_ratio_clamp)
+    if level == "token":
+        return d
+    if level not in IS_LEVELS:
+        raise ValueError(f"importance_sampling_level must be one of {IS_LEVELS}; got {level!r}.")
+    if mask is None:
+        raise ValueError(f"importance_sampling_level={level!r} needs the token mask.")
+    chex.assert_equal_shape([logprobs, mask])
+    m = mask.astype(jnp.float32)
+    s = jnp.sum(d * m, axis=-1, keepdims=True) / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True),
+                                                             1.0)
+    if level == "sequence":
+        return jnp.broadcast_to(s, d.shape)
+    return lp - jax.lax.stop_gradient(lp) + jax.lax.stop_gradient(s)
+
+
+def importance_ratio(logprobs: jax.Array, old_logprobs: jax.Array,
+                     mask: Optional[jax.Array] = None, *, level: str = "token",
+                     log_ratio_clamp: Optional[float] = None) -> jax.Array:
+    """rho = exp(:func:`log_importance_weights`), [N, T] (default: per-token exp(log pi_theta -
+    log pi_old)); no gradient through ``old_logprobs``."""
+    return jnp.exp(log_importance_weights(logprobs, old_logprobs, mask, level=level,
+                                          log_ratio_clamp=log_ratio_clamp))
 
 
 def clipped_surrogate(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, *,
-                      eps_low: float = 0.2, eps_high: float = 0.2) -> jax.Array:
+                      eps_low: float = 0.2, eps_high: float = 0.2,
+                      mask: Optional[jax.Array] = None,
+                      importance_sampling_level: str = "token",
+                      log_ratio_clamp: Optional[float] = None,
+                      clip_ratio_c: Optional[float] = None,
+                      delta: Optional[float] = None) -> jax.Array:
     """Per-token clipped surrogate loss -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), [N, T].
 
     Args:
       logprobs: [N, T] log pi_theta of the sampled tokens (differentiated).
       old_logprobs: [N, T] log pi_old (behaviour policy; treated as a constant).
       advantages: [N] per-sequence (broadcast over tokens) or [N, T]; treated as a constant.
-      eps_low / eps_high: clip range (0.2 / 0.2 default; DAPO clip-higher uses eps_high = 0.28).
+      eps_low / eps_high: clip range (0.2 / 0.2 default; DAPO clip-higher uses eps_high = 0.28;
+        GSPO's paper uses 3e-4 / 4e-4 with sequence-level ratios).
+      mask: bool [N, T] valid tokens (needed by the sequence importance-sampling levels).
+      importance_sampling_level, log_ratio_clamp: how rho is formed, see
+        :func:`log_importance_weights` (default: per token, no clamp).
+      clip_ratio_c: dual-clip (arXiv 1912.09729; verl ``clip_ratio_c``, 3.0 there, must be > 1):
+        where A < 0 the loss is min(that loss, -clip_ratio_c A), as verl
+        ``compute_policy_loss_vanilla``. None (default): off.
+      delta: TRL's two-sided clipping (``GRPOConfig.delta``, INTELLECT-2 arXiv 2505.07291): the
+        unclipped term uses min(rho, delta); recommended > 1 + eps_high. None (default): off.
     """
-    rho = importance_ratio(logprobs, old_logprobs)
+    rho = importance_ratio(logprobs, old_logprobs, mask, level=importance_sampling_level,
+                           log_ratio_clamp=log_ratio_clamp)
     a = _broadcast_adv(advantages, rho.shape)
-    return -jnp.minimum(rho * a, jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high) * a)
+    clipped = jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high)
+    unclipped = rho if delta is None else jnp.minimum(rho, delta)
+    loss = -jnp.minimum(unclipped * a, clipped * a)
+    if clip_ratio_c is not None:
+        loss = jnp.where(a < 0, jnp.minimum(loss, -clip_ratio_c * a), loss)
+    return loss
 
 
 def anchor_surrogate(logprobs: jax.Array, advantages: jax.Array, *,
@@ -74,15 +152,19 @@ def anchor_surrogate(logprobs: jax.Array, advantages: jax.Array, *,
 
 
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, *, estimator: str = "k3",
-               clamp: Optional[float] = None) -> jax.Array:
+               clamp: Optional[float] = None,
+               log_ratio_clamp: Optional[float] = None) -> jax.Array:
     """Per-token KL(pi_theta || pi_ref) estimate [N, T]; no gradient through ``ref_logprobs``.
 
     With d = log pi_theta - log pi_ref: k1 = d; k2 = d^2 / 2; k3 = exp(-d) + d - 1 (default; the
-    DeepSeekMath / TRL choice). ``clamp`` optionally clips the value to [-clamp, clamp] (verl
-    clamps k3 at 10); default None (no clamp, as TRL).
+    DeepSeekMath / TRL choice). ``log_ratio_clamp`` optionally clips d to [-c, c] first and
+    ``clamp`` the value to [-clamp, clamp] last; verl's ``low_var_kl`` uses 20 and 10
+    (:data:`KL_CLAMP_PRESETS`); default None (no clamp, as TRL).
     """
     chex.assert_equal_shape([logprobs, ref_logprobs])
     d = logprobs.astype(jnp.float32) - jax.lax.stop_gradient(ref_logprobs).astype(jnp.float32)
+    if log_ratio_clamp is not None:
+        d = jnp.clip(d, -log_ratio_clamp, log_ratio_clamp)
     if estimator == "k1":
         kl = d
     elif estimator == "k2":
@@ -104,36 +186,58 @@ def aggregate_loss(
     global_num_tokens: Optional[Scalar] = None,
     global_num_seqs: Optional[Scalar] = None,
     max_completion_length: Optional[Scalar] = None,
+    num_micro_batches: Scalar = 1,
+    generation_num_tokens: Optional[Scalar] = None,
 ) -> jax.Array:
     """Reduces a per-token loss [N, T] to a scalar with explicit global normalisers.
 
-    Modes (m = mask, n_i = sum_t m_it):
-      * ``"seq-mean-token-mean"`` (GRPO): sum_i [sum_t m l / max(n_i, 1)] / global_num_seqs;
-      * ``"token-mean"`` (DAPO): sum_{i,t} m l / global_num_tokens;
-      * ``"seq-mean-token-sum-norm"`` (Dr.GRPO): sum_{i,t} m l / (global_num_seqs *
-        max_completion_length).
+    Modes (m = mask, n_i = sum_t m_it, l = per_token):
+      * ``"token-mean"`` (verl default, DAPO): sum_{i,t} m l / global_num_tokens;
+      * ``"seq-mean-token-mean"`` (GRPO; TRL ``"grpo"``): sum_i [sum_t m l / max(n_i, 1)] /
+        global_num_seqs;
+      * ``"seq-mean-token-sum-norm"`` (Dr.GRPO, arXiv 2503.20783; TRL ``"dr_grpo"``):
+        sum_{i,t} m l / (global_num_seqs * max_completion_length);
+      * ``"bnpo"`` (TRL ``loss_type="bnpo"``): sum_{i,t} m l / (max(sum m, 1) *
+        num_micro_batches) - each micro-batch is normalised by ITS OWN token count and the
+        micro-batches of one optimiser step are averaged (TRL divides by the accumulation
+        steps). TRL counts the tokens of each device's micro-batch; here the micro-batch is the
+        global one (all data shards), the same thing on one device.
+      * ``"dapo"`` (DAPO arXiv 2503.14476 token-level loss; TRL ``loss_type="dapo"``, its
+        default): sum_{i,t} m l / generation_num_tokens, the valid-token count of the WHOLE
+        generation batch (the rollout), also when that batch feeds several optimiser steps
+        (``train.num_minibatches`` > 1 or ``train.num_iterations`` > 1; TRL
+        ``steps_per_generation`` > ``gradient_accumulation_steps``). With one optimiser step per
+        rollout it equals ``"token-mean"``.
 
     Pass the normalisers of the GLOBAL batch (all minibatch pieces, accumulation steps and
-    shards of one optimiser step); then summing the values of the pieces gives the full-batch
-    value. Left None, they are taken from this call's arrays (correct only when this call sees
-    the whole batch): number of valid tokens, N, and T. A sequence with no valid token adds 0
-    but still counts in global_num_seqs.
+    shards of one optimiser step; for ``"dapo"`` the whole rollout); then summing the values of
+    the pieces gives the full-batch value (``"bnpo"`` is by definition not split-invariant).
+    Left None, they are taken from this call's arrays (correct only when this call sees the
+    whole batch): number of valid tokens, N, and T. A sequence with no valid token adds 0 but
+    still counts in global_num_seqs.
     """
     chex.assert_equal_shape([per_token, mask])
+    if mode not in AGG_MODES:
+        raise ValueError(f"aggregation mode must be one of {AGG_MODES}; got {mode!r}.")
     m = mask.astype(jnp.float32)
     x = jnp.where(mask, per_token.astype(jnp.float32), 0.0)
+
+    def norm(v):
+        return jnp.maximum(jnp.asarray(v, jnp.float32), 1.0)
+
     if mode == "token-mean":
-        denom = jnp.sum(m) if global_num_tokens is None else global_num_tokens
-        return jnp.sum(x) / jnp.maximum(jnp.asarray(denom, jnp.float32), 1.0)
-    nseq = per_token.shape[0] if global_num_seqs is None else global_num_seqs
-    nseq = jnp.maximum(jnp.asarray(nseq, jnp.float32), 1.0)
+        return jnp.sum(x) / norm(jnp.sum(m) if global_num_tokens is None else global_num_tokens)
+    if mode == "bnpo":
+        return jnp.sum(x) / (norm(jnp.sum(m)) * jnp.asarray(num_micro_batches, jnp.float32))
+    if mode == "dapo":
+        return jnp.sum(x) / norm(jnp.sum(m) if generation_num_tokens is None
+                                 else generation_num_tokens)
+    nseq = norm(per_token.shape[0] if global_num_seqs is None else global_num_seqs)
     if mode == "seq-mean-token-mean":
         per_seq = jnp.sum(x, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
         return jnp.sum(per_seq) / nseq
-    if mode == "seq-mean-token-sum-norm":
-        lmax = per_token.shape[-1] if max_completion_length is None else max_completion_length
-        return jnp.sum(x) / (nseq * jnp.asarray(lmax, jnp.float32))
-    raise ValueError(f"aggregation mode must be one of {AGG_MODES}; got {mode!r}.")
+    lmax = per_token.shape[-1] if max_completion_length is None else max_completion_length
+    return jnp.sum(x) / (nseq * jnp.asarray(lmax, jnp.float32))
 
 
 def _masked_stats(x: jax.Array, mask: jax.Array) -> Dict[str, jax.Array]:
@@ -159,14 +263,21 @@ def policy_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
-    agg_mode: str = "seq-mean-token-mean",
+    importance_sampling_level: str = "token",
+    log_ratio_clamp: Optional[float] = None,
+    clip_ratio_c: Optional[float] = None,
+    delta: Optional[float] = None,
+    agg_mode: str = DEFAULT_AGG_MODE,
     global_num_tokens: Optional[Scalar] = None,
     global_num_seqs: Optional[Scalar] = None,
     max_completion_length: Optional[Scalar] = None,
+    num_micro_batches: Scalar = 1,
+    generation_num_tokens: Optional[Scalar] = None,
     ref_logprobs: Optional[jax.Array] = None,
     beta: float = 0.0,
     kl_estimator: str = "k3",
     kl_clamp: Optional[float] = None,
+    kl_log_ratio_clamp: Optional[float] = None,
     is_anchor: Optional[jax.Array] = None,
     anchor_gamma: float = 0.1,
     token_entropy: Optional[jax.Array] = None,
@@ -181,12 +292,15 @@ def policy_loss(
       old_logprobs: [N, T] log pi_old (0 on anchor rows).
       advantages: [N] or [N, T].
       mask: bool [N, T], valid completion tokens.
-      eps_low, eps_high: clip range (see :func:`clipped_surrogate`).
-      agg_mode, global_num_tokens, global_num_seqs, max_completion_length: see
-        :func:`aggregate_loss`. Default ``"seq-mean-token-mean"`` (original GRPO).
+      eps_low, eps_high, importance_sampling_level, log_ratio_clamp, clip_ratio_c, delta: see
+        :func:`clipped_surrogate` (defaults: PPO's per-token ratio, clip 0.2, nothing else).
+      agg_mode, global_num_tokens, global_num_seqs, max_completion_length, num_micro_batches,
+        generation_num_tokens: see :func:`aggregate_loss`. Default ``"token-mean"``, the same
+        as ``config.loss.agg_mode``.
       ref_logprobs: optional [N, T] log pi_ref; required when beta > 0.
       beta: KL weight (0 default: no reference model).
-      kl_estimator, kl_clamp: see :func:`kl_penalty`.
+      kl_estimator, kl_clamp, kl_log_ratio_clamp: see :func:`kl_penalty` (``estimator``,
+        ``clamp``, ``log_ratio_clamp``).
       is_anchor: optional bool [N], off-policy anchor rows.
       anchor_gamma: LUFFY shaping gamma (0.1).
       token_entropy: optional [N, T] per-token policy entropy, for the metric only.
@@ -194,9 +308,10 @@ def policy_loss(
     Returns:
       ``(loss, metrics)``; metrics are jnp scalars computed over this call's tokens (no host
       sync): ``pg_loss``, ``kl_loss``, ``clip_frac_low`` (A < 0 and rho < 1 - eps_low),
-      ``clip_frac_high`` (A > 0 and rho > 1 + eps_high), ``clip_frac``, ``ratio_{min,mean,max}``
-      (on-policy tokens), ``kl_mean``, ``entropy_mean`` (if given), ``adv_{mean,std,min,max}``,
-      ``anchor_token_frac``, ``anchor_prob_mean``, ``num_tokens``.
+      ``clip_frac_high`` (A > 0 and rho > 1 + eps_high), ``clip_frac``, ``dual_clip_frac`` (A < 0
+      and the dual clip is active; 0 without it), ``ratio_{min,mean,max}`` (on-policy tokens;
+      rho at the chosen importance-sampling level), ``kl_mean``, ``entropy_mean`` (if given),
+      ``adv_{mean,std,min,max}``, ``anchor_token_frac``, ``anchor_prob_mean``, ``num_tokens``.
     """
     chex.assert_rank([logprobs, old_logprobs, mask], 2)
     chex.assert_equal_shape([logprobs, old_logprobs, mask])
@@ -209,19 +324,25 @@ def policy_loss(
     anchor_tok = anchor[:, None] & mask
     onpol_tok = ~anchor[:, None] & mask
 
-    rho = importance_ratio(logprobs, old_logprobs)
+    ratio_opts = dict(level=importance_sampling_level, log_ratio_clamp=log_ratio_clamp)
+    rho = importance_ratio(logprobs, old_logprobs, mask, **ratio_opts)
     a = _broadcast_adv(advantages, rho.shape)
     surr = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low=eps_low,
-                             eps_high=eps_high)
+                             eps_high=eps_high, mask=mask,
+                             importance_sampling_level=importance_sampling_level,
+                             log_ratio_clamp=log_ratio_clamp, clip_ratio_c=clip_ratio_c,
+                             delta=delta)
     if is_anchor is not None:
         surr = jnp.where(anchor[:, None], anchor_surrogate(logprobs, advantages, gamma=anchor_gamma),
                          surr)
     agg = dict(mode=agg_mode, global_num_tokens=global_num_tokens,
-               global_num_seqs=global_num_seqs, max_completion_length=max_completion_length)
+               global_num_seqs=global_num_seqs, max_completion_length=max_completion_length,
+               num_micro_batches=num_micro_batches, generation_num_tokens=generation_num_tokens)
     pg_loss = aggregate_loss(surr, mask, **agg)
     metrics: Dict[str, jax.Array] = {}
     if ref_logprobs is not None:
-        kl = kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator, clamp=kl_clamp)
+        kl = kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator, clamp=kl_clamp,
+                        log_ratio_clamp=kl_log_ratio_clamp)
         kl_loss = aggregate_loss(kl, mask, **agg)
         metrics["kl_mean"] = _masked_stats(jax.lax.stop_gradient(kl), mask)["mean"]
     else:
@@ -232,6 +353,10 @@ def policy_loss(
     nvalid_on = jnp.maximum(jnp.sum(onpol_tok), 1)
     low = onpol_tok & (a < 0) & (sg_rho < 1.0 - eps_low)
     high = onpol_tok & (a > 0) & (sg_rho > 1.0 + eps_high)
+    if clip_ratio_c is not None:
+        dual = onpol_tok & (a < 0) & (sg_rho > clip_ratio_c)
+    else:
+        dual = jnp.zeros_like(onpol_tok)
     rstats = _masked_stats(sg_rho, onpol_tok)
     astats = _masked_stats(a, mask)
     p_anchor = jnp.exp(jax.lax.stop_gradient(logprobs).astype(jnp.float32))
@@ -241,6 +366,7 @@ def policy_loss(
         "clip_frac_low": jnp.sum(low) / nvalid_on,
         "clip_frac_high": jnp.sum(high) / nvalid_on,
         "clip_frac": jnp.sum(low | high) / nvalid_on,
+        "dual_clip_frac": jnp.sum(dual) / nvalid_on,
         "ratio_min": rstats["min"],
         "ratio_mean": rstats["mean"],
         "ratio_max": rstats["max"],
@@ -258,3 +384,23 @@ def policy_loss(
             jax.lax.stop_gradient(token_entropy).astype(jnp.float32), mask)["mean"]
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return loss, metrics
+
+
+def _off(v):
+    """A config number where 0 means "off" -> None."""
+    return None if not v else float(v)
+
+
+def policy_loss_kwargs(loss_config) -> Dict[str, Any]:
+    """The :func:`policy_loss` keyword arguments of a ``config.loss`` section (jaxgrpo.config):
+    numbers where 0 means off become None, and ``kl_clamp_preset`` fills the two KL clamps."""
+    lc = loss_config
+    kl_clamp, kl_lr_clamp = _off(lc.kl_clamp), _off(lc.kl_log_ratio_clamp)
+    if lc.kl_clamp_preset != "none":
+        kl_clamp, kl_lr_clamp = KL_CLAMP_PRESETS[lc.kl_clamp_preset]
+    return dict(
+        eps_low=lc.eps_low, eps_high=lc.eps_high,
+        importance_sampling_level=lc.importance_sampling_level,
+        log_ratio_clamp=_off(lc.log_ratio_clamp), clip_ratio_c=_off(lc.clip_ratio_c),
+        delta=_off(lc.delta), agg_mode=lc.agg_mode, beta=lc.beta, kl_estimator=lc.kl_estimator,
+        kl_clamp=kl_clamp, kl_log_ratio_clamp=kl_lr_clamp, anchor_gamma=lc.anchor_gamma)

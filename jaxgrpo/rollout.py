@@ -36,6 +36,13 @@ class Rollout:
       fine_scores: optional float32 [P, G] in [0, 1], DaGRPO's finer score s_i.
       embeddings: optional float32 [P, G, D], L2-normalised completion embeddings (DRA, DaGRPO).
       ref_logprobs: optional float32 [P, G, Tc], reference-policy log-probs (KL term, beta > 0).
+      truncated: optional bool [P, G], True for a completion cut at max_new_tokens without an
+        EOS (``SampleOutput.truncated``; False for anchors); used by
+        :func:`mask_truncated_completions`.
+      question_mask: optional bool [P, Tp], True on the prompt tokens of the question itself
+        (not the chat template, system prompt or instructions); ProGRPO's
+        ``prompt_tokens="question"`` prompt confidence reads it
+        (``jaxgrpo.data.question_token_mask`` builds it).
     """
 
     prompt_tokens: jax.Array
@@ -51,6 +58,8 @@ class Rollout:
     fine_scores: Optional[jax.Array] = None
     embeddings: Optional[jax.Array] = None
     ref_logprobs: Optional[jax.Array] = None
+    truncated: Optional[jax.Array] = None
+    question_mask: Optional[jax.Array] = None
 
     @property
     def num_prompts(self) -> int:
@@ -59,3 +68,17 @@ class Rollout:
     @property
     def group_size(self) -> int:
         return self.rewards.shape[1]
+
+
+def mask_truncated_completions(rollout: Rollout) -> Rollout:
+    """TRL's ``mask_truncated_completions``: completion_mask &= ~truncated.
+
+    Apply AFTER the advantages (a truncated completion keeps its reward and its place in the
+    group statistics, as in TRL): it then adds nothing to the loss and, having no valid token,
+    nothing to the token and sequence normalisers of the aggregation.
+    """
+    if rollout.truncated is None:
+        raise ValueError("config.loss.mask_truncated_completions=True needs rollout.truncated "
+                         "[P, G] (SampleOutput.truncated); it is None.")
+    keep = ~rollout.truncated.astype(bool)
+    return rollout.replace(completion_mask=rollout.completion_mask & keep[..., None])

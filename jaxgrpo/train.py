@@ -40,7 +40,7 @@ from jaxgrpo import losses
 from jaxgrpo.advantages import make_advantage_fn
 from jaxgrpo.config import check_micro_batch, split_names
 from jaxgrpo.logprobs import completion_logprobs
-from jaxgrpo.rollout import Rollout
+from jaxgrpo.rollout import Rollout, mask_truncated_completions
 from jaxgrpo.sharding import BATCH_AXES
 
 
@@ -60,9 +60,11 @@ def split_model(model: nnx.Module):
     return nnx.split(model, nnx.Param, ...)
 
 
-def build_optimizer(c: mc.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and the configured schedule (warmup then constant,
-    cosine or linear decay to 0 over ``steps * num_iterations * num_minibatches`` updates)."""
+def lr_schedule(c: mc.ConfigDict) -> optax.Schedule:
+    """The learning rate per optimiser update: linear warmup from 0 over ``warmup_steps`` train
+    steps, then constant, cosine or linear decay over ``steps * num_iterations *
+    num_minibatches`` updates. Cosine ends at ``lr * optim.min_lr_ratio`` (0 default; 0.1 is HF's
+    ``cosine_with_min_lr`` with ``min_lr_rate=0.1``), linear at 0."""
     o = c.optim
     total = c.steps * c.train.num_iterations * c.train.num_minibatches
     warm = o.warmup_steps * c.train.num_iterations * c.train.num_minibatches
@@ -72,15 +74,22 @@ def build_optimizer(c: mc.ConfigDict) -> optax.GradientTransformation:
             sched = optax.join_schedules([sched, optax.constant_schedule(o.lr)], [warm])
     elif o.schedule == "cosine":
         sched = optax.warmup_cosine_decay_schedule(0.0 if warm else o.lr, o.lr, max(warm, 1),
-                                                   max(total, warm + 1), end_value=0.0)
+                                                   max(total, warm + 1),
+                                                   end_value=o.lr * o.min_lr_ratio)
     else:  # linear
         sched = optax.join_schedules(
             [optax.linear_schedule(0.0, o.lr, max(warm, 1)),
              optax.linear_schedule(o.lr, 0.0, max(total - warm, 1))], [max(warm, 1)])
+    return sched
+
+
+def build_optimizer(c: mc.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping and the configured schedule (:func:`lr_schedule`)."""
+    o = c.optim
     parts = []
     if o.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip))
-    parts.append(optax.adamw(sched, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    parts.append(optax.adamw(lr_schedule(c), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
     return optax.chain(*parts)
 
 
@@ -179,7 +188,7 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
     The LM head, log-softmax and entropy run in time chunks of ``train.logits_chunk`` tokens
     (0: one pass), each chunk rematerialised in the backward pass, so at most
     [rows, chunk, V] float32 logits are live."""
-    lc = c.loss
+    loss_kwargs = losses.policy_loss_kwargs(c.loss)
     chunk = c.train.logits_chunk or None
 
     def loss_fn(params, batch, norms):
@@ -191,9 +200,7 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
         return losses.policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
             ref_logprobs=batch.get("ref_logprobs"), is_anchor=batch["is_anchor"],
-            token_entropy=entropy, eps_low=lc.eps_low, eps_high=lc.eps_high, beta=lc.beta,
-            kl_estimator=lc.kl_estimator, kl_clamp=lc.kl_clamp or None, agg_mode=lc.agg_mode,
-            anchor_gamma=lc.anchor_gamma, **norms)
+            token_entropy=entropy, **loss_kwargs, **norms)
 
     return loss_fn
 
@@ -296,6 +303,8 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
             adv, adv_diag = advantage_fn(rollout)
         else:
             adv, adv_diag = advantages, {}
+        if c.loss.mask_truncated_completions:  # after the advantages: only the loss drops them
+            rollout = mask_truncated_completions(rollout)
         batch = flatten_rollout(rollout, adv)
         group = rollout.rewards.shape[1]
         n = batch["advantages"].shape[0]
@@ -322,12 +331,14 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
         loss_fn = make_loss_fn(c, graphdef, rest, unit)
         mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, *x.shape[1:]), mbs)
         max_len = batch["completion_tokens"].shape[-1]
+        gen_tokens = jnp.sum(batch["completion_mask"])  # for agg_mode="dapo"
 
         def opt_step(carry, mb):
             params, opt_state = carry
             norms = dict(global_num_tokens=jnp.sum(mb["completion_mask"]),
                          global_num_seqs=jnp.sum(jnp.any(mb["completion_mask"], axis=-1)),
-                         max_completion_length=max_len)
+                         max_completion_length=max_len, num_micro_batches=n_acc,
+                         generation_num_tokens=gen_tokens)
 
             def micro(gsum, micro_batch):
                 micro_batch = constrain_rows(micro_batch, mesh)
@@ -385,6 +396,7 @@ def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=N
         logprobs=out.logprobs.reshape(p, g, tc), prompt_logprobs=out.prompt_logprobs,
         rewards=grp(jnp.asarray(rewards, jnp.float32)), correct=grp(jnp.asarray(correct, bool)),
         member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool),
+        truncated=grp(out.truncated),
         fine_scores=None if fine_scores is None else grp(jnp.asarray(fine_scores, jnp.float32)),
         embeddings=None if embeddings is None else jnp.asarray(embeddings).reshape(p, g, -1))
 

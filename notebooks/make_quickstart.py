@@ -134,7 +134,7 @@ table = {
     "grpo": grpo(rewards),
     "dr_grpo": dr_grpo(rewards),
     "dra+grpo": grpo(dra_reweight(rewards, emb)),
-    "dagrpo": dagrpo(rewards, tau=0.1),
+    "dagrpo": dagrpo(rewards, score="reward", tau=0.1),  # score="fine": correct + 0.5 s_i
     "progrpo": progrpo_fn(rollout)[0],
     "c(o|q)": answer_confidence(rollout.logprobs, rollout.completion_mask),
 }

@@ -551,3 +551,63 @@ def test_encode_digit_targets_and_arithmetic_example():
     np.testing.assert_allclose(np.asarray(part), [1.0, 0.0, 4 / 5])
     with pytest.raises(ValueError):
         tr.encode_digit_targets(["123456"], vocab, max_len=5)
+
+
+# ------------------------------------------------------------------------------ overlong
+
+
+def _trl_soft_overlong(completion_ids, max_completion_len, soft_punish_cache):
+    """trl/rewards/other_rewards.py get_soft_overlong_punishment, verbatim logic."""
+    rewards = []
+    for ids in completion_ids:
+        completion_length = len(ids)
+        if completion_length <= max_completion_len - soft_punish_cache:
+            rewards.append(0.0)
+        elif max_completion_len - soft_punish_cache < completion_length <= max_completion_len:
+            rewards.append((max_completion_len - soft_punish_cache - completion_length)
+                           / soft_punish_cache)
+        else:
+            rewards.append(-1.0)
+    return rewards
+
+
+def test_soft_overlong_punishment_matches_trl():
+    lengths = np.arange(0, 40)
+    want = _trl_soft_overlong([[0] * n for n in lengths], 32, 8)
+    got = fn.soft_overlong_punishment(lengths, max_len=32, buffer_len=8)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[24] == 0.0 and got[28] == -0.5 and got[32] == -1.0 and got[39] == -1.0
+    # verl's DAPO manager: penalty_factor * min(-(L - (L_max - buffer)) / buffer, 0)
+    verl = np.minimum(-(lengths - (32 - 8)) / 8 * 1.0, 0.0)
+    np.testing.assert_allclose(got[:33], verl[:33], rtol=1e-6)
+    with pytest.raises(ValueError, match="buffer_len"):
+        fn.soft_overlong_punishment(lengths, max_len=8, buffer_len=8)
+
+
+def test_overlong_reward_in_tokens_through_make_reward_fn():
+    r = fn.make_reward_fn([("format", 1.0, {"style": "boxed"}),
+                           ("overlong", 0.5, {"max_len": 10, "buffer_len": 4})])
+    out = r(["\\boxed{1}", "\\boxed{2}", "x"], lengths=[3, 8, 10])
+    np.testing.assert_allclose(out.components["overlong"], [0.0, -0.5, -1.0])
+    np.testing.assert_allclose(out.rewards, [1.0, 1.0 - 0.25, -0.5])
+    with pytest.raises(ValueError, match="lengths"):
+        r(["a"])
+    with pytest.raises(ValueError, match="buffer_len"):
+        fn.make_reward_fn([("overlong", 1.0)])
+
+
+def test_overlong_config_checks():
+    from jaxgrpo.config import base_config, validate
+
+    c = base_config()
+    c.rewards.overlong = 1.0
+    with pytest.raises(ValueError, match="rewards.overlong_buffer"):
+        validate(c)
+    c.rewards.overlong_buffer = c.sampling.max_new_tokens
+    with pytest.raises(ValueError, match="sampling.max_new_tokens"):
+        validate(c)
+    c.rewards.overlong_buffer = 8
+    validate(c)
+    c.rewards.overlong = -1.0
+    with pytest.raises(ValueError, match="rewards.overlong"):
+        validate(c)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -611,3 +612,110 @@ def test_no_recompilation_after_the_first_step_on_2_device_meshes():
     assert out["none"]["metrics"][-1]["kl_mean"] > 0  # the policy moved off the reference
     err = out["indivisible_error"]
     assert err and "mesh.data * mesh.fsdp" in err and "train.grad_accum" in err, err
+
+# ------------------------------------------------------------------------------ loss menu wiring
+
+
+def _menu_update(ro, advantages=None, **cfg):
+    """One update of the tiny model with plain SGD; returns (metrics, params leaves)."""
+    import optax
+    c = base_config()
+    c.train.prompts_per_step = 2
+    c.sampling.num_generations = 4
+    for k, v in cfg.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    validate(c)
+    graphdef, params, rest = split_model(_tiny_model())
+    tx = optax.sgd(1e-2)
+    update = make_update_fn(c, graphdef, rest, tx)
+    state, m = update(init_train_state(params, tx, 0), ro, None, advantages)
+    return jax.device_get(m), jax.tree.leaves(jax.device_get(state.params))
+
+
+@pytest.mark.slow  # four compiles of the update
+def test_dapo_and_bnpo_normalisers_in_the_update():
+    """dapo divides each optimiser step by the rollout's token count, bnpo each micro-batch by
+    its own (TRL loss_type); the ratios to token-mean follow from the mask counts alone."""
+    ro = _random_rollout()
+    ro = ro.replace(rewards=ro.rewards.at[1].set(0.5))  # prompt 1: constant group, advantage 0
+    m = np.asarray(ro.completion_mask)
+    n0, n1 = m[0].sum(), m[1].sum()  # tokens of prompt 0's and prompt 1's rows
+    tm, _ = _menu_update(ro, **{"train.num_minibatches": 2, "loss.agg_mode": "token-mean"})
+    dapo, _ = _menu_update(ro, **{"train.num_minibatches": 2, "loss.agg_mode": "dapo"})
+    np.testing.assert_allclose(dapo["loss_first"], tm["loss_first"] * n0 / (n0 + n1), rtol=1e-5)
+    tm, _ = _menu_update(ro, **{"train.grad_accum": 2, "loss.agg_mode": "token-mean"})
+    bnpo, _ = _menu_update(ro, **{"train.grad_accum": 2, "loss.agg_mode": "bnpo"})
+    assert abs(float(tm["loss"])) > 1e-4
+    np.testing.assert_allclose(bnpo["loss"], tm["loss"] * (n0 + n1) / (2 * n0), rtol=1e-5)
+
+
+@pytest.mark.slow  # three compiles of the update
+def test_mask_truncated_completions_drops_them_from_the_loss_only():
+    ro = _random_rollout()
+    trunc = np.zeros((2, 4), bool)
+    trunc[0, 2] = trunc[1, 0] = True
+    ro = ro.replace(truncated=jnp.asarray(trunc))
+    from jaxgrpo.train import advantage_fn_from_config
+    adv, _ = advantage_fn_from_config(base_config())(ro)  # from all members, truncated included
+    masked = ro.replace(completion_mask=ro.completion_mask & ~jnp.asarray(trunc)[..., None])
+    a, pa = _menu_update(ro, **{"loss.mask_truncated_completions": True})
+    b, pb = _menu_update(masked, advantages=adv)
+    c, _ = _menu_update(ro)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    assert a["num_tokens"] == b["num_tokens"] < c["num_tokens"]
+    for x, y in zip(pa, pb):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="truncated"):
+        _menu_update(ro.replace(truncated=None), **{"loss.mask_truncated_completions": True})
+
+
+def test_cosine_schedule_with_min_lr_matches_hf():
+    """transformers get_cosine_with_min_lr_schedule_with_warmup (min_lr_rate), written out."""
+    from jaxgrpo.train import lr_schedule
+
+    c = base_config()
+    c.steps, c.optim.lr, c.optim.schedule = 50, 1e-6, "cosine"
+    c.optim.warmup_steps, c.optim.min_lr_ratio = 5, 0.1
+    validate(c)
+    sched = lr_schedule(c)
+
+    def hf(step, warm=5, total=50, min_lr_rate=0.1):
+        if step < warm:
+            return step / max(1, warm)
+        progress = (step - warm) / max(1, total - warm)
+        factor = 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))
+        return max(0.0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+    for s in range(0, 51):
+        np.testing.assert_allclose(float(sched(s)), 1e-6 * hf(s), rtol=1e-5, atol=1e-13)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("loss.importance_sampling_level", "seq", "loss.importance_sampling_level"),
+    ("loss.agg_mode", "grpo", "loss.agg_mode"),
+    ("loss.clip_ratio_c", 0.5, "loss.clip_ratio_c"),
+    ("loss.delta", 1.0, "loss.delta"),
+    ("loss.log_ratio_clamp", -1.0, "loss.log_ratio_clamp"),
+    ("loss.kl_clamp_preset", "trl", "loss.kl_clamp_preset"),
+    ("optim.min_lr_ratio", 0.1, "optim.schedule"),
+    ("optim.min_lr_ratio", 1.5, "optim.min_lr_ratio"),
+])
+def test_bad_loss_menu_values_name_the_key(key, value, match):
+    c = base_config()
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ValueError, match=match):
+        validate(c)
+
+
+def test_kl_clamp_preset_conflicts_with_explicit_clamps():
+    c = base_config()
+    c.loss.kl_clamp_preset = "verl"
+    validate(c)
+    c.loss.kl_clamp = 5.0
+    with pytest.raises(ValueError, match="loss.kl_clamp_preset.*loss.kl_clamp"):
+        validate(c)

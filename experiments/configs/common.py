@@ -34,7 +34,15 @@ def smoke_config(name: str):
 def paper_dra_config(name: str, baseline: str):
     """DRA paper scale (arXiv 2505.09655, METHODS.md §2): DeepSeek-R1-Distill-Qwen-1.5B, G = 6,
     lr 1e-6 cosine, beta 0.04 (k3), temperature 0.7, 3,584 completion tokens, 48 completions per
-    optimiser step, 500 steps, rewards format (1.0) + cosine-scaled correctness (2.0)."""
+    optimiser step, 500 steps, rewards format (1.0) + cosine-scaled correctness (2.0).
+
+    Where the released stack (Open-RS / TRL 0.15.2 GRPOTrainer / HF Trainer, recipes/
+    dra_grpo.yaml, github.com/xiwenc1/DRA-GRPO) set a value, it is set here: AdamW with HF's
+    defaults (beta2 0.999, no weight decay, max_grad_norm 1.0), ``cosine_with_min_lr`` with
+    min_lr_rate 0.1, warmup_ratio 0.1 (50 of 500 steps). DRA's similarity scope is the paper's
+    definition (``scope="group"``, the G completions of a prompt); the released code built it
+    per device micro-batch of 4 completions, which ``--config.advantage.options.dra.scope=
+    microbatch --config.advantage.options.dra.microbatch_size=4`` reproduces."""
     c = base_config()
     c.name = name
     c.steps = 500
@@ -63,6 +71,7 @@ def paper_dra_config(name: str, baseline: str):
     c.rewards.cosine = 2.0
     c.advantage.baseline = baseline
     c.advantage.reward_transforms = "dra"
+    c.advantage.options.dra.scope = "group"  # the paper's; released code: "microbatch", 4
     c.embedding.model = "minilm"  # the paper used jina-embeddings-v2-small-en: set encoder_path
     c.loss.beta = 0.04
     c.loss.kl_estimator = "k3"
@@ -77,7 +86,12 @@ def paper_dra_config(name: str, baseline: str):
     c.train.logits_chunk = 512  # [rows, 512, 151936] f32 logits at a time, not [rows, 3584, ...]
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"
+    c.optim.min_lr_ratio = 0.1  # HF lr_scheduler_type cosine_with_min_lr, min_lr_rate 0.1
     c.optim.warmup_steps = 50  # warmup_ratio 0.1 of 500 steps
+    c.optim.b1 = 0.9  # HF AdamW defaults (TrainingArguments adam_beta1 / adam_beta2)
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0  # HF max_grad_norm
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.eval.every = 50

@@ -92,56 +92,12 @@ def _dagrpo_impl(scores, *, tau, tau_mode, kappa, normalizer, distinctiveness, e
 
 
 def dagrpo(
-    scores: jax.Array,
-    *,
-    tau: float = 0.1,
-    tau_mode: str = "fixed",
-    kappa: float = 0.1,
-    normalizer: str = "group",
-    distinctiveness: str = "score",
-    embeddings: Optional[jax.Array] = None,
-    never_mask_cross_label: bool = False,
+    rewards: jax.Array,
     correct: Optional[jax.Array] = None,
+    fine_scores: Optional[jax.Array] = None,
+    embeddings: Optional[jax.Array] = None,
     member_mask: Optional[jax.Array] = None,
-    nonfinite: str = "mask",
-) -> jax.Array:
-    """DaGRPO pairwise masked advantage (INTERPRETATION of arXiv 2512.06337, METHODS §3).
-
-    A_i = (1/Z_i) sum_{j != i, j member} m_ij (R_i - R_j),  m_ij = 1[d_ij >= tau].
-
-    Args:
-      scores: float [P, G], the per-completion score R (e.g. :func:`dagrpo_score`).
-      tau: fixed threshold on the distinctiveness d_ij (``tau_mode="fixed"``). Default 0.1:
-        with alpha = 0.5 and a 0-10 judge, two judge points. tau = 0 masks nothing.
-      tau_mode: ``"fixed"`` (default) or ``"adaptive"``: tau_q = kappa * max_{jk} d_jk per group
-        (for score distinctiveness: kappa * (max R - min R)).
-      kappa: the adaptive fraction (default 0.1).
-      normalizer: Z_i: ``"group"`` (default; number of members - 1, i.e. G - 1; with tau = 0 the
-        result is G/(G-1) * (R_i - mean R)) or ``"unmasked"`` (max(1, number of unmasked
-        partners): the mean over kept pairs).
-      distinctiveness: ``"score"`` (default; d_ij = |R_i - R_j|) or ``"embedding"``
-        (d_ij = 1 - cos(e_i, e_j), needs ``embeddings``; the sign of A still comes from R).
-      embeddings: float [P, G, D] for ``distinctiveness="embedding"``.
-      never_mask_cross_label: if True, pairs whose correctness differs are always kept (needs
-        ``correct``). Default False (the METHODS §3 formula).
-      correct: bool [P, G], for ``never_mask_cross_label``.
-      member_mask: optional bool [P, G]; non-members take no part and get 0.
-      nonfinite: non-finite score policy, as in :func:`jaxgrpo.advantages.grpo`.
-
-    Returns:
-      Advantages [P, G] in the dtype of ``scores``. A completion whose pairs are all masked gets
-      exactly 0; |A_i| <= max R - min R (no std blow-up).
-    """
-    adv, _, _, _ = _dagrpo_impl(scores, tau=tau, tau_mode=tau_mode, kappa=kappa,
-                                normalizer=normalizer, distinctiveness=distinctiveness,
-                                embeddings=embeddings,
-                                never_mask_cross_label=never_mask_cross_label, correct=correct,
-                                member_mask=member_mask, nonfinite=nonfinite)
-    return adv
-
-
-def dagrpo_transform(
-    rollout,
+    is_anchor: Optional[jax.Array] = None,
     *,
     score: str = "fine",
     alpha: float = 0.5,
@@ -152,29 +108,65 @@ def dagrpo_transform(
     distinctiveness: str = "score",
     never_mask_cross_label: bool = False,
     nonfinite: str = "mask",
-) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """DaGRPO baseline on a Rollout; returns (adv [P, G], diagnostics).
+    return_diagnostics: bool = False,
+) -> Union[jax.Array, Tuple[jax.Array, Dict[str, jax.Array]]]:
+    """DaGRPO pairwise masked advantage (INTERPRETATION of arXiv 2512.06337, METHODS §3).
 
-    ``score="fine"`` (default) uses R = correct + alpha * rollout.fine_scores (an error if
-    fine_scores is None); ``score="reward"`` uses rollout.rewards (e.g. after DRA). Embedding
-    distinctiveness uses rollout.embeddings. Other options: see :func:`dagrpo`.
+    A_i = (1/Z_i) sum_{j != i, j member} m_ij (R_i - R_j),  m_ij = 1[d_ij >= tau], where the
+    score R is ``correct + alpha * fine_scores`` (``score="fine"``, default; the registered
+    baseline ``"dagrpo"``) or ``rewards`` itself (``score="reward"``, e.g. after DRA, or on a
+    plain reward array in a notebook: ``dagrpo(rewards, score="reward")``).
+
+    Args:
+      rewards: float [P, G]; with ``score="fine"`` only its non-finite entries are used (they
+        mark unscorable completions in the fine score too).
+      correct: bool [P, G] verifier correctness (``score="fine"`` and
+        ``never_mask_cross_label``).
+      fine_scores: float [P, G] in [0, 1], the finer score s_i (``score="fine"``).
+      embeddings: float [P, G, D] for ``distinctiveness="embedding"``.
+      member_mask: optional bool [P, G]; non-members take no part and get 0.
+      is_anchor: optional bool [P, G] off-policy anchors (for the diagnostics only).
+      score: ``"fine"`` (default) or ``"reward"``, see above.
+      alpha: weight of the finer score (:func:`dagrpo_score`; default 0.5).
+      tau: fixed threshold on the distinctiveness d_ij (``tau_mode="fixed"``). Default 0.1:
+        with alpha = 0.5 and a 0-10 judge, two judge points. tau = 0 masks nothing.
+      tau_mode: ``"fixed"`` (default) or ``"adaptive"``: tau_q = kappa * max_{jk} d_jk per group
+        (for score distinctiveness: kappa * (max R - min R)).
+      kappa: the adaptive fraction (default 0.1).
+      normalizer: Z_i: ``"group"`` (default; number of members - 1, i.e. G - 1; with tau = 0 the
+        result is G/(G-1) * (R_i - mean R)) or ``"unmasked"`` (max(1, number of unmasked
+        partners): the mean over kept pairs).
+      distinctiveness: ``"score"`` (default; d_ij = |R_i - R_j|) or ``"embedding"``
+        (d_ij = 1 - cos(e_i, e_j), needs ``embeddings``; the sign of A still comes from R).
+      never_mask_cross_label: if True, pairs whose correctness differs are always kept (needs
+        ``correct``). Default False (the METHODS §3 formula).
+      nonfinite: non-finite score policy, as in :func:`jaxgrpo.advantages.grpo`.
+      return_diagnostics: also return the diagnostics dict.
+
+    Returns:
+      Advantages [P, G] in the dtype of the score (with ``return_diagnostics``: ``(adv,
+      diag)``). A completion whose pairs are all masked gets exactly 0;
+      |A_i| <= max R - min R (no std blow-up).
     """
     if score == "fine":
-        if rollout.fine_scores is None:
-            raise ValueError("DaGRPO score='fine' needs rollout.fine_scores; it is None (use "
-                             "score='reward' to rank by rollout.rewards).")
-        s = dagrpo_score(rollout.correct, rollout.fine_scores, alpha=alpha)
+        if fine_scores is None or correct is None:
+            raise ValueError("DaGRPO score='fine' needs correct and fine_scores "
+                             "(rollout.fine_scores); got None (use score='reward' to rank by the "
+                             "rewards).")
+        s = dagrpo_score(correct, fine_scores, alpha=alpha)
         # Non-finite rewards mark unscorable completions in the fine score too.
-        s = jnp.where(jnp.isfinite(rollout.rewards), s, rollout.rewards.astype(jnp.float32))
+        s = jnp.where(jnp.isfinite(rewards), s, rewards.astype(jnp.float32))
     elif score == "reward":
-        s = rollout.rewards
+        s = rewards
     else:
         raise ValueError(f"score must be one of {SCORE_SOURCES}; got {score!r}.")
     adv, keep, pair, member = _dagrpo_impl(
         s, tau=tau, tau_mode=tau_mode, kappa=kappa, normalizer=normalizer,
-        distinctiveness=distinctiveness, embeddings=rollout.embeddings,
-        never_mask_cross_label=never_mask_cross_label, correct=rollout.correct,
-        member_mask=rollout.member_mask, nonfinite=nonfinite)
+        distinctiveness=distinctiveness, embeddings=embeddings,
+        never_mask_cross_label=never_mask_cross_label, correct=correct,
+        member_mask=member_mask, nonfinite=nonfinite)
+    if not return_diagnostics:
+        return adv
     m = member.astype(jnp.float32)
     nm = jnp.maximum(jnp.sum(m), 1.0)
     npairs = jnp.sum(pair)
@@ -186,9 +178,20 @@ def dagrpo_transform(
         "frac_members_all_masked": _common.scalar(jnp.sum(m * ~kept_any) / nm),
         "adv_abs_mean": _common.scalar(jnp.sum(jnp.abs(a) * m) / nm),
         "frac_anchor_members": _common.scalar(
-            jnp.sum(rollout.is_anchor & member) / nm),
+            0.0 if is_anchor is None else jnp.sum(is_anchor.astype(bool) & member) / nm),
     }
     return adv, diag
+
+
+def required_inputs(options) -> frozenset:
+    """What :func:`dagrpo` needs from the rollout under ``options``: fine_scores iff
+    ``score="fine"``, embeddings iff ``distinctiveness="embedding"``."""
+    need = set()
+    if options["score"] == "fine":
+        need.add("fine_scores")
+    if options["distinctiveness"] == "embedding":
+        need.add("embeddings")
+    return frozenset(need)
 
 
 def _pad_last(x: jax.Array, length: int, value=0) -> jax.Array:
@@ -277,6 +280,8 @@ def add_anchors(
         member_mask=cat(rollout.member_mask, fire),
         is_anchor=cat(rollout.is_anchor, jnp.ones((p,), bool)),
     )
+    if rollout.truncated is not None:  # an expert solution is complete
+        new["truncated"] = cat(rollout.truncated, jnp.zeros((p,), bool))
     if rollout.fine_scores is not None:
         new["fine_scores"] = cat(rollout.fine_scores,
                                  per_prompt(anchor_fine_score, rollout.fine_scores.dtype))

@@ -15,7 +15,7 @@ advantage of R~). The weights carry no gradient (stop_gradient).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -82,53 +82,50 @@ def dra_weights(
 def dra_reweight(
     rewards: jax.Array,
     embeddings: jax.Array,
+    member_mask: Optional[jax.Array] = None,
     *,
     eps: float = 1e-6,
-    member_mask: Optional[jax.Array] = None,
     row_sum_floor: Optional[float] = 0.1,
     scope: str = "group",
     microbatch_size: Optional[int] = None,
-) -> jax.Array:
+    return_diagnostics: bool = False,
+) -> Union[jax.Array, Tuple[jax.Array, Dict[str, jax.Array]]]:
     """DRA adjusted rewards R~_i = R_i / (sum_j S_ij + eps) (arXiv 2505.09655, METHODS §2).
+
+    The registered reward transform ``"dra"`` (it needs ``rollout.embeddings``).
 
     Args:
       rewards: float [P, G] raw scalar rewards (weighted sum of the reward functions).
       embeddings: float [P, G, D], L2-normalised completion embeddings.
-      eps, member_mask, row_sum_floor, scope, microbatch_size: see :func:`dra_weights`.
+      member_mask, eps, row_sum_floor, scope, microbatch_size: see :func:`dra_weights`.
+        ``scope="group"`` (default) is the paper's definition; ``scope="microbatch",
+        microbatch_size=4`` reproduces the released code, which built S per device micro-batch
+        of 4 completions.
+      return_diagnostics: also return the diagnostics dict (weight mean / min / max, fraction
+        of rows floored).
 
     Returns:
-      R~ [P, G] in the dtype of ``rewards``. Non-members keep their raw reward. Orthogonal
-      embeddings give w = 1/(1 + eps), i.e. R~ = R up to eps. Equal rewards with different texts
-      give unequal R~ (intended: diversity alone then drives the advantage); negative rewards of
-      redundant answers are softened toward 0 (as in the reference).
+      R~ [P, G] in the dtype of ``rewards`` (with ``return_diagnostics``: ``(R~, diag)``).
+      Non-members keep their raw reward. Orthogonal embeddings give w = 1/(1 + eps), i.e.
+      R~ = R up to eps. Equal rewards with different texts give unequal R~ (intended: diversity
+      alone then drives the advantage); negative rewards of redundant answers are softened
+      toward 0 (as in the reference).
     """
+    if embeddings is None:
+        raise ValueError("DRA needs embeddings ([P, G, D], L2-normalised; rollout.embeddings); "
+                         "got None.")
     _common.check_group_rewards(rewards)
     if jnp.shape(embeddings)[:2] != jnp.shape(rewards):
         raise ValueError(
             f"embeddings [P, G, D] must match rewards [P, G]; got {jnp.shape(embeddings)} vs "
             f"{jnp.shape(rewards)}.")
-    w, _ = dra_weights(embeddings, eps=eps, member_mask=member_mask, row_sum_floor=row_sum_floor,
-                       scope=scope, microbatch_size=microbatch_size)
-    return (rewards.astype(jnp.float32) * w).astype(_common.out_dtype(rewards))
-
-
-def dra_transform(rollout, *, eps: float = 1e-6, row_sum_floor: Optional[float] = 0.1,
-                  scope: str = "group", microbatch_size: Optional[int] = None
-                  ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """Reward transform: returns (R~ [P, G], diagnostics) from ``rollout.rewards`` and
-    ``rollout.embeddings`` (required)."""
-    if rollout.embeddings is None:
-        raise ValueError("DRA needs rollout.embeddings ([P, G, D], L2-normalised); it is None.")
-    _common.check_group_rewards(rollout.rewards)
-    if jnp.shape(rollout.embeddings)[:2] != jnp.shape(rollout.rewards):
-        raise ValueError(
-            f"rollout.embeddings {jnp.shape(rollout.embeddings)} does not match rewards "
-            f"{jnp.shape(rollout.rewards)}.")
-    member = rollout.member_mask.astype(bool)
-    w, row_sum = dra_weights(rollout.embeddings, eps=eps, member_mask=member,
+    member = _common.member_mask_or_ones(member_mask, jnp.shape(rewards))
+    w, row_sum = dra_weights(embeddings, eps=eps, member_mask=member,
                              row_sum_floor=row_sum_floor, scope=scope,
                              microbatch_size=microbatch_size)
-    tilde = (rollout.rewards.astype(jnp.float32) * w).astype(_common.out_dtype(rollout.rewards))
+    tilde = (rewards.astype(jnp.float32) * w).astype(_common.out_dtype(rewards))
+    if not return_diagnostics:
+        return tilde
     m = member.astype(jnp.float32)
     nm = jnp.maximum(jnp.sum(m), 1.0)
     big = jnp.float32(3e38)

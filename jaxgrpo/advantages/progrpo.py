@@ -16,7 +16,7 @@ INTERPRETATIONS (only the abstract is public); each alternative is an option.
 from __future__ import annotations
 
 import fractions
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import chex
 import jax
@@ -26,6 +26,8 @@ from jaxgrpo.advantages import _common
 
 ANSWER_CONFIDENCES = ("low_fraction", "low_fraction_norm", "mean")
 PROMPT_CONFIDENCES = ("mean", "low_fraction", "group_mean_answer")
+PROMPT_TOKENS = ("all", "question")
+GATES = ("reward_sum", "correct")
 
 
 def low_fraction_count(n_valid: jax.Array, rho: float) -> jax.Array:
@@ -126,104 +128,124 @@ def prompt_confidence(prompt_logprobs: jax.Array, prompt_mask: jax.Array, *,
     return jnp.exp(jnp.where(n > 0, log_c, 0.0))
 
 
-def arm_reweight(
-    advantages: jax.Array,
-    correct: jax.Array,
-    answer_conf: jax.Array,
-    prompt_conf: jax.Array,
-    *,
-    alpha: float = 1.0,
-    gate_all_correct: bool = False,
-    member_mask: Optional[jax.Array] = None,
-    apply_mask: Optional[jax.Array] = None,
-    gate_mask: Optional[jax.Array] = None,
-) -> Tuple[jax.Array, jax.Array]:
-    """A~ = A + alpha (c(q) - c(o|q)) outside all-wrong groups (ProGRPO ARM, arXiv 2602.05281).
-
-    Args:
-      advantages: [P, G] baseline advantages.
-      correct: bool [P, G]; a group is all-wrong when no member is correct.
-      answer_conf: [P, G] c(o_i|q); prompt_conf: [P] c(q) or [P, G].
-      alpha: strength (not public; default 1.0).
-      gate_all_correct: ablation; if True all-correct groups are also left unchanged.
-      member_mask: optional bool [P, G]; non-members are unchanged (their advantage stays 0).
-      apply_mask: optional bool [P, G]; members where False get no correction (e.g. anchors).
-      gate_mask: optional bool [P, G]; the members whose correctness decides the all-wrong /
-        all-correct gates (default: all members).
-
-    Returns:
-      ``(adjusted advantages [P, G] in the dtype of ``advantages``, correction [P, G] float32)``;
-      the correction is wrapped in stop_gradient.
-    """
-    p, g = advantages.shape
-    member = _common.member_mask_or_ones(member_mask, (p, g))
-    apply = member if apply_mask is None else member & apply_mask.astype(bool)
-    gm = member if gate_mask is None else member & gate_mask.astype(bool)
-    c = jnp.asarray(correct).astype(bool) & gm
-    n_correct = jnp.sum(c, axis=1, keepdims=True)
-    n_member = jnp.sum(gm, axis=1, keepdims=True)
-    active = n_correct > 0
-    if gate_all_correct:
-        active = active & (n_correct < n_member)
+def _arm_correction(advantages, active, answer_conf, prompt_conf, apply, alpha):
+    """A + alpha (c(q) - c(o|q)) where active & apply; returns (adjusted, correction float32)."""
     cq = prompt_conf if jnp.ndim(prompt_conf) == 2 else prompt_conf[:, None]
     corr = alpha * (cq.astype(jnp.float32) - answer_conf.astype(jnp.float32))
     corr = jax.lax.stop_gradient(jnp.where(active & apply, corr, 0.0))
     return (advantages.astype(jnp.float32) + corr).astype(advantages.dtype), corr
 
 
-def progrpo_transform(
-    rollout,
+def arm_reweight(
     advantages: jax.Array,
+    rewards: jax.Array,
+    correct: jax.Array,
+    logprobs: jax.Array,
+    completion_mask: jax.Array,
+    prompt_logprobs: Optional[jax.Array] = None,
+    prompt_mask: Optional[jax.Array] = None,
+    member_mask: Optional[jax.Array] = None,
+    is_anchor: Optional[jax.Array] = None,
+    question_mask: Optional[jax.Array] = None,
     *,
     alpha: float = 1.0,
     answer_confidence_reading: str = "low_fraction",
     prompt_confidence_reading: str = "mean",
     rho: float = 0.2,
     prompt_rho: float = 0.2,
+    prompt_tokens: str = "all",
+    gate: str = "reward_sum",
     gate_all_correct: bool = False,
     apply_to_anchors: bool = False,
-) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """Advantage transform: ProGRPO ARM on a Rollout and baseline advantages [P, G].
-
-    Uses rollout.logprobs / completion_mask (answer confidence), rollout.prompt_logprobs /
-    prompt_mask (prompt confidence), rollout.correct (the all-wrong gate), rollout.member_mask.
+    return_diagnostics: bool = False,
+) -> Union[jax.Array, Tuple[jax.Array, Dict[str, jax.Array]]]:
+    """ProGRPO ARM (arXiv 2602.05281, METHODS §4): A~ = A + alpha (c(q) - c(o|q)) outside
+    all-wrong groups. The registered advantage transform ``"progrpo"``.
 
     Args:
-      alpha: correction strength (default 1.0).
+      advantages: [P, G] baseline advantages (normally GRPO's).
+      rewards: [P, G] rewards (the gate ``"reward_sum"``); correct: bool [P, G] verifier
+        correctness (the gate ``"correct"`` and the ``gate_all_correct`` ablation).
+      logprobs, completion_mask: [P, G, Tc] behaviour log-probs and valid tokens (answer
+        confidence c(o|q), :func:`answer_confidence`).
+      prompt_logprobs, prompt_mask: [P, Tp] prompt log-probs from the prefill and real prompt
+        tokens (prompt confidence c(q), :func:`prompt_confidence`); unused with
+        ``prompt_confidence_reading="group_mean_answer"``.
+      member_mask: optional bool [P, G]; non-members are unchanged (their advantage stays 0).
+      is_anchor: optional bool [P, G] off-policy anchors: they take no part in the gates (an
+        expert solution does not switch ARM on for a group whose own samples are all wrong)
+        and, unless ``apply_to_anchors``, get no correction (their logprobs are 0, which is not
+        a behaviour-policy confidence).
+      question_mask: optional bool [P, Tp], the question's own prompt tokens; required by
+        ``prompt_tokens="question"``.
+      alpha: correction strength (not public; default 1.0).
       answer_confidence_reading: see :func:`answer_confidence` (default ``"low_fraction"``).
       prompt_confidence_reading: ``"mean"`` (default), ``"low_fraction"`` (see
         :func:`prompt_confidence`) or ``"group_mean_answer"`` (c(q) := mean of the members'
         answer confidences; zero-mean correction within a group, not the paper's definition).
       rho: the low-probability fraction for answers (0.2); prompt_rho: for prompts.
-      gate_all_correct: ablation switch (see :func:`arm_reweight`).
-      apply_to_anchors: off-policy anchors have logprobs 0 (confidence 1), which is not a
-        behaviour-policy confidence; by default they get no correction and are excluded from the
-        group-mean prompt confidence.
-    The all-wrong / all-correct gates always look at the on-policy members only: an anchor (an
-    expert solution, correct by construction) does not switch ARM on for a group whose own
-    samples are all wrong.
-    An empty completion (no valid token) gets no correction.
+      prompt_tokens: the prompt tokens c(q) reads: ``"all"`` (default; the whole templated
+        prompt) or ``"question"`` (question tokens only, METHODS §4's option; needs
+        ``question_mask``).
+      gate: when a group counts as all-wrong (no correction): ``"reward_sum"`` (default;
+        METHODS §4: sum_k r_k = 0 over the on-policy members, non-finite rewards counted as
+        0) or ``"correct"`` (no member has its correctness flag set; with a 0/1 accuracy reward
+        the two agree).
+      gate_all_correct: ablation; if True all-correct groups (every on-policy member's
+        correctness flag set) are also left unchanged.
+      apply_to_anchors: see ``is_anchor``.
+      return_diagnostics: also return the diagnostics dict.
+
+    Returns:
+      Adjusted advantages [P, G] in the dtype of ``advantages`` (with ``return_diagnostics``:
+      ``(adv, diag)``). The correction carries no gradient; an empty completion (no valid token)
+      gets none.
     """
     if prompt_confidence_reading not in PROMPT_CONFIDENCES:
         raise ValueError(f"prompt_confidence_reading must be one of {PROMPT_CONFIDENCES}; got "
                          f"{prompt_confidence_reading!r}.")
-    chex.assert_equal_shape([advantages, rollout.rewards])
-    member = rollout.member_mask.astype(bool)
-    ca = answer_confidence(rollout.logprobs, rollout.completion_mask,
-                           reading=answer_confidence_reading, rho=rho)
-    nonempty = jnp.any(rollout.completion_mask, axis=-1)
-    apply = nonempty if apply_to_anchors else nonempty & ~rollout.is_anchor.astype(bool)
+    if prompt_tokens not in PROMPT_TOKENS:
+        raise ValueError(f"prompt_tokens must be one of {PROMPT_TOKENS}; got {prompt_tokens!r}.")
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}; got {gate!r}.")
+    chex.assert_equal_shape([advantages, rewards, correct])
+    p, g = advantages.shape
+    member = _common.member_mask_or_ones(member_mask, (p, g))
+    anchor = jnp.zeros((p, g), bool) if is_anchor is None else is_anchor.astype(bool)
+    ca = answer_confidence(logprobs, completion_mask, reading=answer_confidence_reading, rho=rho)
+    nonempty = jnp.any(completion_mask, axis=-1)
+    apply = member & (nonempty if apply_to_anchors else nonempty & ~anchor)
     if prompt_confidence_reading == "group_mean_answer":
-        w = (member & apply).astype(jnp.float32)
+        w = apply.astype(jnp.float32)
         cq = jnp.sum(ca * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
     else:
-        cq = prompt_confidence(rollout.prompt_logprobs, rollout.prompt_mask,
-                               reading=prompt_confidence_reading, rho=prompt_rho)
-    adv, corr = arm_reweight(advantages, rollout.correct, ca, cq, alpha=alpha,
-                             gate_all_correct=gate_all_correct, member_mask=member,
-                             apply_mask=apply, gate_mask=~rollout.is_anchor.astype(bool))
+        if prompt_logprobs is None or prompt_mask is None:
+            raise ValueError("ProGRPO's prompt confidence needs prompt_logprobs and prompt_mask "
+                             "[P, Tp]; got None.")
+        token_mask = None
+        if prompt_tokens == "question":
+            if question_mask is None:
+                raise ValueError("ProGRPO prompt_tokens='question' needs question_mask [P, Tp] "
+                                 "(rollout.question_mask); it is None.")
+            token_mask = question_mask
+        cq = prompt_confidence(prompt_logprobs, prompt_mask, reading=prompt_confidence_reading,
+                               rho=prompt_rho, token_mask=token_mask)
+    gm = member & ~anchor  # the on-policy members decide the gates
+    c = jnp.asarray(correct).astype(bool) & gm
+    n_correct = jnp.sum(c, axis=1, keepdims=True)
+    if gate == "correct":
+        active = n_correct > 0
+    else:
+        r = rewards.astype(jnp.float32)
+        r_sum = jnp.sum(jnp.where(gm & jnp.isfinite(r), r, 0.0), axis=1, keepdims=True)
+        active = r_sum != 0.0
+    if gate_all_correct:
+        active = active & (n_correct < jnp.sum(gm, axis=1, keepdims=True))
+    adv, corr = _arm_correction(advantages, active, ca, cq, apply, alpha)
+    if not return_diagnostics:
+        return adv
     touched = (corr != 0.0).astype(jnp.float32)
-    wm = (member & apply).astype(jnp.float32)
+    wm = apply.astype(jnp.float32)
     nw = jnp.maximum(jnp.sum(wm), 1.0)
     diag = {
         "correction_mean": _common.scalar(jnp.sum(corr * wm) / nw),
@@ -233,3 +255,15 @@ def progrpo_transform(
         "prompt_confidence_mean": _common.scalar(jnp.mean(cq)),
     }
     return adv, diag
+
+
+def required_inputs(options) -> frozenset:
+    """What :func:`arm_reweight` needs from the rollout under ``options``: prompt_logprobs
+    unless ``prompt_confidence_reading="group_mean_answer"``; question_mask iff
+    ``prompt_tokens="question"`` (and the prompt confidence is read from prompt tokens)."""
+    if options["prompt_confidence_reading"] == "group_mean_answer":
+        return frozenset()
+    need = {"prompt_logprobs"}
+    if options["prompt_tokens"] == "question":
+        need.add("question_mask")
+    return frozenset(need)

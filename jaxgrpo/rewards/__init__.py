@@ -8,7 +8,8 @@ math-verify pool starts only on the first batch.
 Modules:
   extract           extract_answer (``<answer>``, ``\\boxed``/``\\fbox``, ``####``) - host, linear time
   math_verify_pool  MathVerifier (persistent worker pool with deadlines), math_equal
-  functions         format_reward, cosine_scaled_reward, RewardSpec, make_reward_fn (weighted sum)
+  functions         format_reward, cosine_scaled_reward, soft_overlong_punishment,
+                    RewardSpec, make_reward_fn (weighted sum)
   tasks             make_task (reasoning-gym prompt sources + scoring), load_prompts (local files)
   token_rewards     digit_match_reward (pure jnp, runs inside jit)
 """
@@ -38,6 +39,7 @@ _EXPORTS = {
     "tag_count_reward": "functions",
     "accuracy_reward": "functions",
     "cosine_scaled_reward": "functions",
+    "soft_overlong_punishment": "functions",
     # tasks
     "ReasoningGymTask": "tasks",
     "make_task": "tasks",

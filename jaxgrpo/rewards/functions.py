@@ -22,6 +22,11 @@ computed between sampling and the jitted advantage step, once per rollout).
   With these defaults a short wrong answer gets 0 and a long one -0.5; a short correct one 1.0
   and a long one 0.5.
 
+* :func:`soft_overlong_punishment` - DAPO's soft overlong punishment (Yu et al., arXiv
+  2503.14476, eq. 13; TRL ``get_soft_overlong_punishment``; verl ``reward_model.overlong_buffer``
+  with ``len`` / ``penalty_factor``), measured in TOKENS (Tunix's DAPO measures characters):
+  0 up to ``max_len - buffer_len`` tokens, then falling linearly to -1 at ``max_len``, -1 beyond.
+
 :func:`make_reward_fn` combines :class:`RewardSpec` s (name, weight, options) into one callable
 returning the weighted sum and each unweighted component (for logging). The DRA recipe is
 ``[RewardSpec("format", 1.0), RewardSpec("cosine", 2.0)]`` (``recipes/dra_grpo.yaml``).
@@ -51,6 +56,7 @@ __all__ = [
     "tag_count_reward",
     "accuracy_reward",
     "cosine_scaled_reward",
+    "soft_overlong_punishment",
     "DRA_REWARDS",
 ]
 
@@ -160,6 +166,36 @@ def cosine_scaled_reward(
     return r.astype(np.float32)
 
 
+def soft_overlong_punishment(lengths: np.ndarray, *, max_len: int,
+                             buffer_len: int) -> np.ndarray:
+    """DAPO soft overlong punishment (arXiv 2503.14476 eq. 13), float32 ``[N]`` in [-1, 0].
+
+    With L = ``lengths`` (completion TOKENS, the EOS included), L_max = ``max_len`` (the
+    generation limit, ``sampling.max_new_tokens``) and L_cache = ``buffer_len``::
+
+        R = 0                                   if L <= L_max - L_cache
+        R = ((L_max - L_cache) - L) / L_cache   if L_max - L_cache < L <= L_max
+        R = -1                                  if L > L_max
+
+    As TRL ``get_soft_overlong_punishment(max_completion_len, soft_punish_cache)``; verl's DAPO
+    reward manager adds ``penalty_factor * R`` (the weight of this term here) and clips at 0
+    from above, which the formula already satisfies.
+    """
+    if not 0 < buffer_len < max_len:
+        raise ValueError(f"overlong: need 0 < buffer_len < max_len; got buffer_len={buffer_len}, "
+                         f"max_len={max_len}")
+    n = np.asarray(lengths, np.float64).reshape(-1)
+    start = max_len - buffer_len
+    r = np.where(n <= start, 0.0, (start - n) / buffer_len)
+    return np.where(n > max_len, -1.0, r).astype(np.float32)
+
+
+def _overlong_entry(inp: "RewardInputs", max_len: int = 0, buffer_len: int = 0) -> np.ndarray:
+    if inp.lengths_tokens is None:
+        raise ValueError("overlong: needs `lengths` (completion token counts)")
+    return soft_overlong_punishment(inp.lengths_tokens, max_len=max_len, buffer_len=buffer_len)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry and combination.
 
@@ -226,6 +262,7 @@ REWARD_REGISTRY: dict[str, _Entry] = {
                      ("min_value_wrong", "max_value_wrong", "min_value_correct",
                       "max_value_correct", "max_len", "clip", "gold_unparsed_reward",
                       "length_unit")),
+    "overlong": _Entry(_overlong_entry, False, ("max_len", "buffer_len")),
 }
 
 DRA_REWARDS = (RewardSpec("format", 1.0), RewardSpec("cosine", 2.0))
