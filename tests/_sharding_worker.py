@@ -148,17 +148,18 @@ def _():
 EXPECTED_2x2x2 = {
     "embed_tokens/embedding": (P("tensor", "fsdp"), (64, 16)),
     "lm_head/kernel": (P("fsdp", "tensor"), (16, 64)),
-    "layers/0/self_attn/q_proj/kernel": (P("fsdp", "tensor"), (16, 16)),
-    "layers/0/self_attn/k_proj/kernel": (P("fsdp", "tensor"), (16, 8)),
-    "layers/1/self_attn/v_proj/kernel": (P("fsdp", "tensor"), (16, 8)),
-    "layers/0/self_attn/q_proj/bias": (P("tensor"), (16,)),
-    "layers/1/self_attn/k_proj/bias": (P("tensor"), (8,)),
-    "layers/0/self_attn/o_proj/kernel": (P("tensor", "fsdp"), (16, 16)),
-    "layers/0/mlp/gate_proj/kernel": (P("fsdp", "tensor"), (16, 32)),
-    "layers/1/mlp/up_proj/kernel": (P("fsdp", "tensor"), (16, 32)),
-    "layers/1/mlp/down_proj/kernel": (P("tensor", "fsdp"), (32, 16)),
-    "layers/0/input_layernorm/weight": (P(), (32,)),
-    "layers/1/post_attention_layernorm/weight": (P(), (32,)),
+    # Stacked layers [L=2, ...]: the layer axis is never split.
+    "layers/self_attn/q_proj/kernel": (P(None, "fsdp", "tensor"), (2, 16, 16)),
+    "layers/self_attn/k_proj/kernel": (P(None, "fsdp", "tensor"), (2, 16, 8)),
+    "layers/self_attn/v_proj/kernel": (P(None, "fsdp", "tensor"), (2, 16, 8)),
+    "layers/self_attn/q_proj/bias": (P(None, "tensor"), (2, 16)),
+    "layers/self_attn/k_proj/bias": (P(None, "tensor"), (2, 8)),
+    "layers/self_attn/o_proj/kernel": (P(None, "tensor", "fsdp"), (2, 16, 16)),
+    "layers/mlp/gate_proj/kernel": (P(None, "fsdp", "tensor"), (2, 16, 32)),
+    "layers/mlp/up_proj/kernel": (P(None, "fsdp", "tensor"), (2, 16, 32)),
+    "layers/mlp/down_proj/kernel": (P(None, "tensor", "fsdp"), (2, 32, 16)),
+    "layers/input_layernorm/weight": (P(), (2, 32)),
+    "layers/post_attention_layernorm/weight": (P(), (2, 32)),
     "norm/weight": (P(), (32,)),
     "inv_freq": (P(), (4,)),
 }
@@ -178,8 +179,9 @@ def _():
     mesh = MESH_OBJS["2x2x2"]
     model = shd.shard_model(Decoder(CFG, rngs=nnx.Rngs(0)), mesh)
     flat = _flat(nnx.state(model))
-    # All 2 x (q,k,v kernels + biases, o, gate, up, down, 2 norms) + embed + lm_head + norm + inv_freq.
-    assert len(flat) == 2 * 12 + 4, sorted(flat)
+    # Stacked (q,k,v kernels + biases, o, gate, up, down, 2 norms) + embed + lm_head + norm +
+    # inv_freq.
+    assert len(flat) == 12 + 4, sorted(flat)
     bad = []
     for path, (spec, shard_shape) in EXPECTED_2x2x2.items():
         x = flat[path]
@@ -196,10 +198,10 @@ def _():
 @check("param_layout_1x1x8_and_8x1x1")
 def _():
     out = {}
-    for name, kv_shard in (("1x1x8", (32, 2)), ("8x1x1", (32, 16))):
+    for name, kv_shard in (("1x1x8", (2, 32, 2)), ("8x1x1", (2, 32, 16))):
         model = shd.shard_model(Decoder(CFG, rngs=nnx.Rngs(0)), MESH_OBJS[name])
         flat = _flat(nnx.state(model))
-        k = flat["layers/0/self_attn/k_proj/kernel"]
+        k = flat["layers/self_attn/k_proj/kernel"]
         assert tuple(k.addressable_shards[0].data.shape) == kv_shard, (name, k.sharding)
         emb = flat["embed_tokens/embedding"]
         want = (16, 32) if name == "1x1x8" else (128, 32)
@@ -218,17 +220,18 @@ def _():
     fallbacks = []
     model = shd.shard_model(Decoder(ODD_CFG, rngs=nnx.Rngs(0)), mesh, fallbacks=fallbacks)
     fb = sorted((f.path, f.dim) for f in fallbacks)
+    # Stacked layer parameters: dim 0 is the layer axis, so the per-layer dims are 1 and 2.
     want = sorted([("embed_tokens/embedding", 0),  # vocab 100
-                   ("layers/0/self_attn/k_proj/kernel", 1),  # 5 KV heads x 4 = 20
-                   ("layers/0/self_attn/v_proj/kernel", 1),
-                   ("layers/0/mlp/gate_proj/kernel", 1),  # intermediate 60
-                   ("layers/0/mlp/up_proj/kernel", 1),
-                   ("layers/0/mlp/down_proj/kernel", 0)])
+                   ("layers/self_attn/k_proj/kernel", 2),  # 5 KV heads x 4 = 20
+                   ("layers/self_attn/v_proj/kernel", 2),
+                   ("layers/mlp/gate_proj/kernel", 2),  # intermediate 60
+                   ("layers/mlp/up_proj/kernel", 2),
+                   ("layers/mlp/down_proj/kernel", 1)])
     assert fb == want, f"fallbacks {fb}, want {want}"
     flat = _flat(nnx.state(model))
     assert _norm_spec(flat["embed_tokens/embedding"].sharding.spec, 2) == (None, "fsdp")
-    q = flat["layers/0/self_attn/q_proj/kernel"]  # 10 heads x 4 = 40: divisible, still split
-    assert tuple(q.addressable_shards[0].data.shape) == (40, 5), q.sharding
+    q = flat["layers/self_attn/q_proj/kernel"]  # 10 heads x 4 = 40: divisible, still split
+    assert tuple(q.addressable_shards[0].data.shape) == (1, 40, 5), q.sharding
     graphdef, state = nnx.split(model)
     logits = forward_fn(graphdef)(state, jax.device_put(ids, shd.batch_sharding(mesh)),
                                   jax.device_put(mask, shd.batch_sharding(mesh)))
@@ -291,8 +294,8 @@ def _():
     got_specs = [x.sharding.spec for x in jax.tree.leaves(sp)]
     assert got_specs == want_specs
     mu = _flat(o_state[0].mu)
-    q_mu = mu["layers/0/self_attn/q_proj/kernel"]
-    assert tuple(q_mu.addressable_shards[0].data.shape) == (16, 16), q_mu.sharding
+    q_mu = mu["layers/self_attn/q_proj/kernel"]
+    assert tuple(q_mu.addressable_shards[0].data.shape) == (2, 16, 16), q_mu.sharding
     pd = max(jax.tree.leaves(jax.tree.map(max_diff, sp, rp)))
     md = max(jax.tree.leaves(jax.tree.map(max_diff, o_state, ro)))
     ld = max(abs(a - b) for a, b in zip(losses, ref_losses))
@@ -311,8 +314,8 @@ def _():
     flat = _flat(nnx.state(opt))
     assert flat["step"].sharding.is_fully_replicated and len(flat["step"].sharding.device_set) == 8
     assert len(flat["opt_state/0/count"].sharding.device_set) == 8
-    nu = flat["opt_state/0/nu/layers/1/mlp/gate_proj/kernel"]
-    assert tuple(nu.addressable_shards[0].data.shape) == (32, 8), nu.sharding
+    nu = flat["opt_state/0/nu/layers/mlp/gate_proj/kernel"]
+    assert tuple(nu.addressable_shards[0].data.shape) == (2, 32, 8), nu.sharding
     return {"leaves": len(flat)}
 
 

@@ -17,7 +17,7 @@ def main(model_dir, run_dir, data, fsdp, tensor, overrides):
     c.model.path, c.run_dir = model_dir, run_dir
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = int(data), int(fsdp), int(tensor)
     t = Trainer(c)
-    spec = str(t.state.params["layers"][0]["self_attn"]["q_proj"]["kernel"].sharding.spec)
+    spec = str(t.state.params["layers"]["self_attn"]["q_proj"]["kernel"].sharding.spec)
     t.train()
     t.close()
     recs = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import jax
+import jax.extend
 import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
@@ -54,15 +55,17 @@ def test_default_rules_cover_every_variable(cfg):
     specs = _specs_by_path(shd.match_partition_rules(shd.DEFAULT_RULES, state))
     n_leaves = len(jax.tree.leaves(state))
     assert len(specs) == n_leaves
-    assert specs["layers/1/self_attn/q_proj/kernel"] == P("fsdp", "tensor")
-    assert specs["layers/1/mlp/down_proj/kernel"] == P("tensor", "fsdp")
+    # Stacked layers: the per-layer rule behind a leading None for the layer axis.
+    assert specs["layers/self_attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert specs["layers/mlp/down_proj/kernel"] == P(None, "tensor", "fsdp")
+    assert specs["layers/input_layernorm/weight"] == P(None, None)
     assert specs["embed_tokens/embedding"] == P("tensor", "fsdp")
     assert specs["inv_freq"] == P(None)
     if cfg.mlp_bias:
-        assert specs["layers/0/mlp/up_proj/bias"] == P("tensor")
-        assert specs["layers/0/mlp/down_proj/bias"] == P(None)
+        assert specs["layers/mlp/up_proj/bias"] == P(None, "tensor")
+        assert specs["layers/mlp/down_proj/bias"] == P(None, None)
     if cfg.o_bias:
-        assert specs["layers/0/self_attn/o_proj/bias"] == P(None)
+        assert specs["layers/self_attn/o_proj/bias"] == P(None, None)
 
 
 def test_unmatched_parameters_are_listed():
@@ -71,9 +74,9 @@ def test_unmatched_parameters_are_listed():
     with pytest.raises(ValueError) as e:
         shd.match_partition_rules(rules, state)
     msg = str(e.value)
-    assert "no partition rule matched 6 array(s)" in msg  # gate/up/down x 2 layers
-    assert "layers/0/mlp/gate_proj/kernel (32, 64)" in msg
-    assert "layers/1/mlp/down_proj/kernel (64, 32)" in msg
+    assert "no partition rule matched 3 array(s)" in msg  # gate/up/down, stacked over 2 layers
+    assert "layers/mlp/gate_proj/kernel (2, 32, 64)" in msg
+    assert "layers/mlp/down_proj/kernel (2, 64, 32)" in msg
 
 
 def test_first_matching_rule_wins_and_scalars_are_replicated():
@@ -104,13 +107,14 @@ def test_non_divisible_dims_fall_back_to_replication():
                                                      mesh, fallbacks=fallbacks))
     assert specs["embed_tokens/embedding"] == P(None, "fsdp")
     assert specs["lm_head/kernel"] == P("fsdp", None)
-    assert specs["layers/0/mlp/gate_proj/kernel"] == P("fsdp", None)
-    assert specs["layers/0/self_attn/q_proj/kernel"] == P("fsdp", "tensor")  # 40 % 8 == 0
+    assert specs["layers/mlp/gate_proj/kernel"] == P(None, "fsdp", None)
+    assert specs["layers/self_attn/q_proj/kernel"] == P(None, "fsdp", "tensor")  # 40 % 8 == 0
+    # Dims count the stacked layer axis (dim 0).
     assert {(f.path, f.dim) for f in fallbacks} == {
         ("embed_tokens/embedding", 0), ("lm_head/kernel", 1),
-        ("layers/0/self_attn/k_proj/kernel", 1), ("layers/0/self_attn/v_proj/kernel", 1),
-        ("layers/0/mlp/gate_proj/kernel", 1), ("layers/0/mlp/up_proj/kernel", 1),
-        ("layers/0/mlp/down_proj/kernel", 0)}
+        ("layers/self_attn/k_proj/kernel", 2), ("layers/self_attn/v_proj/kernel", 2),
+        ("layers/mlp/gate_proj/kernel", 2), ("layers/mlp/up_proj/kernel", 2),
+        ("layers/mlp/down_proj/kernel", 1)}
     # A multi-axis entry keeps the divisible prefix: 12 rows over (data=2, fsdp=4) -> data only.
     mesh = AbstractMesh((2, 4, 1), shd.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     fb = []
@@ -127,8 +131,76 @@ def test_optimizer_state_paths_match_param_rules():
     opt_state = jax.eval_shape(optax.adamw(1e-3).init, state)
     specs = _specs_by_path(shd.match_partition_rules(shd.DEFAULT_RULES, opt_state))
     assert specs["0/count"] == P()
-    assert specs["0/mu/layers/0/self_attn/q_proj/kernel"] == P("fsdp", "tensor")
+    assert specs["0/mu/layers/self_attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
     assert specs["0/nu/embed_tokens/embedding"] == P("tensor", "fsdp")
+
+
+def test_stacked_prefix_only_for_stacked_layers():
+    # ``layers/<i>/...`` (a list of per-layer modules) keeps the per-layer spec; ``layers/...``
+    # (stacked, [L, ...]) gets the layer axis in front; other paths are untouched.
+    sds = jax.ShapeDtypeStruct
+    state = {"layers": {"0": {"mlp": {"up_proj": {"kernel": sds((4, 6), "float32")}}},
+                        "mlp": {"up_proj": {"kernel": sds((3, 4, 6), "float32")}}},
+             "encoder": {"mlp": {"up_proj": {"kernel": sds((4, 6), "float32")}}},
+             "blocks_layers": {"mlp": {"up_proj": {"kernel": sds((4, 6), "float32")}}}}
+    specs = _specs_by_path(shd.match_partition_rules(shd.DEFAULT_RULES, state))
+    assert specs == {"layers/0/mlp/up_proj/kernel": P("fsdp", "tensor"),
+                     "layers/mlp/up_proj/kernel": P(None, "fsdp", "tensor"),
+                     "encoder/mlp/up_proj/kernel": P("fsdp", "tensor"),
+                     "blocks_layers/mlp/up_proj/kernel": P("fsdp", "tensor")}
+
+
+def _constraints(fn, *args):
+    """The PartitionSpecs of every sharding_constraint in ``fn``'s jaxpr (nested ones included)."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "sharding_constraint":
+                found.append((tuple(eqn.invars[0].aval.shape), eqn.params["sharding"].spec))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_constrain_is_a_no_op_without_a_mesh():
+    x = jax.numpy.ones((4, 3, 8))
+    assert _constraints(lambda a: shd.constrain(a, shd.ACT_HIDDEN), x) == []
+    # A one-device mesh: nothing to constrain either.
+    with jax.set_mesh(shd.make_mesh()):
+        assert _constraints(lambda a: shd.constrain(a, shd.ACT_HIDDEN), x) == []
+
+
+def test_constrain_under_an_abstract_mesh_drops_non_dividing_axes():
+    mesh = AbstractMesh((2, 4, 2), shd.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    with jax.sharding.use_abstract_mesh(mesh):
+        got = _constraints(lambda a, b, c: (shd.constrain(a, shd.ACT_HEADS),
+                                            shd.constrain(b, shd.ACT_HEADS),
+                                            shd.constrain(c, P("model"))),
+                           jax.numpy.ones((16, 3, 4, 8)), jax.numpy.ones((6, 3, 3, 8)),
+                           jax.numpy.ones((4,)))
+    assert [s for _, s in got] == [
+        P(("data", "fsdp"), None, "tensor", None),  # 16 rows over 2 x 4, 4 heads over 2
+        P("data", None, None, None),  # 6 rows: data only; 3 heads: replicated
+        P(None)]  # an axis the mesh lacks is dropped
+
+
+def test_decoder_constrains_its_activations_under_a_mesh():
+    cfg = _cfg(num_hidden_layers=3)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
+    ids = jax.ShapeDtypeStruct((8, 5), "int32")
+    fwd = lambda s, i: nnx.merge(graphdef, s)(i)  # noqa: E731
+    assert _constraints(fwd, state, ids) == []
+    mesh = AbstractMesh((1, 4, 2), shd.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    with jax.sharding.use_abstract_mesh(mesh):
+        got = set(_constraints(fwd, state, ids))
+    want = {((8, 5, 32), P(("data", "fsdp"), None, None)),  # residual stream
+            ((8, 5, 4, 8), P(("data", "fsdp"), None, "tensor", None)),  # q heads
+            ((8, 5, 2, 8), P(("data", "fsdp"), None, "tensor", None)),  # k / v heads
+            ((8, 5, 64), P(("data", "fsdp"), None, "tensor")),  # MLP units
+            ((8, 5, 128), P(("data", "fsdp"), None, "tensor"))}  # logits, vocab-split
+    assert got == want, got
 
 
 def test_make_mesh_on_one_device():
