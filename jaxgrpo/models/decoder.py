@@ -165,9 +165,8 @@ class Decoder(nnx.Module):
             self.lm_head = None
         self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(cfg), jnp.float32))
 
-    def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
-        """An empty cache; ``dtype`` defaults to the compute dtype (e.g. bf16 halves its bytes)."""
-        return init_cache(self.config, batch, max_length, self.dtype if dtype is None else dtype)
+    def init_cache(self, batch: int, max_length: int) -> KVCache:
+        return init_cache(self.config, batch, max_length, self.dtype)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         """Final-norm hidden states [..., E] -> float32 logits [..., V]."""
