@@ -183,3 +183,100 @@ def test_make_sampler_is_cached_and_pure(pair, prompts):
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SamplingConfig(**bad)
+
+
+# --------------------------------------------------------------------------- top-k / top-p sets
+
+def _allowed_ref64(z, top_k, top_p):
+    """The sorted definition in float64: top-k (ties at the k-th value kept), then top-p over the
+    renormalised kept mass (a token is kept iff the mass strictly before the first of its tie
+    run, in descending order, is < top_p)."""
+    z = np.asarray(z, np.float64)
+    keep = np.ones(z.shape, bool)
+    for r in range(z.shape[0]):
+        row = z[r]
+        order = np.argsort(-row, kind="stable")
+        srt = row[order]
+        k = top_k if top_k else len(row)
+        kth = srt[min(k, len(row)) - 1]
+        kk = row >= kth
+        if top_p < 1.0:
+            p = np.exp(row - row.max()) * kk
+            p = p / p.sum()
+            ps = p[order]
+            before = np.cumsum(ps) - ps
+            thresh = min(srt[j] for j in range(len(row)) if kk[order[j]] and before[j] < top_p)
+            kk = kk & (row >= thresh)
+        keep[r] = kk
+    return keep
+
+
+@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (1, 1.0), (0, 0.6), (0, 0.95), (7, 0.5),
+                                         (40, 0.9), (200, 0.3)])
+def test_allowed_tokens_equal_sorted_float64_reference(top_k, top_p):
+    from jaxgrpo.sampling import allowed_tokens
+    rng = np.random.RandomState(top_k * 7 + int(top_p * 100))
+    z = rng.randn(64, 150) * 2.0
+    z[::2] = np.round(z[::2] * 2) / 2  # even rows: many ties (half-integer logits)
+    z[1, :] = 0.0  # a uniform row
+    z[3, :10] = z[3].max() + 1.0  # a tie run at the top
+    got = np.asarray(jax.jit(lambda z: allowed_tokens(z, top_k, top_p))(jnp.asarray(z,
+                                                                                   jnp.float32)))
+    np.testing.assert_array_equal(got, _allowed_ref64(z.astype(np.float32), top_k, top_p))
+    assert np.all(got.sum(-1) >= 1) and np.any(got.sum(-1) < z.shape[1])
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(top_k=6), dict(top_p=0.7), dict(top_k=9, top_p=0.8),
+                                dict(temperature=0.6, top_p=0.9)])
+def test_empirical_frequencies_match_truncated_distribution(kw):
+    """Chi-square goodness of fit of 40,000 draws against the renormalised allowed probabilities
+    (float64, from the sorted definition), for one logits row with ties; V = 45 is not a power of
+    two, so the two-level inverse cdf has a padded last block."""
+    from scipy.stats import chi2
+
+    from jaxgrpo.sampling import select_tokens
+    rng = np.random.RandomState(0)
+    row = np.round(rng.randn(45) * 1.5, 1)
+    row[[3, 17, 30]] = row.max()  # a tie at the top
+    cfg = SamplingConfig(max_new_tokens=1, **kw)
+    n = 40_000
+    u = jax.random.uniform(jax.random.key(1), (n,))
+    logits = jnp.broadcast_to(jnp.asarray(row, jnp.float32), (n, row.size))
+    tok, lp = jax.jit(lambda l, u: select_tokens(l, u, cfg))(logits, u)
+    z = row.astype(np.float32).astype(np.float64) / cfg.temperature
+    keep = _allowed_ref64(z[None], cfg.top_k, cfg.top_p)[0]
+    prob = np.exp(z - z.max()) * keep
+    prob /= prob.sum()
+    counts = np.bincount(np.asarray(tok), minlength=row.size)
+    assert np.all(counts[~keep] == 0)
+    stat = np.sum((counts[keep] - n * prob[keep]) ** 2 / (n * prob[keep]))
+    assert stat < chi2.ppf(0.999, keep.sum() - 1), stat
+    # the reported log-probs stay those of the untruncated softmax(z)
+    full = z - np.log(np.sum(np.exp(z)))
+    np.testing.assert_allclose(np.asarray(lp), full[np.asarray(tok)], atol=1e-5)
+
+
+def test_ignore_eos_runs_every_row_to_max(pair, prompts):
+    _, m = pair
+    ids, mask = prompts
+    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=tuple(range(VOCAB)), ignore_eos=True,
+                         num_samples=2)
+    out = _run(m, ids, mask, cfg)
+    assert np.all(np.asarray(out.lengths) == 6) and np.all(np.asarray(out.completion_mask))
+    lp = completion_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), out.completion_tokens,
+                             out.completion_mask)
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(lp), atol=1e-4)
+
+
+def test_bf16_cache_logprobs_close_to_teacher_forced(pair, prompts):
+    _, m = pair
+    ids, mask = prompts
+    cfg = SamplingConfig(max_new_tokens=8, num_samples=2, cache_dtype="bfloat16")
+    assert cfg.cache_dtype == "bfloat16"
+    out = _run(m, ids, mask, cfg, seed=4)
+    lp = completion_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), out.completion_tokens,
+                             out.completion_mask)
+    err = np.abs(np.asarray(out.logprobs) - np.asarray(lp))
+    assert err.max() < 5e-2 and err.max() > 0  # bf16 K/V rounding, nothing worse
+    with pytest.raises(ValueError, match="cache_dtype"):
+        SamplingConfig(max_new_tokens=4, cache_dtype="int8")

@@ -140,12 +140,15 @@ def _block(k, v, key_mask, i, bs):
 
 
 def _n_blocks(kv_length, s, bs):
+    """Blocks to visit: a Python int when the bound is static, else a traced int32 scalar."""
     if kv_length is None:
-        return -(-s // bs)  # static: every block
+        return -(-s // bs)  # every block
+    if isinstance(kv_length, (int, np.integer)):  # a Python bound stays static (a scan)
+        return -(-min(max(int(kv_length), 1), s) // bs)
     return (jnp.clip(kv_length, 1, s).astype(jnp.int32) + bs - 1) // bs
 
 
-def _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
+def _flash_forward(qg, k, v, key_mask, query_slots, n_blocks, bs, scale):
     """Online softmax over key blocks. Returns (out f32 [B,G,R,T,D], lse f32 [B,G,R,T], l)."""
     b, g, r, t, d = qg.shape
 
@@ -164,29 +167,33 @@ def _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
 
     init = (jnp.full((b, g, r, t), _NEG, jnp.float32), jnp.zeros((b, g, r, t), jnp.float32),
             jnp.zeros((b, g, r, t, d), jnp.float32))
-    m, l, acc = jax.lax.fori_loop(0, _n_blocks(kv_length, k.shape[2], bs), body, init)
+    m, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
     has_key = l > 0  # rows with no allowed key: output 0, lse unused (p is masked to 0)
     out = acc / jnp.where(has_key, l, 1.0)[..., None]
     lse = jnp.where(has_key, m + jnp.log(jnp.where(has_key, l, 1.0)), 0.0)
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _flash(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
-    out, _ = _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale)
+# n_traced: a traced block count (dynamic bound) or None; n_static: a Python int or None.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _flash(qg, k, v, key_mask, query_slots, n_traced, n_static, bs, scale):
+    n = n_traced if n_static is None else n_static
+    out, _ = _flash_forward(qg, k, v, key_mask, query_slots, n, bs, scale)
     return out.astype(qg.dtype)
 
 
-def _flash_fwd(qg, k, v, key_mask, query_slots, kv_length, bs, scale):
-    out, lse = _flash_forward(qg, k, v, key_mask, query_slots, kv_length, bs, scale)
+def _flash_fwd(qg, k, v, key_mask, query_slots, n_traced, n_static, bs, scale):
+    n = n_traced if n_static is None else n_static
+    out, lse = _flash_forward(qg, k, v, key_mask, query_slots, n, bs, scale)
     out = out.astype(qg.dtype)
-    return out, (qg, k, v, key_mask, query_slots, kv_length, out, lse)
+    return out, (qg, k, v, key_mask, query_slots, n_traced, out, lse)
 
 
-def _flash_bwd(bs, scale, res, d_out):
+def _flash_bwd(n_static, bs, scale, res, d_out):
     """FlashAttention-2 backward: per key block, recompute P = exp(s - lse) and accumulate
     dQ (carried), dK and dV (written into their block); D_i = sum_d dO * O."""
-    qg, k, v, key_mask, query_slots, kv_length, out, lse = res
+    qg, k, v, key_mask, query_slots, n_traced, out, lse = res
+    n = n_traced if n_static is None else n_static
     d_out = d_out.astype(jnp.float32)
     delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1)  # [B, G, R, T]
     qf = qg.astype(jnp.float32)
@@ -209,7 +216,7 @@ def _flash_bwd(bs, scale, res, d_out):
 
     init = (jnp.zeros(qg.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
             jnp.zeros(v.shape, jnp.float32))
-    dq, dk, dv = jax.lax.fori_loop(0, _n_blocks(kv_length, k.shape[2], bs), body, init)
+    dq, dk, dv = jax.lax.fori_loop(0, n, body, init)
     return (dq.astype(qg.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None)
 
 
@@ -221,7 +228,10 @@ def _blockwise(q, k, v, key_mask, query_slots, block_size, kv_length):
     bs = min(int(block_size), s)
     qg = _group_queries(q, k.shape[1])
     scale = float(1.0 / np.sqrt(q.shape[-1]))
-    return _ungroup(_flash(qg, k, v, key_mask, query_slots, kv_length, bs, scale))
+    n = _n_blocks(kv_length, s, bs)
+    n_static = n if isinstance(n, int) else None
+    n_traced = None if isinstance(n, int) else n
+    return _ungroup(_flash(qg, k, v, key_mask, query_slots, n_traced, n_static, bs, scale))
 
 
 # --------------------------------------------------------------------------- jax.nn
