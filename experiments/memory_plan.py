@@ -84,6 +84,8 @@ def build_parser():
                    help="model shape when model.path does not exist: a name in "
                         "experiments/configs/shapes/ or a config.json path")
     p.add_argument("--skip-sampler", action="store_true", help="compile the update only")
+    p.add_argument("--skip-update", action="store_true",
+                   help="compile the sampler only (no peak_gb_per_device line)")
     p.add_argument("--skip-cpu", action="store_true", help="with --tpu: compile for TPU only")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p
@@ -381,7 +383,8 @@ def gb(x):
 # ------------------------------------------------------------------------------------ the plan
 
 
-def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg, skip_sampler):
+def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg, skip_sampler,
+                 skip_update=False):
     """Compile update (and sampler) at each depth on ``mesh``; print the table; return results."""
     from jaxgrpo.sampling import make_sampler
     from jaxgrpo.train import make_update_fn
@@ -410,13 +413,14 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
             continue
         for note in notes if layers == min(depths) else ():
             print(f"  note: {note}")
-        print(f"  [{backend}] compiling update at {layers} layer(s) ...", flush=True)
-        update = make_update_fn(c, graphdef, rest, tx)
-        res["update"][layers] = compile_memory(update, (state, ro, ref, adv))
-        r = res["update"][layers]
-        print(f"  [{backend}]   lowered in {r['lower_s']:.1f} s, compiled in "
-              f"{r['compile_s']:.1f} s" + ("" if r["fits"] else f": DOES NOT FIT: {r['error']}"),
-              flush=True)
+        if not skip_update:
+            print(f"  [{backend}] compiling update at {layers} layer(s) ...", flush=True)
+            update = make_update_fn(c, graphdef, rest, tx)
+            res["update"][layers] = compile_memory(update, (state, ro, ref, adv))
+            r = res["update"][layers]
+            print(f"  [{backend}]   lowered in {r['lower_s']:.1f} s, compiled in "
+                  f"{r['compile_s']:.1f} s" + ("" if r["fits"] else
+                                                 f": DOES NOT FIT: {r['error']}"), flush=True)
         if not skip_sampler:
             print(f"  [{backend}] compiling sampler at {layers} layer(s) ...", flush=True)
             sampler = make_sampler(graphdef, scfg)
@@ -576,17 +580,19 @@ def child_main(argv):
         mesh = shd.make_mesh(d, f, t)
         results.append(plan_backend(c, cfg, factory, mesh, f"XLA:CPU ({jax.device_count()} fake "
                                     "devices)", compile_depths, full_depth, group, scfg,
-                                    args.skip_sampler))
+                                    args.skip_sampler, args.skip_update))
     if args.tpu:
         mesh, label = make_tpu_mesh(args.tpu, sizes)
         results.append(plan_backend(c, cfg, factory, mesh, label, compile_depths, full_depth,
-                                    group, scfg, args.skip_sampler))
+                                    group, scfg, args.skip_sampler, args.skip_update))
     if not results:
         raise SystemExit("memory_plan: --skip-cpu without --tpu compiles nothing")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, default=str)
     final = results[-1]
+    if args.skip_update:
+        return
     u = final["result"]["update"]
     what = ("extrapolated to %d layers" % full_depth if u["extrapolated"]
             else "measured at %d layers" % u["layers"])

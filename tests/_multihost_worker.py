@@ -39,6 +39,13 @@ def rollout_rows(step: int, vocab: int):
         is_anchor=np.zeros((P, G), bool))
 
 
+def _flat_host(tree):
+    """{'/'-joined path: NumPy array} of a pytree of host arrays (for .npz files)."""
+    import jax
+    from jaxgrpo.sharding import path_to_str
+    return {path_to_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def main(mode: str, out: str, ckpt_dir: str, *rest: str):
     import jax
 
@@ -71,7 +78,10 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
     c.sampling.max_new_tokens = TC
     c.train.grad_accum = 2
     c.loss.beta = 0.04
-    c.optim.lr = 1e-2
+    # Adam's first steps move each weight by about lr whatever the gradient's size, so the
+    # float round-off of a different reduction order (gloo across processes vs in-process)
+    # becomes an O(lr) weight difference; the paper's lr keeps it below the tests' tolerance.
+    c.optim.lr = 1e-6
     cfg = ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       head_dim=8, qkv_bias=True, eos_token_ids=(1,), pad_token_id=0)
@@ -84,6 +94,7 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
     ref = jax.tree.map(jnp.copy, params)
     advantage_fn = jax.jit(train_lib.advantage_fn_from_config(c))
     update = train_lib.make_update_fn(c, graphdef, rest_state, tx)
+    initial = _flat_host(shd.to_host(params))
     rows = shd.process_rows(mesh, P)
     res["rows"] = [rows.start, rows.stop]
 
@@ -114,6 +125,10 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
 
     ckpt = Checkpointer(ckpt_dir)
     ckpt.save(2, state, {"step": 2, "data_position": 8})
+    saved = _flat_host(shd.to_host(state.params))
+    if jax.process_index() == 0:
+        np.savez(f"{out}.saved.npz", **saved)
+    res["params_changed"] = max(float(np.max(np.abs(saved[k] - initial[k]))) for k in saved)
     restored, meta, step = ckpt.restore(state)
     same = [bool(np.array_equal(np.asarray(a.addressable_shards[i].data),
                                 np.asarray(b.addressable_shards[i].data)))
@@ -133,9 +148,10 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
     if mode == "single" and rest:  # restore the 2-process checkpoint into this layout
         other = Checkpointer(rest[0])
         theirs, meta2, _ = other.restore(state)
-        diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                 for a, b in zip(jax.tree.leaves(theirs.params), jax.tree.leaves(state.params))]
-        res["cross_restore_max_abs_diff"] = max(diffs)
+        np.savez(f"{out}.cross_restored.npz", **_flat_host(shd.to_host(theirs.params)))
+        res["cross_restore_sharding_same"] = all(
+            a.sharding == b.sharding
+            for a, b in zip(jax.tree.leaves(theirs), jax.tree.leaves(state)))
         res["cross_restore_meta"] = meta2
         other.close()
     ckpt.close()

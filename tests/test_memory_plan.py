@@ -121,7 +121,7 @@ def _direct(shape_path):
     from experiments.run import parse_config
     from jaxgrpo import sharding as shd
     from jaxgrpo import train as train_lib
-    from jaxgrpo.models import Decoder, load_config  # noqa: F401
+    from jaxgrpo.models import Decoder
     from jaxgrpo.models.config import ModelConfig
     from jaxgrpo.rollout import Rollout
 
