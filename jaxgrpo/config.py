@@ -78,6 +78,11 @@ def base_config() -> mc.ConfigDict:
     c.rewards.answer_sources = "answer_tag,boxed,hash"  # extraction precedence (rewards/extract.py)
     c.rewards.format_style = "boxed"  # see jaxgrpo.rewards.functions.FORMAT_STYLES
     c.rewards.fine_score = "logprob"  # DaGRPO's finer score s_i: "logprob" | "format" | "none"
+    # "text": decode and score on the host (task verifier / math-verify); "digits": the gold
+    # integer matched on token ids inside jit (jaxgrpo.env.DigitReward; needs rewards.format = 0
+    # and rewards.cosine = 0; allows train.fused).
+    c.rewards.verifier = "text"
+    c.rewards.digits_partial_credit = False  # digits: positional partial credit, not exact match
     c.rewards.verifier_workers = 2
     c.rewards.item_timeout_s = 5.0
 
@@ -93,7 +98,7 @@ def base_config() -> mc.ConfigDict:
     c.advantage.options = mc.ConfigDict(
         {name: dict(get_transform(name).defaults) for name in available_transforms()})
 
-    # Completion embeddings for DRA (and DaGRPO's cosine distinctiveness).
+    # Completion embeddings for DRA (and DaGRPO's distinctiveness='embedding').
     c.embedding = mc.ConfigDict()
     c.embedding.model = "minilm"  # "minilm": a BERT-family sentence encoder; "policy": own hidden states
     c.embedding.encoder_path = ""  # "" = the packaged all-MiniLM-L6-v2
@@ -120,6 +125,10 @@ def base_config() -> mc.ConfigDict:
     c.train.num_iterations = 1  # mu: policy updates per rollout batch
     c.train.num_minibatches = 1  # optimiser steps per iteration
     c.train.grad_accum = 1  # micro-batches per minibatch
+    # One jit for the whole step (sample -> token reward -> assemble -> update; jaxgrpo.step).
+    # Needs a reward computable from tokens (rewards.verifier = "digits") and, for embeddings,
+    # embedding.model = "policy". Per-stage timings are then not available (time/step only).
+    c.train.fused = False
 
     c.optim = mc.ConfigDict()
     c.optim.lr = 1e-5
@@ -138,7 +147,7 @@ def base_config() -> mc.ConfigDict:
 
     # Logging, evaluation, checkpoints.
     c.log = mc.ConfigDict()
-    c.log.every = 1
+    c.log.every = 1  # write train metrics every N steps: the mean over those N steps
     c.log.samples_every = 5
     c.log.tensorboard = True
     c.log.wandb = False

@@ -1,6 +1,6 @@
-"""The pure training step: rollout batch -> advantages -> mu clipped-policy updates -> new state.
+"""The pure update: rollout batch -> advantages -> mu clipped-policy updates -> new state.
 
-``make_update_fn`` returns one jit-compiled pure function
+``make_update_fn`` returns one pure function (jit-compiled by default)
 ``update(state, rollout, ref_params) -> (state, metrics)`` that
 
 1. turns rewards into advantages with the configured transform chain
@@ -13,8 +13,8 @@
    (tokens, sequences, max length), so summing micro-batch gradients gives exactly the
    minibatch gradient, and the value does not depend on sharding or accumulation.
 
-``make_train_step`` chains sampling -> host verification -> ``update`` for the host loop
-(rewards that need Python, such as math-verify, run between the two jitted calls).
+The whole training step (collect a rollout: sample, verify, assemble; then this update), on the
+host path or fused into one jit for token rewards, is composed in ``jaxgrpo.step``.
 """
 from __future__ import annotations
 
@@ -73,13 +73,19 @@ def build_optimizer(c: mc.ConfigDict) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def advantage_fn_from_config(c: mc.ConfigDict) -> Callable:
-    """The configured transform chain as one pure function ``rollout -> (adv [P, G], diag)``."""
+def advantage_chain(c: mc.ConfigDict):
+    """``(baseline, reward_transforms, advantage_transforms, options)`` of ``config.advantage``,
+    the arguments of ``make_advantage_fn`` and ``jaxgrpo.advantages.needs.required_inputs``."""
     reward_t = split_names(c.advantage.reward_transforms)
     adv_t = split_names(c.advantage.advantage_transforms)
     names = (*reward_t, c.advantage.baseline, *adv_t)
     options = {n: dict(c.advantage.options[n]) for n in names if n in c.advantage.options}
-    return make_advantage_fn(c.advantage.baseline, reward_t, adv_t, options)
+    return c.advantage.baseline, reward_t, adv_t, options
+
+
+def advantage_fn_from_config(c: mc.ConfigDict) -> Callable:
+    """The configured transform chain as one pure function ``rollout -> (adv [P, G], diag)``."""
+    return make_advantage_fn(*advantage_chain(c))
 
 
 def flatten_rollout(rollout: Rollout, advantages: jax.Array) -> Dict[str, jax.Array]:
@@ -144,22 +150,19 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
 
 def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
                    advantage_fn: Optional[Callable] = None, *, jit: bool = True) -> Callable:
-    """The pure update ``(state, rollout, ref_params, advantages=None) -> (state, metrics)``.
+    """The pure update ``(state, rollout, ref_params) -> (state, metrics)``.
 
-    ``advantages`` [P, G] may be precomputed (the host loop times that stage on its own);
-    when None they are computed here with ``advantage_fn`` (default: the configured chain).
-    ``ref_params`` is the frozen reference policy's params (used when ``loss.beta > 0``;
-    pass None otherwise). With ``jit`` the function is jitted and the state donated.
+    The advantages [P, G] are computed inside from the rollout with ``advantage_fn`` (default:
+    the configured chain). ``ref_params`` is the frozen reference policy's params (used when
+    ``loss.beta > 0``; pass None otherwise). With ``jit`` the function is jitted and the state
+    donated.
     """
     advantage_fn = advantage_fn or advantage_fn_from_config(c)
     mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
     beta = c.loss.beta
 
-    def update(state: TrainState, rollout: Rollout, ref_params=None, advantages=None):
-        if advantages is None:
-            adv, adv_diag = advantage_fn(rollout)
-        else:
-            adv, adv_diag = advantages, {}
+    def update(state: TrainState, rollout: Rollout, ref_params=None):
+        adv, adv_diag = advantage_fn(rollout)
         batch = flatten_rollout(rollout, adv)
         group = rollout.rewards.shape[1]
         if beta > 0:
@@ -213,53 +216,6 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
         return new_state, metrics
 
     return jax.jit(update, donate_argnums=(0,)) if jit else update
-
-
-def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=None) -> Rollout:
-    """A ``[P, G]`` Rollout from a ``SampleOutput`` (rows p * G + g) and per-row rewards [P*G]."""
-    p = out.prompt_tokens.shape[0]
-    g = out.completion_tokens.shape[0] // p
-    tc = out.completion_tokens.shape[1]
-
-    def grp(x):
-        return None if x is None else jnp.asarray(x).reshape(p, g, *jnp.shape(x)[1:])
-
-    return Rollout(
-        prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
-        completion_tokens=out.completion_tokens.reshape(p, g, tc),
-        completion_mask=out.completion_mask.reshape(p, g, tc),
-        logprobs=out.logprobs.reshape(p, g, tc), prompt_logprobs=out.prompt_logprobs,
-        rewards=grp(jnp.asarray(rewards, jnp.float32)), correct=grp(jnp.asarray(correct, bool)),
-        member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool),
-        fine_scores=None if fine_scores is None else grp(jnp.asarray(fine_scores, jnp.float32)),
-        embeddings=None if embeddings is None else jnp.asarray(embeddings).reshape(p, g, -1))
-
-
-def make_train_step(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
-                    sampling_config, reward_fn: Callable) -> Callable:
-    """The whole step as ONE jit-compiled pure function, for rewards computable from tokens:
-
-        step(state, prompt_tokens [P, Tp], prompt_mask [P, Tp], reward_inputs, ref_params=None)
-            -> (state, metrics)
-
-    sample (key = fold_in(state.rng, state.step)) -> ``reward_fn(sample_out, reward_inputs) ->
-    (rewards [P*G], correct [P*G])`` (jittable, e.g. ``jaxgrpo.rewards.digit_match_reward``) ->
-    advantages -> mu clipped-policy updates. Rewards that need Python (math-verify, task
-    verifiers) use the same pieces with the verification between two jitted calls instead
-    (``jaxgrpo.loop.Trainer``).
-    """
-    from jaxgrpo.sampling import make_sampler
-
-    sampler = make_sampler(graphdef, sampling_config)
-    update = make_update_fn(c, graphdef, rest, tx, jit=False)
-
-    def step(state: TrainState, prompt_tokens, prompt_mask, reward_inputs, ref_params=None):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        out = sampler(nnx.merge_state(state.params, rest), prompt_tokens, prompt_mask, key)
-        rewards, correct = reward_fn(out, reward_inputs)
-        return update(state, rollout_from_sample(out, rewards, correct), ref_params)
-
-    return jax.jit(step, donate_argnums=(0,))
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
