@@ -74,6 +74,18 @@ class EvalSettings:
     item_timeout_s: float = 5.0
 
 
+def check_sampling_flags(max_new_tokens: int, temperature: float, top_p: float,
+                         top_k: int = 0) -> None:
+    """EvalError naming the flag when ``jaxgrpo.sampling.SamplingConfig`` (the one place the
+    sampling settings are checked) refuses these values."""
+    from jaxgrpo.sampling import SamplingConfig
+    try:
+        SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       top_k=top_k)
+    except ValueError as e:
+        raise EvalError(f"--{e}") from None
+
+
 def parse_ks(text: str, num_samples: int) -> Tuple[int, ...]:
     """``"1,4"`` -> (1, 4); every k an integer in [1, num_samples]."""
     try:
@@ -152,7 +164,7 @@ def load_eval_policy(*, model: Optional[str] = None, run_dir: Optional[str] = No
     replaces its config's model.path) or a model path."""
     from flax import nnx
 
-    from jaxgrpo.loop import eos_ids, pad_id
+    from jaxgrpo.models import eos_ids, pad_id
 
     mesh = _mesh_or_none()
     if run_dir is not None:
@@ -212,12 +224,7 @@ def settings_for(policy: Policy, args) -> EvalSettings:
         s.answer_sources = split_names(args.answer_sources)
     if s.num_samples < 1:
         raise EvalError(f"--num_samples must be >= 1, got {s.num_samples}")
-    if s.max_new_tokens < 1:
-        raise EvalError(f"--max_new_tokens must be >= 1, got {s.max_new_tokens}")
-    if not s.temperature > 0:
-        raise EvalError(f"--temperature must be > 0, got {s.temperature}")
-    if not 0 < s.top_p <= 1:
-        raise EvalError(f"--top_p must be in (0, 1], got {s.top_p}")
+    check_sampling_flags(s.max_new_tokens, s.temperature, s.top_p, s.top_k)
     if s.template not in ("chat", "plain"):
         raise EvalError(f"--template must be 'chat' or 'plain', got {s.template!r}")
     if args.ks is not None:

@@ -7,15 +7,40 @@ directly into its shardings. Errors name the checkpoint directory and what is wr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgrpo.errors import CheckpointError  # re-exported: jaxgrpo.checkpoint.CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt or does not match the run that restores it."""
+
+@contextlib.contextmanager
+def restore_errors(path: str, mismatch: str):
+    """Turns what an orbax restore of ``path`` raises into a CheckpointError naming the path:
+    ValueError / KeyError / TypeError mean the saved tree does not fit the target
+    (``mismatch`` says what it was compared with); anything else is taken as a corrupt or
+    truncated file (they surface as many error types)."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} {mismatch}: {type(e).__name__}: "
+                              f"{str(e)[:500]}") from e
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be read (corrupt or truncated?): "
+                              f"{type(e).__name__}: {str(e)[:500]}") from e
+
+
+def check_structure(path: str, got_tree: Any, want_tree: Any, what: str) -> None:
+    """CheckpointError naming ``path`` when the restored tree's structure is not the target's."""
+    got, want = jax.tree.structure(got_tree), jax.tree.structure(want_tree)
+    if got != want:
+        raise CheckpointError(f"checkpoint {path}: {what} has a different structure than "
+                              f"expected:\n  saved: {got}\n  expected: {want}")
 
 
 def abstract_like(tree):
@@ -64,23 +89,12 @@ class Checkpointer:
         if not os.path.isdir(path):
             raise CheckpointError(f"checkpoint step {step} not found in {self.directory} "
                                   f"(available: {self.all_steps()})")
-        try:
+        with restore_errors(path, "is incompatible with this run (different model, optimizer "
+                                  "or config?)"):
             out = self._mgr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_like(target_state)),
                 meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"checkpoint {path} is incompatible with this run (different model, optimizer "
-                f"or config?): {type(e).__name__}: {str(e)[:500]}") from e
-        except Exception as e:  # corrupt / truncated files surface as many error types
-            raise CheckpointError(
-                f"checkpoint {path} could not be read (corrupt or truncated?): "
-                f"{type(e).__name__}: {str(e)[:500]}") from e
-        got = jax.tree.structure(out.state)
-        want = jax.tree.structure(target_state)
-        if got != want:
-            raise CheckpointError(f"checkpoint {path} has a different state structure than "
-                                  f"this run expects:\n  saved: {got}\n  expected: {want}")
+        check_structure(path, out.state, target_state, "the saved train state")
         return out.state, dict(out.meta), int(step)
 
     def close(self) -> None:

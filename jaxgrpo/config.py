@@ -11,11 +11,16 @@ import ml_collections as mc
 
 from jaxgrpo import losses
 from jaxgrpo.advantages.registry import available_transforms, get_transform
+from jaxgrpo.models.attention import ATTENTION_IMPLS
+from jaxgrpo.models.decoder import REMAT_POLICIES
 
 # Choices checked by validate(); one place to read what each string field accepts.
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": REMAT_POLICIES,
+    "model.attention": ATTENTION_IMPLS,
+    "sampling.cache_dtype": ("", "float32", "bfloat16"),
     "data.source": ("reasoning_gym", "file"),
     "data.template": ("chat", "plain"),
     "loss.kl_estimator": losses.KL_ESTIMATORS,
@@ -50,6 +55,15 @@ def base_config() -> mc.ConfigDict:
     # optimizer and its state (Adam moments). Keep float32 with bfloat16 compute (mixed
     # precision): bfloat16 weights round away updates below ~1/256 of a weight, e.g. at lr 1e-6.
     c.model.param_dtype = "float32"
+    # Rematerialisation of the scanned layer body in the backward pass (jaxgrpo.models.decoder
+    # REMAT_POLICIES): "none" keeps every activation; "full" recomputes the layer (least memory).
+    c.model.remat = "none"
+    # Attention implementation (jaxgrpo.models.attention ATTENTION_IMPLS): "blockwise" (online
+    # softmax over key blocks of attention_block slots; never [T, S] scores, decode reads only
+    # filled cache blocks), "naive" (materialised scores; the reference), "dot_product"
+    # (jax.nn.dot_product_attention: cuDNN flash attention on GPU).
+    c.model.attention = "blockwise"
+    c.model.attention_block = 512
     # For tests and smoke runs: a random-initialised decoder of this shape, using the
     # tokenizer of model.path. 0 layers = load real weights from model.path.
     c.model.random_init_layers = 0
@@ -78,6 +92,10 @@ def base_config() -> mc.ConfigDict:
     c.sampling.temperature = 1.0
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0
+    # KV-cache dtype of the sampler ("" = the compute dtype; "bfloat16" halves cache bytes).
+    c.sampling.cache_dtype = ""
+    # Ignore EOS and always generate max_new_tokens (benchmarks; never for training runs).
+    c.sampling.ignore_eos = False
 
     # Reward functions and weights; weight 0 disables one.
     c.rewards = mc.ConfigDict()
@@ -92,6 +110,11 @@ def base_config() -> mc.ConfigDict:
     c.rewards.answer_sources = "answer_tag,boxed,hash"  # extraction precedence (rewards/extract.py)
     c.rewards.format_style = "boxed"  # see jaxgrpo.rewards.functions.FORMAT_STYLES
     c.rewards.fine_score = "logprob"  # DaGRPO's finer score s_i: "logprob" | "format" | "none"
+    # "text": decode and score on the host (task verifier / math-verify); "digits": the gold
+    # integer matched on token ids inside jit (jaxgrpo.env.DigitReward; needs rewards.format = 0
+    # and rewards.cosine = 0; allows train.fused).
+    c.rewards.verifier = "text"
+    c.rewards.digits_partial_credit = False  # digits: positional partial credit, not exact match
     c.rewards.verifier_workers = 2
     c.rewards.item_timeout_s = 5.0
 
@@ -107,7 +130,7 @@ def base_config() -> mc.ConfigDict:
     c.advantage.options = mc.ConfigDict(
         {name: dict(get_transform(name).defaults) for name in available_transforms()})
 
-    # Completion embeddings for DRA (and DaGRPO's cosine distinctiveness).
+    # Completion embeddings for DRA (and DaGRPO's distinctiveness='embedding').
     c.embedding = mc.ConfigDict()
     c.embedding.model = "minilm"  # "minilm": a BERT-family sentence encoder; "policy": own hidden states
     c.embedding.encoder_path = ""  # "" = the packaged all-MiniLM-L6-v2
@@ -150,6 +173,10 @@ def base_config() -> mc.ConfigDict:
     # the sampler's prompt log-prob pass (rematerialised per chunk): at most
     # [rows, logits_chunk, vocab] float32 logits live at once. 0 = one pass over all tokens.
     c.train.logits_chunk = 0
+    # One jit for the whole step (sample -> token reward -> assemble -> update; jaxgrpo.step).
+    # Needs a reward computable from tokens (rewards.verifier = "digits") and, for embeddings,
+    # embedding.model = "policy". Per-stage timings are then not available (time/step only).
+    c.train.fused = False
 
     c.optim = mc.ConfigDict()
     c.optim.lr = 1e-5
@@ -170,7 +197,7 @@ def base_config() -> mc.ConfigDict:
 
     # Logging, evaluation, checkpoints.
     c.log = mc.ConfigDict()
-    c.log.every = 1
+    c.log.every = 1  # write train metrics every N steps: the mean over those N steps
     c.log.samples_every = 5
     c.log.tensorboard = True
     c.log.wandb = False

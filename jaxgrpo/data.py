@@ -86,13 +86,22 @@ class PromptIterator:
 
 def encode_prompts(tokenizer, rows: Sequence[dict], data_cfg, pad_id: int,
                    question_key: str = "question") -> Tuple[np.ndarray, np.ndarray, int]:
-    """Render and tokenize rows; pads to a bucketed width (fewer recompiles)."""
-    texts = [render_prompt(tokenizer, r[question_key], template=data_cfg.template,
-                           prompt_format=data_cfg.prompt_format,
-                           system_prompt=data_cfg.system_prompt) for r in rows]
-    tokens, mask, n_trunc = tokenize_left_padded(tokenizer, texts, data_cfg.max_prompt_tokens,
-                                                 pad_id)
-    width = min(bucket_length(tokens.shape[1]), max(data_cfg.max_prompt_tokens, tokens.shape[1]))
+    """:func:`encode_rows` with the prompt settings of ``config.data``."""
+    return encode_rows(tokenizer, rows, template=data_cfg.template,
+                       prompt_format=data_cfg.prompt_format, system_prompt=data_cfg.system_prompt,
+                       max_prompt_tokens=data_cfg.max_prompt_tokens, pad_id=pad_id,
+                       question_key=question_key)
+
+
+def encode_rows(tokenizer, rows: Sequence[dict], *, template: str, prompt_format: str,
+                system_prompt: str, max_prompt_tokens: int, pad_id: int,
+                question_key: str = "question") -> Tuple[np.ndarray, np.ndarray, int]:
+    """Render (:func:`render_prompt`) and tokenize rows: (ids [P, W], mask [P, W], number of
+    prompts truncated), left-padded to a bucketed width W (fewer recompiles)."""
+    texts = [render_prompt(tokenizer, r[question_key], template=template,
+                           prompt_format=prompt_format, system_prompt=system_prompt) for r in rows]
+    tokens, mask, n_trunc = tokenize_left_padded(tokenizer, texts, max_prompt_tokens, pad_id)
+    width = min(bucket_length(tokens.shape[1]), max(max_prompt_tokens, tokens.shape[1]))
     tokens, mask = pad_left_to(tokens, mask, width, pad_id)
     return tokens, mask, n_trunc
 

@@ -4,6 +4,18 @@
 seeded generator and verifier) or a local file of problems (math-verify in a process pool), and
 the weighted reward functions of ``config.rewards``. The trainer and the evaluator only see
 ``Env.reward`` and ``Env.score``.
+
+Two verifiers for the training reward (``config.rewards.verifier``):
+
+* ``"text"`` (default): the completions are decoded and scored on the host (the task's verifier
+  or math-verify, plus the format / cosine terms).
+* ``"digits"``: :class:`DigitReward`, ``jaxgrpo.rewards.digit_match_reward`` on the token ids —
+  the last run of digit tokens before EOS must equal the gold integer (partial credit with
+  ``rewards.digits_partial_credit``). Pure ``jnp``, so the whole step can run as one jit
+  (``config.train.fused``). Needs integer answers and a tokenizer with one token per digit.
+
+Held-out evaluation (``Env.score``) always uses the text verifier, so accuracies are comparable
+whichever verifier trains.
 """
 from __future__ import annotations
 
@@ -11,14 +23,78 @@ import dataclasses
 import json
 from typing import List, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgrpo.config import split_names
+from jaxgrpo.errors import ConfigError
 from jaxgrpo.rewards.extract import extract_answer
 from jaxgrpo.rewards.functions import RewardSpec, make_reward_fn
 from jaxgrpo.rewards.tasks import load_prompts, make_task
 
 FINE_SCORES = ("logprob", "format", "none")
+VERIFIERS = ("text", "digits")
+
+
+def sequence_probability(logprobs, mask):
+    """DaGRPO's ``"logprob"`` finer score: exp(mean_t log pi_old) over valid tokens, in [0, 1].
+
+    logprobs float [..., T], mask bool [..., T] -> float32 [...] (an empty row gives 1.0).
+    Pure jnp: the host path and the fused step compute the same numbers."""
+    mask = jnp.asarray(mask)
+    n = jnp.maximum(jnp.sum(mask, axis=-1), 1)
+    return jnp.exp(jnp.sum(jnp.where(mask, jnp.asarray(logprobs, jnp.float32), 0.0), axis=-1)
+                   / n).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitReward:
+    """The training reward computed from token ids (``rewards.verifier='digits'``).
+
+    ``weight * digit_match_reward(..., which="last_run")``: 1 when the last contiguous run of
+    digit / minus-sign tokens before EOS spells the gold integer (or the positional partial
+    credit), ``correct`` = an exact match. ``targets(rows)`` runs on the host (before
+    sampling); ``__call__`` is pure jnp."""
+
+    char_to_id: dict  # "0".."9", "-" -> the token id of that single character
+    eos_id: int
+    max_len: int  # answer characters of the longest gold
+    weight: float = 1.0
+    partial_credit: bool = False
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, rows, eos_id: int, **kw) -> "DigitReward":
+        char_to_id = {}
+        for ch in "0123456789-":
+            ids = tokenizer.encode(ch, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ConfigError(f"config.rewards.verifier='digits' needs one token per digit; "
+                                  f"the tokenizer encodes {ch!r} as {ids}")
+            char_to_id[ch] = int(ids[0])
+        longest = 1
+        for r in rows:
+            a = str(r["answer"]).strip()
+            if not a.lstrip("-").isdigit():
+                raise ConfigError(f"config.rewards.verifier='digits' needs integer answers; "
+                                  f"a row has answer {a!r} (use verifier='text')")
+            longest = max(longest, len(a))
+        return cls(char_to_id=char_to_id, eos_id=int(eos_id), max_len=longest, **kw)
+
+    def targets(self, rows: Sequence[dict]):
+        """Host: (int32 [N, L], bool [N, L]) gold answer-token ids of N rows."""
+        from jaxgrpo.rewards.token_rewards import encode_digit_targets
+        return encode_digit_targets([str(r["answer"]).strip() for r in rows], self.char_to_id,
+                                    self.max_len)
+
+    def __call__(self, tokens, mask, targets):
+        """(rewards float32 [N], correct bool [N]) of N completions ``tokens`` [N, T]."""
+        from jaxgrpo.rewards.token_rewards import digit_match_reward
+        ids = jnp.asarray(sorted(self.char_to_id.values()), jnp.int32)
+        score = digit_match_reward(tokens, mask, targets[0], targets[1], ids, self.eos_id,
+                                   "last_run", self.partial_credit)
+        exact = score if not self.partial_credit else digit_match_reward(
+            tokens, mask, targets[0], targets[1], ids, self.eos_id, "last_run", False)
+        return self.weight * score, exact >= 1.0
 
 
 @dataclasses.dataclass
@@ -37,7 +113,8 @@ class Env:
     """Prompt rows plus the reward of a run."""
 
     def __init__(self, train_rows, eval_rows, reward_fn, task=None, fine_score="logprob",
-                 answer_sources=("answer_tag", "boxed", "hash")):
+                 answer_sources=("answer_tag", "boxed", "hash"),
+                 token_reward: Optional[DigitReward] = None):
         self.answer_sources = tuple(answer_sources)
         self.train_rows: List[dict] = train_rows
         self.eval_rows: List[dict] = eval_rows
@@ -46,6 +123,8 @@ class Env:
         if fine_score not in FINE_SCORES:
             raise ValueError(f"config.rewards.fine_score={fine_score!r} not in {FINE_SCORES}")
         self.fine_score = fine_score
+        # Set: the training reward is computed from token ids (rewards.verifier='digits').
+        self.token_reward = token_reward
 
     def _golds_rows(self, rows):
         if self.task is not None:
@@ -53,26 +132,41 @@ class Env:
         return dict(golds=[str(r["answer"]) for r in rows])
 
     def reward(self, texts: Sequence[str], rows: Sequence[dict], *, lengths=None,
-               logprobs: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None) -> Scored:
-        """Rewards of N completions for their N rows (a row per completion)."""
-        out = self.reward_fn(list(texts), lengths=lengths, **self._golds_rows(rows))
-        correct = (np.zeros(len(texts), bool) if out.correct is None
-                   else np.asarray(out.correct) >= 1.0)
+               logprobs: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None,
+               tokens: Optional[np.ndarray] = None) -> Scored:
+        """Training rewards of N completions for their N rows (a row per completion).
+
+        ``tokens`` / ``mask`` [N, T] are required with the digits verifier; ``logprobs`` [N, T]
+        gives the ``"logprob"`` fine score."""
+        if self.token_reward is not None:
+            if tokens is None or mask is None:
+                raise ValueError("the digits verifier scores token ids: pass tokens and mask")
+            r, ok = self.token_reward(jnp.asarray(tokens), jnp.asarray(mask),
+                                      self.token_reward.targets(rows))
+            rewards, correct = np.asarray(r, np.float32), np.asarray(ok, bool)
+            w = self.token_reward.weight
+            components, stats = {"digits": rewards / w if w else rewards}, {}
+        else:
+            out = self.reward_fn(list(texts), lengths=lengths, **self._golds_rows(rows))
+            correct = (np.zeros(len(texts), bool) if out.correct is None
+                       else np.asarray(out.correct) >= 1.0)
+            rewards, components, stats = np.asarray(out.rewards, np.float32), out.components, out.stats
         fine = None
         if self.fine_score == "format":
-            fine = np.asarray(out.components.get("format", np.zeros(len(texts))), np.float32)
+            fine = np.asarray(components.get("format", np.zeros(len(texts))), np.float32)
         elif self.fine_score == "logprob" and logprobs is not None:
-            # Normalised sequence probability exp(mean_t log pi_old), in [0, 1].
-            n = np.maximum(mask.sum(-1), 1)
-            fine = np.exp((logprobs * mask).sum(-1) / n).astype(np.float32)
-        return Scored(rewards=np.asarray(out.rewards, np.float32), correct=correct,
-                      answers=[extract_answer(t, self.answer_sources) for t in texts], components=out.components,
-                      stats=out.stats, fine_scores=fine)
+            fine = np.asarray(sequence_probability(logprobs, mask))
+        return Scored(rewards=rewards, correct=correct,
+                      answers=[extract_answer(t, self.answer_sources) for t in texts],
+                      components=components, stats=stats, fine_scores=fine)
 
     def score(self, texts: Sequence[str], rows: Sequence[dict]):
-        """(correct bool [N], extracted answers) — what evaluation needs."""
-        s = self.reward(texts, rows)
-        return s.correct, s.answers
+        """(correct bool [N], extracted answers) — what evaluation needs (always the text
+        verifier)."""
+        out = self.reward_fn(list(texts), **self._golds_rows(rows))
+        correct = (np.zeros(len(texts), bool) if out.correct is None
+                   else np.asarray(out.correct) >= 1.0)
+        return correct, [extract_answer(t, self.answer_sources) for t in texts]
 
     @staticmethod
     def anchor_text(row: dict, fmt: str) -> str:
@@ -85,7 +179,12 @@ class Env:
         self.reward_fn.close()
 
 
-def build_env(c) -> Env:
+def build_env(c, tokenizer=None, eos_id: Optional[int] = None) -> Env:
+    """The Env of config ``c``; ``tokenizer`` and ``eos_id`` are needed by the digits verifier
+    (``rewards.verifier='digits'``)."""
+    if c.rewards.verifier not in VERIFIERS:
+        raise ConfigError(f"config.rewards.verifier={c.rewards.verifier!r} is not one of "
+                          f"{VERIFIERS}")
     specs = [RewardSpec("accuracy", float(c.rewards.accuracy))]
     if c.rewards.format:
         specs.append(RewardSpec("format", float(c.rewards.format),
@@ -127,5 +226,20 @@ def build_env(c) -> Env:
             train_rows, eval_rows = rows[:-d.eval_size], rows[-d.eval_size:]
         task = None
     reward_fn = make_reward_fn(specs, task=task, verifier_kwargs=verifier_kwargs)
+    token_reward = None
+    if c.rewards.verifier == "digits":
+        for key in ("format", "cosine"):
+            if c.rewards[key]:
+                raise ConfigError(f"config.rewards.{key}={c.rewards[key]} is a text reward; the "
+                                  "digits verifier (rewards.verifier='digits') scores token ids "
+                                  f"only: set rewards.{key}=0")
+        if c.rewards.fine_score == "format":
+            raise ConfigError("config.rewards.fine_score='format' reads the text format reward; "
+                              "with rewards.verifier='digits' use 'logprob' or 'none'")
+        if tokenizer is None or eos_id is None:
+            raise ValueError("build_env: rewards.verifier='digits' needs the tokenizer and eos_id")
+        token_reward = DigitReward.for_tokenizer(
+            tokenizer, list(train_rows) + list(eval_rows), eos_id,
+            weight=float(c.rewards.accuracy), partial_credit=bool(c.rewards.digits_partial_credit))
     return Env(train_rows, eval_rows, reward_fn, task=task, fine_score=c.rewards.fine_score,
-               answer_sources=sources)
+               answer_sources=sources, token_reward=token_reward)

@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxgrpo.data import (bucket_length, decode_completions, pad_left_to, render_prompt,
-                          tokenize_left_padded)
+from jaxgrpo.data import decode_completions, encode_rows
 from jaxgrpo.logprobs import completion_logprobs
-from jaxgrpo.metrics import maj_at_k, mean_pairwise_cosine_distance, pass_at_k
+from jaxgrpo.metrics import maj_at_k_mean, mean_pairwise_cosine_distance, pass_at_k
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 
 __all__ = ["pass_at_k", "normalize_answer", "default_ks", "summarize", "evaluate_policy",
@@ -93,11 +92,6 @@ def _pass_at_k_mean(correct: np.ndarray, k: int) -> float:
     """Unbiased pass@k averaged over prompts; correct bool [P, n]."""
     n = correct.shape[1]
     return float(np.mean(pass_at_k(n, correct.sum(axis=1), k)))
-
-
-def _maj_at_k_mean(norm_answers: List[List[Optional[str]]], correct: np.ndarray, k: int) -> float:
-    """maj@k averaged over prompts (see the module docstring for ties and None answers)."""
-    return float(np.mean([maj_at_k(a, c, k) for a, c in zip(norm_answers, correct.tolist())]))
 
 
 def _distinct_correct(norm_answers: List[List[Optional[str]]], correct: np.ndarray) -> np.ndarray:
@@ -160,7 +154,7 @@ def summarize(correct, answers: Sequence[Sequence[Optional[str]]], lengths, *,
     for k in ks:
         out[f"pass@{k}"] = _pass_at_k_mean(correct, k)
     for k in ks:
-        out[f"maj@{k}"] = _maj_at_k_mean(norm, correct, k)
+        out[f"maj@{k}"] = maj_at_k_mean(norm, correct.tolist(), k)
     out["mean_length"] = float(lengths.astype(np.float64).mean())
     if entropy is not None:
         entropy = np.asarray(entropy, np.float64)
@@ -196,17 +190,6 @@ def _make_entropy_fn(graphdef, temperature: float):
         return jnp.sum(ent, axis=1) / jnp.maximum(count, 1)
 
     return fn
-
-
-def _encode_all_prompts(tokenizer, rows, question_key, *, template, prompt_format, system_prompt,
-                        max_prompt_tokens, pad_id):
-    """Left-padded prompt tokens / mask [P, W] for every row, W one bucketed width for the run."""
-    texts = [render_prompt(tokenizer, r[question_key], template=template,
-                           prompt_format=prompt_format, system_prompt=system_prompt) for r in rows]
-    tokens, mask, n_trunc = tokenize_left_padded(tokenizer, texts, max_prompt_tokens, pad_id)
-    width = min(bucket_length(tokens.shape[1]), max(max_prompt_tokens, tokens.shape[1]))
-    tokens, mask = pad_left_to(tokens, mask, width, pad_id)
-    return tokens, mask, n_trunc
 
 
 def _batches(num_rows: int, batch: int):
@@ -287,9 +270,10 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
     sampler = make_sampler(graphdef, cfg)
     entropy_fn = _make_entropy_fn(graphdef, float(temperature)) if compute_entropy else None
 
-    tokens, mask, n_trunc = _encode_all_prompts(
-        tokenizer, rows, question_key, template=template, prompt_format=prompt_format,
-        system_prompt=system_prompt, max_prompt_tokens=max_prompt_tokens, pad_id=pad_token_id)
+    tokens, mask, n_trunc = encode_rows(
+        tokenizer, rows, template=template, prompt_format=prompt_format,
+        system_prompt=system_prompt, max_prompt_tokens=max_prompt_tokens, pad_id=pad_token_id,
+        question_key=question_key)
     p, n = len(rows), num_samples
     batch = min(batch_prompts, p)
     comp_tok = np.zeros((p, n, max_new_tokens), np.int32)

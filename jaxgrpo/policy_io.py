@@ -2,7 +2,7 @@
 
 A run directory holds ``config.json`` (the resolved config) and ``checkpoints/<step>/`` (orbax:
 the ``TrainState`` {params, opt_state, step, rng} plus JSON metadata). ``load_run_policy``
-rebuilds the model exactly as training did (``jaxgrpo.loop.load_policy``: the same weights file,
+rebuilds the model exactly as training did (``jaxgrpo.models.load_policy``: the same weights file,
 dtype and random-init shape), then overwrites its parameters with the checkpoint's.
 
 Only the parameters are read from disk: the restore target is ``{"params": <abstract params>}``
@@ -22,7 +22,7 @@ from typing import Any, Optional, Tuple
 import jax
 import ml_collections as mc
 
-from jaxgrpo.checkpoint import CheckpointError
+from jaxgrpo.errors import CheckpointError
 
 __all__ = ["RunDirError", "load_run_config", "checkpoint_steps", "load_run_policy"]
 
@@ -97,32 +97,25 @@ def _restore_params(ckpt_dir: str, step: int, params_target: Any) -> Any:
     step and rng are not read). Errors become CheckpointError naming the path."""
     import orbax.checkpoint as ocp
 
-    from jaxgrpo.checkpoint import abstract_like
+    from jaxgrpo.checkpoint import abstract_like, check_structure, restore_errors
 
     path = os.path.join(ckpt_dir, str(step))
     abstract = {"params": abstract_like(params_target)}
     mgr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         create=False, read_only=True))
     try:
-        out = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                partial_restore=True)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} does not match the model its config.json builds (different "
-            f"model or config?): {type(e).__name__}: {str(e)[:500]}") from e
-    except Exception as e:  # corrupt / truncated files surface as many error types
-        raise CheckpointError(f"checkpoint {path} could not be read (corrupt or truncated?): "
-                              f"{type(e).__name__}: {str(e)[:500]}") from e
+        with restore_errors(path, "does not match the model its config.json builds (different "
+                                  "model or config?)"):
+            out = mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=abstract,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                    partial_restore=True)))
     finally:
         mgr.close()
     params = out.state["params"]
-    got, want = jax.tree.structure(params), jax.tree.structure(params_target)
-    if got != want:
-        raise CheckpointError(f"checkpoint {path}: saved params have a different structure than "
-                              f"the model its config.json builds:\n  saved: {got}\n  "
-                              f"expected: {want}")
+    check_structure(path, params, params_target, "the saved params (against the model its "
+                    "config.json builds)")
     return params
 
 
@@ -151,7 +144,7 @@ def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None,
     """
     from flax import nnx
 
-    from jaxgrpo.loop import load_policy
+    from jaxgrpo.models import load_policy
     from jaxgrpo.train import split_model
 
     run_dir = os.path.abspath(os.fspath(run_dir))

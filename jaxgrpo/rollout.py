@@ -2,12 +2,21 @@
 
 Groups are a shape, not a dictionary: every per-completion array is laid out ``[P, G, ...]``
 (P prompts, G completions per prompt), so group statistics are reductions over ``axis=1``.
+
+Assembly (the training step's last collect stage, ``jaxgrpo.step``):
+
+* :func:`rollout_from_sample`: a sampler output (rows ``p * G + g``) plus per-row rewards ->
+  ``Rollout`` ``[P, G]``; pure ``jnp``, so it runs on the host path and inside the fused jit.
+* :class:`Anchors` / :func:`encode_anchors` / :func:`with_anchors`: DaGRPO's off-policy
+  anchors (an expert solution per prompt joins its group as member G; arXiv 2512.06337).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -82,3 +91,71 @@ def mask_truncated_completions(rollout: Rollout) -> Rollout:
                          "[P, G] (SampleOutput.truncated); it is None.")
     keep = ~rollout.truncated.astype(bool)
     return rollout.replace(completion_mask=rollout.completion_mask & keep[..., None])
+
+
+def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=None) -> Rollout:
+    """A ``[P, G]`` Rollout from a ``SampleOutput`` (rows p * G + g) and per-row rewards.
+
+    Args:
+      out: ``jaxgrpo.sampling.SampleOutput`` of P prompts x G samples.
+      rewards: float [P*G]; correct: bool [P*G].
+      fine_scores: optional float [P*G] (DaGRPO's s_i); embeddings: optional float [P*G, D].
+    """
+    p = out.prompt_tokens.shape[0]
+    g = out.completion_tokens.shape[0] // p
+    tc = out.completion_tokens.shape[1]
+
+    def grp(x, dtype):
+        return None if x is None else jnp.asarray(x, dtype).reshape(p, g, *jnp.shape(x)[1:])
+
+    return Rollout(
+        prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
+        completion_tokens=out.completion_tokens.reshape(p, g, tc),
+        completion_mask=out.completion_mask.reshape(p, g, tc),
+        logprobs=out.logprobs.reshape(p, g, tc), prompt_logprobs=out.prompt_logprobs,
+        rewards=grp(rewards, jnp.float32), correct=grp(correct, bool),
+        member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool),
+        truncated=grp(out.truncated, bool),
+        fine_scores=grp(fine_scores, jnp.float32), embeddings=grp(embeddings, jnp.float32))
+
+
+@struct.dataclass
+class Anchors:
+    """One off-policy anchor completion per prompt (DaGRPO / LUFFY-style).
+
+    Attributes:
+      tokens: int32 [P, Tc] the anchor's ids (right-padded, EOS appended, cut at Tc).
+      mask: bool [P, Tc] valid anchor tokens.
+      rewards: float32 [P] the anchor scored by the run's reward functions.
+      fine_scores: float32 [P] its finer score (1.0 when the run has none).
+      embeddings: optional float32 [P, D] its embedding (when the chain reads embeddings).
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    rewards: jax.Array
+    fine_scores: jax.Array
+    embeddings: Optional[jax.Array] = None
+
+
+def encode_anchors(tokenizer, texts: Sequence[str], width: int, eos_id: int,
+                   pad_id: int) -> tuple:
+    """Host: anchor texts -> (int32 tokens [P, width], bool mask [P, width]); each text's ids
+    (no special tokens) followed by ``eos_id``, cut at ``width``."""
+    toks = np.full((len(texts), width), pad_id, np.int32)
+    mask = np.zeros((len(texts), width), bool)
+    for i, t in enumerate(texts):
+        ids = (tokenizer.encode(t, add_special_tokens=False) + [eos_id])[:width]
+        toks[i, :len(ids)] = ids
+        mask[i, :len(ids)] = True
+    return toks, mask
+
+
+def with_anchors(rollout: Rollout, anchors: Anchors, trigger: str) -> Rollout:
+    """``rollout`` [P, G] -> [P, G + 1] with the anchors as member G, a member where ``trigger``
+    fires (``jaxgrpo.advantages.dagrpo.add_anchors``); pure ``jnp``."""
+    from jaxgrpo.advantages.dagrpo import add_anchors
+
+    return add_anchors(rollout, anchors.tokens, anchors.mask,
+                       anchor_embeddings=anchors.embeddings, anchor_reward=anchors.rewards,
+                       anchor_fine_score=anchors.fine_scores, trigger=trigger)

@@ -1,6 +1,6 @@
-"""The pure training step: rollout batch -> advantages -> mu clipped-policy updates -> new state.
+"""The pure update: rollout batch -> advantages -> mu clipped-policy updates -> new state.
 
-``make_update_fn`` returns one jit-compiled pure function
+``make_update_fn`` returns one pure function (jit-compiled by default)
 ``update(state, rollout, ref_params) -> (state, metrics)`` that
 
 1. turns rewards into advantages with the configured transform chain
@@ -22,8 +22,8 @@ remat per chunk), ``model.param_dtype`` (master weights and optimizer state; flo
 and ``model.dtype`` (compute). Compilation: on a mesh the jitted update returns its state with
 exactly the shardings it was given, so step 2 reuses step 1's executable.
 
-``make_train_step`` chains sampling -> host verification -> ``update`` for the host loop
-(rewards that need Python, such as math-verify, run between the two jitted calls).
+The whole training step (collect a rollout: sample, verify, assemble; then this update), on the
+host path or fused into one jit for token rewards, is composed in ``jaxgrpo.step``.
 """
 from __future__ import annotations
 
@@ -93,13 +93,19 @@ def build_optimizer(c: mc.ConfigDict) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def advantage_fn_from_config(c: mc.ConfigDict) -> Callable:
-    """The configured transform chain as one pure function ``rollout -> (adv [P, G], diag)``."""
+def advantage_chain(c: mc.ConfigDict):
+    """``(baseline, reward_transforms, advantage_transforms, options)`` of ``config.advantage``,
+    the arguments of ``make_advantage_fn`` and ``jaxgrpo.advantages.needs.required_inputs``."""
     reward_t = split_names(c.advantage.reward_transforms)
     adv_t = split_names(c.advantage.advantage_transforms)
     names = (*reward_t, c.advantage.baseline, *adv_t)
     options = {n: dict(c.advantage.options[n]) for n in names if n in c.advantage.options}
-    return make_advantage_fn(c.advantage.baseline, reward_t, adv_t, options)
+    return c.advantage.baseline, reward_t, adv_t, options
+
+
+def advantage_fn_from_config(c: mc.ConfigDict) -> Callable:
+    """The configured transform chain as one pure function ``rollout -> (adv [P, G], diag)``."""
+    return make_advantage_fn(*advantage_chain(c))
 
 
 def flatten_rollout(rollout: Rollout, advantages: jax.Array) -> Dict[str, jax.Array]:
@@ -231,9 +237,12 @@ class StateShardedJit:
     arguments (arrays or ``jax.ShapeDtypeStruct`` with shardings) for AOT compilation.
     """
 
-    def __init__(self, build: Callable[[Optional[Mesh]], Callable], mesh: Optional[Mesh] = None):
+    def __init__(self, build: Callable[[Optional[Mesh]], Callable], mesh: Optional[Mesh] = None,
+                 *, replicate_aux: bool = True):
         self._build = build
         self._mesh = mesh
+        # The outputs after the state: replicated (metrics), or left to XLA (a rollout).
+        self._replicate_aux = replicate_aux
         self._jits: Dict[Any, Any] = {}
 
     def _prepare(self, state):
@@ -251,8 +260,9 @@ class StateShardedJit:
             key = (mesh, tuple(jax.tree.leaves(shardings)))
         if key not in self._jits:
             fn = self._build(mesh)
+            aux = NamedSharding(mesh, P()) if self._replicate_aux and mesh is not None else None
             self._jits[key] = (jax.jit(fn, donate_argnums=(0,)) if mesh is None else jax.jit(
-                fn, donate_argnums=(0,), out_shardings=(shardings, NamedSharding(mesh, P()))))
+                fn, donate_argnums=(0,), out_shardings=(shardings, aux)))
         return self._jits[key], shardings
 
     def __call__(self, state, *args, **kwargs):
@@ -273,16 +283,16 @@ class StateShardedJit:
 def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
                    advantage_fn: Optional[Callable] = None, *, jit: bool = True,
                    mesh: Optional[Mesh] = None) -> Callable:
-    """The pure update ``(state, rollout, ref_params, advantages=None) -> (state, metrics)``.
+    """The pure update ``(state, rollout, ref_params) -> (state, metrics)``.
 
-    ``advantages`` [P, G] may be precomputed (the host loop times that stage on its own);
-    when None they are computed here with ``advantage_fn`` (default: the configured chain).
-    ``ref_params`` is the frozen reference policy's params (used when ``loss.beta > 0``;
-    pass None otherwise). With ``jit`` the function is jitted (``StateShardedJit``: the state is
-    donated and comes back with the shardings it went in with, so later steps do not
-    recompile). ``mesh``: the mesh whose ``('data', 'fsdp')`` axes split every micro-batch
-    (default: the mesh of the state's params, if they are sharded); without one, no sharding
-    constraints. A micro-batch that those batch devices cannot divide raises ``ValueError``.
+    The advantages [P, G] are computed inside from the rollout with ``advantage_fn`` (default:
+    the configured chain). ``ref_params`` is the frozen reference policy's params (used when
+    ``loss.beta > 0``; pass None otherwise). With ``jit`` the function is jitted
+    (``StateShardedJit``: the state is donated and comes back with the shardings it went in
+    with, so later steps do not recompile). ``mesh``: the mesh whose ``('data', 'fsdp')`` axes
+    split every micro-batch (default: the mesh of the state's params, if they are sharded);
+    without one, no sharding constraints. A micro-batch that those batch devices cannot divide
+    raises ``ValueError``.
     """
     advantage_fn = advantage_fn or advantage_fn_from_config(c)
 
@@ -298,11 +308,8 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
     chunk = c.train.logits_chunk or None
     batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
-    def update(state: TrainState, rollout: Rollout, ref_params=None, advantages=None):
-        if advantages is None:
-            adv, adv_diag = advantage_fn(rollout)
-        else:
-            adv, adv_diag = advantages, {}
+    def update(state: TrainState, rollout: Rollout, ref_params=None):
+        adv, adv_diag = advantage_fn(rollout)
         if c.loss.mask_truncated_completions:  # after the advantages: only the loss drops them
             rollout = mask_truncated_completions(rollout)
         batch = flatten_rollout(rollout, adv)
@@ -378,61 +385,6 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
         return new_state, metrics
 
     return update
-
-
-def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=None) -> Rollout:
-    """A ``[P, G]`` Rollout from a ``SampleOutput`` (rows p * G + g) and per-row rewards [P*G]."""
-    p = out.prompt_tokens.shape[0]
-    g = out.completion_tokens.shape[0] // p
-    tc = out.completion_tokens.shape[1]
-
-    def grp(x):
-        return None if x is None else jnp.asarray(x).reshape(p, g, *jnp.shape(x)[1:])
-
-    return Rollout(
-        prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
-        completion_tokens=out.completion_tokens.reshape(p, g, tc),
-        completion_mask=out.completion_mask.reshape(p, g, tc),
-        logprobs=out.logprobs.reshape(p, g, tc), prompt_logprobs=out.prompt_logprobs,
-        rewards=grp(jnp.asarray(rewards, jnp.float32)), correct=grp(jnp.asarray(correct, bool)),
-        member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool),
-        truncated=grp(out.truncated),
-        fine_scores=None if fine_scores is None else grp(jnp.asarray(fine_scores, jnp.float32)),
-        embeddings=None if embeddings is None else jnp.asarray(embeddings).reshape(p, g, -1))
-
-
-def make_train_step(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
-                    sampling_config, reward_fn: Callable, *, mesh: Optional[Mesh] = None
-                    ) -> Callable:
-    """The whole step as ONE jit-compiled pure function, for rewards computable from tokens:
-
-        step(state, prompt_tokens [P, Tp], prompt_mask [P, Tp], reward_inputs, ref_params=None)
-            -> (state, metrics)
-
-    sample (key = fold_in(state.rng, state.step)) -> ``reward_fn(sample_out, reward_inputs) ->
-    (rewards [P*G], correct [P*G])`` (jittable, e.g. ``jaxgrpo.rewards.digit_match_reward``) ->
-    advantages -> mu clipped-policy updates. Rewards that need Python (math-verify, task
-    verifiers) use the same pieces with the verification between two jitted calls instead
-    (``jaxgrpo.loop.Trainer``). Jitted like ``make_update_fn`` (``StateShardedJit``; ``mesh``
-    as there).
-    """
-    from jaxgrpo.sampling import make_sampler
-
-    sampler = make_sampler(graphdef, sampling_config)
-    advantage_fn = advantage_fn_from_config(c)
-
-    def build(mesh):
-        update = _build_update(c, graphdef, rest, tx, advantage_fn, mesh)
-
-        def step(state: TrainState, prompt_tokens, prompt_mask, reward_inputs, ref_params=None):
-            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-            out = sampler(nnx.merge_state(state.params, rest), prompt_tokens, prompt_mask, key)
-            rewards, correct = reward_fn(out, reward_inputs)
-            return update(state, rollout_from_sample(out, rewards, correct), ref_params)
-
-        return step
-
-    return StateShardedJit(build, mesh)
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -65,7 +65,7 @@ print("prompt tokens:", prompt_tokens.shape)"""),
      "One jitted call: prefill, then a decode loop with a KV cache. Rows are prompt-major "
      "(row `p * G + g`).",
      """\
-from jaxgrpo.loop import eos_ids
+from jaxgrpo.models import eos_ids
 from jaxgrpo.sampling import SamplingConfig, sample
 
 scfg = SamplingConfig(max_new_tokens=24, temperature=1.0, num_samples=G,
@@ -173,7 +173,8 @@ print(f"notebook time so far: {time.perf_counter() - t0:.0f} s")"""),
     (r"""## Next: full runs from a config
 
 The same pieces run as a loop (sampling, verification, update, evaluation, checkpoints) from one
-command; every knob is a typed field of `jaxgrpo.config.base_config()`:
+command — one training step, read top to bottom, is `jaxgrpo/step.py`; every knob is a typed
+field of `jaxgrpo.config.base_config()`:
 
 ```bash
 python -m experiments.run                                               # the default (GRPO, CPU smoke run)

@@ -21,8 +21,8 @@ from jaxgrpo.config import base_config, validate
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.sampling import SamplingConfig, make_sampler
-from jaxgrpo.train import (build_optimizer, init_train_state, make_update_fn, rollout_from_sample,
-                           split_model)
+from jaxgrpo.rollout import rollout_from_sample
+from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, split_model
 
 
 class CompileCounter(logging.Handler):

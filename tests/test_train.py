@@ -97,14 +97,14 @@ def test_nan_metrics_stop_with_a_clear_error(tiny_llama_dir, tiny_run_config, tm
     from jaxgrpo.loop import Trainer
 
     t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run", **{"checkpoint.every": 1}))
-    real = t.update
+    real = t.step.update
 
     def poisoned(*args):
         state, m = real(*args)
         return state, {**m, "loss": jnp.float32(np.nan)}
 
     t.train(stop_at=1)
-    t.update = poisoned
+    t.step.update = poisoned
     with pytest.raises(FloatingPointError, match=r"loss.*checkpoint"):
         t.train()
     t.close()
@@ -269,56 +269,6 @@ def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path)
         for key in ("loss", "reward/mean", "grad_norm", "entropy_mean", "completion_length"):
             np.testing.assert_allclose(mesh[step][key], one[step][key], rtol=1e-4, atol=1e-5,
                                        err_msg=f"step {step} {key}")
-
-
-def test_fully_jitted_step_with_a_token_reward_matches_the_split_pipeline():
-    """make_train_step (sample -> jittable token reward -> advantages -> update in ONE jit)
-    equals the host-loop composition of the same pieces."""
-    import optax
-
-    from jaxgrpo.rewards.token_rewards import digit_match_reward
-    from jaxgrpo.sampling import SamplingConfig, make_sampler
-    from jaxgrpo.train import make_train_step, rollout_from_sample
-
-    c = base_config()
-    c.train.prompts_per_step = 2
-    c.sampling.num_generations = 4
-    validate(c)
-    digits = jnp.arange(10, 20)  # pretend ids 10..19 are the digits 0..9
-    scfg = SamplingConfig(max_new_tokens=6, temperature=1.0, eos_token_ids=(1,),
-                          pad_token_id=0, num_samples=4)
-    p, tp = 2, 5
-    prompts = jnp.asarray(np.random.default_rng(0).integers(2, 64, (p, tp)), jnp.int32)
-    pmask = jnp.ones((p, tp), bool)
-    # Target "1" (id 11) for every row: a random policy hits it now and then.
-    targets = (jnp.full((p * 4, 1), 11, jnp.int32), jnp.ones((p * 4, 1), bool))
-
-    def reward_fn(out, tgt):
-        r = digit_match_reward(out.completion_tokens, out.completion_mask, tgt[0], tgt[1],
-                               digits, 1, "all", True)
-        return r, r >= 1.0
-
-    def fresh():
-        graphdef, params, rest = split_model(_tiny_model())
-        tx = optax.sgd(0.5)
-        return graphdef, rest, tx, init_train_state(params, tx, 3)
-
-    graphdef, rest, tx, state = fresh()
-    step = make_train_step(c, graphdef, rest, tx, scfg, reward_fn)
-    state, m_fused = step(state, prompts, pmask, targets)
-    fused = jax.tree.leaves(jax.device_get(state.params))
-
-    graphdef, rest, tx, state = fresh()
-    sampler = make_sampler(graphdef, scfg)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    out = sampler(nnx.merge_state(state.params, rest), prompts, pmask, key)
-    r, ok = reward_fn(out, targets)
-    update = make_update_fn(c, graphdef, rest, tx)
-    state, m_split = update(state, rollout_from_sample(out, np.asarray(r), np.asarray(ok)), None)
-    assert float(m_fused["reward/mean"]) == pytest.approx(float(m_split["reward/mean"]))
-    np.testing.assert_allclose(float(m_fused["loss"]), float(m_split["loss"]), atol=1e-6)
-    for x, y in zip(fused, jax.tree.leaves(jax.device_get(state.params))):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tiny_llama_dir, tiny_run_config, tmp_path):
@@ -631,8 +581,9 @@ def _menu_update(ro, advantages=None, **cfg):
     validate(c)
     graphdef, params, rest = split_model(_tiny_model())
     tx = optax.sgd(1e-2)
-    update = make_update_fn(c, graphdef, rest, tx)
-    state, m = update(init_train_state(params, tx, 0), ro, None, advantages)
+    fixed = None if advantages is None else (lambda _: (advantages, {}))
+    update = make_update_fn(c, graphdef, rest, tx, advantage_fn=fixed)
+    state, m = update(init_train_state(params, tx, 0), ro, None)
     return jax.device_get(m), jax.tree.leaves(jax.device_get(state.params))
 
 

@@ -1,7 +1,7 @@
 """Dr.GRPO (arXiv 2503.20783): advantages R - mean (no std), sum-norm aggregation.
 
 Command:  python -m experiments.run --config experiments/configs/dr_grpo.py
-Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym 2-digit addition), minutes.
+Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym single-digit addition), minutes.
 Expected: held-out accuracy 0.22 -> 0.81 ± 0.04 after 15 steps (mean ± std over seeds 0-2,
           measured; experiments/tables/results/compare_methods.md).
 """

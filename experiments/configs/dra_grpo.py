@@ -1,7 +1,7 @@
 """DRA-GRPO (arXiv 2505.09655): rewards reweighted by 1/(1+SMI) from completion embeddings, then GRPO.
 
 Command:  python -m experiments.run --config experiments/configs/dra_grpo.py
-Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym 2-digit addition), minutes.
+Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym single-digit addition), minutes.
 Expected: held-out accuracy 0.22 -> 0.69 ± 0.01 after 15 steps (mean ± std over seeds 0-2,
           measured; experiments/tables/results/compare_methods.md).
 """

@@ -1,7 +1,7 @@
 """ProGRPO / ARM (arXiv 2602.05281): GRPO advantages + alpha (c(q) - c(o|q)).
 
 Command:  python -m experiments.run --config experiments/configs/progrpo.py
-Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym 2-digit addition), minutes.
+Hardware: one 2-core CPU (SmolLM2-135M-Instruct, reasoning-gym single-digit addition), minutes.
 Expected: held-out accuracy 0.22 -> 0.67 ± 0.01 after 15 steps (mean ± std over seeds 0-2,
           measured; experiments/tables/results/compare_methods.md).
 """

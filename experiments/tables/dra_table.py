@@ -54,6 +54,7 @@ import sys
 from typing import Dict, Optional
 
 from experiments.evaluate import (EvalError, EvalSettings, add_policy_source_args,
+                                  check_sampling_flags,
                                   evaluate_benchmarks,
                                   load_benchmark_files, load_eval_policy, parse_fields,
                                   write_outputs)
@@ -228,9 +229,7 @@ def run(args, log=print) -> dict:
             raise EvalError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be >= 1, got {args.limit}")
-    if not args.temperature > 0 or not 0 < args.top_p <= 1:
-        raise EvalError(f"need --temperature > 0 and 0 < --top_p <= 1; got {args.temperature}, "
-                        f"{args.top_p}")
+    check_sampling_flags(args.max_new_tokens, args.temperature, args.top_p)
     if args.run_dir is not None and not os.path.isdir(args.run_dir):
         raise EvalError(f"run directory not found: {args.run_dir}")
     if args.model is not None and not os.path.exists(args.model):

@@ -4,6 +4,7 @@ Curated API::
 
     from jaxgrpo.models import load_pretrained, default_model_path
     model, tokenizer = load_pretrained(default_model_path())  # SmolLM2-135M-Instruct (GGUF)
+    model, tokenizer = load_policy(config)                     # what a run config names
     logits = model(input_ids, attention_mask=mask)             # [B, T, vocab] float32
 
 The DRA sentence encoder lives in ``jaxgrpo.models.encoder`` (imported on demand, not here).
@@ -13,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from jaxgrpo.errors import CheckpointError, CheckpointNotFoundError
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.attention import ATTENTION_IMPLS
 from jaxgrpo.models.decoder import (Decoder, KVCache, init_cache, positions_from_mask,
                                     set_attention)
-from jaxgrpo.models.loading import (CheckpointError, CheckpointNotFoundError, load_config,
-                                    load_pretrained, load_tokenizer, save_pretrained)
+from jaxgrpo.models.loading import load_config, load_pretrained, load_tokenizer, save_pretrained
+from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 
 __all__ = [
     "ATTENTION_IMPLS",
@@ -28,10 +30,13 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "default_model_path",
+    "eos_ids",
     "init_cache",
     "load_config",
+    "load_policy",
     "load_pretrained",
     "load_tokenizer",
+    "pad_id",
     "positions_from_mask",
     "save_pretrained",
     "set_attention",

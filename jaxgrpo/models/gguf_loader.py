@@ -18,7 +18,7 @@ from typing import Any, Dict, NamedTuple, Tuple
 import numpy as np
 
 from jaxgrpo.models.config import ModelConfig
-from jaxgrpo.models.loading import CheckpointError, CheckpointNotFoundError
+from jaxgrpo.errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["GGUFFile", "open_gguf", "gguf_field", "read_gguf", "read_gguf_config", "gguf_to_hf_name",
            "unpermute_qk"]

@@ -12,8 +12,8 @@ Public API
 - ``save_pretrained(model, tokenizer, path)``: writes config.json + model.safetensors +
   tokenizer files that both ``load_pretrained`` and transformers' PyTorch classes read.
 
-Every problem with a checkpoint raises ``CheckpointError`` (a ``ValueError``; the missing-path
-case is also a ``FileNotFoundError``) whose message names the file and the problem.
+Every problem with a checkpoint raises ``jaxgrpo.errors.CheckpointError`` (a ``ValueError``; the
+missing-path case is ``CheckpointNotFoundError``, also a ``FileNotFoundError``) whose message names the file and the problem.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrpo.errors import CheckpointError, CheckpointNotFoundError
 from jaxgrpo.models.config import ModelConfig, rope_inv_freq
 from jaxgrpo.models.decoder import Decoder
 
@@ -48,14 +49,6 @@ SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 # Buffers some exporters save that are recomputed from the config, not learned.
 _IGNORED_TENSORS = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated, corrupt, or does not fit the decoder."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint path (or a file it refers to) does not exist."""
 
 
 def _is_gguf(path: str) -> bool:
@@ -204,7 +197,11 @@ def read_hf_tensors(path) -> Dict[str, np.ndarray]:
         return tensors
     if os.path.isfile(single):
         return _read_safetensors_file(single)
-    raise CheckpointNotFoundError(f"{path}: no {SAFE_SINGLE} or {SAFE_INDEX} in checkpoint directory")
+    have = sorted(os.listdir(path))
+    hint = (" (a PyTorch .bin checkpoint is not supported: re-save with safetensors)"
+            if "pytorch_model.bin" in have else "")
+    raise CheckpointNotFoundError(f"{single}: not found (no {SAFE_SINGLE} or {SAFE_INDEX} in the "
+                                  f"checkpoint directory{hint}; it holds {have[:20]})")
 
 
 # --------------------------------------------------------------------------------------------

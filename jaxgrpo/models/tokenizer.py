@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 
-from jaxgrpo.models.loading import CheckpointError, CheckpointNotFoundError
+from jaxgrpo.errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["load_hf_tokenizer", "tokenizer_from_gguf", "build_gguf_tokenizer", "cache_dir"]
 

@@ -1,0 +1,97 @@
+"""The metrics log of a run: JSONL always, TensorBoard and Weights & Biases when asked.
+
+``config.log.every = N`` writes one train record every N steps: the mean of each metric over
+those N steps (min/max keys too: the mean of the per-step values), under the window's last
+step, with ``log_window`` = the number of steps averaged (when N > 1). A run that ends (or is preempted)
+mid-window writes the partial window. Evaluation records are written as they come.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["MetricsLogger", "MetricsWindow"]
+
+
+def to_python(v):
+    """A scalar or array -> a JSON-ready Python number or nested list."""
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v.tolist()
+
+
+class MetricsWindow:
+    """Collects per-step metric dicts; ``mean()`` averages them key by key and empties it."""
+
+    def __init__(self, every: int):
+        if every < 1:
+            raise ValueError(f"config.log.every must be >= 1, got {every}")
+        self.every = every
+        self._steps: List[Dict[str, float]] = []
+
+    def add(self, step: int, metrics: Dict[str, float]) -> bool:
+        """Adds one step; True when the window is full (``step`` is a multiple of ``every``)."""
+        self._steps.append(metrics)
+        return step % self.every == 0
+
+    def __len__(self):
+        return len(self._steps)
+
+    def mean(self) -> Dict[str, float]:
+        keys = list(dict.fromkeys(k for m in self._steps for k in m))
+        out = {k: float(np.mean([m[k] for m in self._steps if k in m])) for k in keys}
+        if self.every > 1:
+            out["log_window"] = len(self._steps)
+        self._steps = []
+        return out
+
+
+class MetricsLogger:
+    """Writes ``<run_dir>/metrics.jsonl`` records ``{"step", "kind", **metrics}``; mirrors the
+    numbers to TensorBoard (``<run_dir>/tb``) and to W&B when configured."""
+
+    def __init__(self, run_dir: str, tensorboard: bool, wandb_config: Optional[dict] = None):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._f = open(self.path, "a")
+        self._tb = None
+        self._wandb = None
+        if wandb_config is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("config.log.wandb=True but wandb is not installed: "
+                                  "pip install wandb (set WANDB_MODE=offline without network)")
+            self._wandb = wandb.init(project="jaxgrpo", name=wandb_config.get("name"),
+                                     dir=run_dir, config=wandb_config, resume="allow")
+        if tensorboard:
+            try:
+                from tensorboard.compat.proto.event_pb2 import Event
+                from tensorboard.compat.proto.summary_pb2 import Summary
+                from tensorboard.summary.writer.event_file_writer import EventFileWriter
+                self._tb = (EventFileWriter(os.path.join(run_dir, "tb")), Event, Summary)
+            except ImportError:
+                self._tb = None
+
+    def log(self, step: int, metrics: Dict[str, Any], kind: str = "train"):
+        rec = {"step": step, "kind": kind, **{k: to_python(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        numbers = {f"{kind}/{k}": v for k, v in rec.items()
+                   if isinstance(v, (int, float)) and k != "step"}
+        if self._tb is not None:
+            writer, Event, Summary = self._tb
+            vals = [Summary.Value(tag=k, simple_value=float(v)) for k, v in numbers.items()]
+            writer.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=vals)))
+            writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+
+    def close(self):
+        self._f.close()
+        if self._tb is not None:
+            self._tb[0].close()
+        if self._wandb is not None:
+            self._wandb.finish()

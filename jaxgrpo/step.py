@@ -1,0 +1,390 @@
+"""One training step, top to bottom: collect a Rollout, then update the policy on it.
+
+    rows ─► encode ─► sample ─► reward ─► embed ─► assemble ─┐  ┌► advantages ─► loss ─► optax
+           (host)    (jit)     (host, or (policy   (Rollout;  │  │  (the config's (clipped  (AdamW)
+                                tokens)   or        anchors)  │  │   chain)       surrogate)
+                                          encoder)            │  │
+           ─────────── collect(state, rows) -> Rollout ───────┘  └─ update(state, rollout) ─────
+
+:func:`make_step` builds the pieces once, as purejaxrl's ``make_train(config)`` does:
+
+* ``step.collect(state, rows) -> (rollout, info)``: P prompt rows -> the ``[P, G]`` Rollout
+  (``jaxgrpo.rollout``), plus host-side ``info`` for the log (texts, reward components, timings).
+* ``step.update(state, rollout) -> (state, metrics)``: ONE jitted pure function; the advantages
+  are computed inside it from the rollout by the configured chain (``jaxgrpo.advantages``), then
+  mu clipped-policy updates (``jaxgrpo.train.make_update_fn``).
+* ``step.fused(state, rows) -> (state, rollout, metrics)``: collect and update as ONE jit, for a
+  reward computable from token ids (``config.train.fused``, ``config.rewards.verifier='digits'``).
+* ``step(state, rows) -> (state, metrics, info)``: the configured path, with per-stage timings.
+
+Both paths derive the sampling key one way (:func:`sample_key`), compute the same extras — what
+the chain reads from the rollout (:func:`rollout_needs`: embeddings, fine scores, prompt
+log-probs, from ``jaxgrpo.advantages.needs``) — and share the stage functions below, so they give
+the same metrics on the same seed (tests/test_step.py).
+
+Where things go:
+
+* a new advantage method: ``jaxgrpo/advantages/`` (register it in ``registry.py``, declare what
+  it reads from the rollout in ``needs.py``); it is then a config choice with typed options.
+* a new reward: ``jaxgrpo/rewards/`` and its wiring in ``jaxgrpo/env.py`` (``Env.reward``); a
+  reward computable from tokens is an ``Env.token_reward`` and can run fused.
+* a new loss or aggregation: ``jaxgrpo/losses.py`` (called by ``jaxgrpo.train.make_loss_fn``).
+
+The host driver around the step (data, logging, evaluation, checkpoints) is
+``jaxgrpo.loop.Trainer``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+from flax import nnx
+from jax.experimental import checkify
+
+from jaxgrpo import sharding as shd
+from jaxgrpo.advantages.needs import required_inputs
+from jaxgrpo.data import decode_completions, encode_prompts
+from jaxgrpo.env import Env, sequence_probability
+from jaxgrpo.errors import ConfigError
+from jaxgrpo.rollout import Anchors, Rollout, encode_anchors, rollout_from_sample, with_anchors
+from jaxgrpo.sampling import SamplingConfig, make_sampler
+from jaxgrpo.train import (StateShardedJit, TrainState, advantage_chain,
+                           advantage_fn_from_config, make_update_fn)
+
+__all__ = ["sample_key", "rollout_needs", "sampling_config", "make_step", "Step"]
+
+
+# ----------------------------------------------------------------------------- the key
+
+def sample_key(state: TrainState) -> jax.Array:
+    """The sampling key of the step ``state.step``: ``fold_in(key(state.rng), state.step)``.
+
+    The one derivation, used by the host path and inside the fused jit alike; ``state.step``
+    counts completed steps and is checkpointed, so a resumed run draws the same samples."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+# ----------------------------------------------------------------------------- what to compute
+
+def rollout_needs(c: mc.ConfigDict) -> FrozenSet[str]:
+    """The ``Rollout`` extras the configured chain reads (``jaxgrpo.advantages.required_inputs``),
+    checked against what the config can provide (ConfigError naming the key otherwise)."""
+    need = required_inputs(*advantage_chain(c))
+    if "fine_scores" in need and c.rewards.fine_score == "none":
+        raise ConfigError("config.rewards.fine_score='none', but the advantage chain ranks by fine "
+                          "scores (DaGRPO score='fine'): set rewards.fine_score to 'logprob' or "
+                          "'format', or advantage.options.dagrpo.score='reward'")
+    return need
+
+
+def _checks_nonfinite(c: mc.ConfigDict) -> bool:
+    """True when a transform of the chain has ``nonfinite='check'`` (a checkify check)."""
+    *_, options = advantage_chain(c)
+    return any(opts.get("nonfinite") == "check" for opts in options.values())
+
+
+def sampling_config(c: mc.ConfigDict, eos_ids, pad_id: int,
+                    prompt_logprobs: bool = True) -> SamplingConfig:
+    """The rollout sampler's settings (``config.sampling``); the prompt log-prob pass runs only
+    when the chain reads ``prompt_logprobs``."""
+    return SamplingConfig(
+        max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
+        top_k=c.sampling.top_k, top_p=c.sampling.top_p, eos_token_ids=tuple(eos_ids),
+        pad_token_id=pad_id, num_samples=c.sampling.num_generations,
+        return_prompt_logprobs=prompt_logprobs,
+        prompt_logprobs_chunk=c.train.logits_chunk or None,
+        cache_dtype=c.sampling.cache_dtype or None, ignore_eos=c.sampling.ignore_eos)
+
+
+# ----------------------------------------------------------------------------- stage functions
+
+def make_policy_embed(graphdef, rest) -> Callable:
+    """``embed(params, tokens [N, T], mask [N, T]) -> float32 [N, D]``: the policy's own
+    mean-pooled, L2-normalised final hidden states of the completion tokens alone (DRA's
+    zero-cost alternative to a sentence encoder, ``embedding.model='policy'``). Pure."""
+    from jaxgrpo.models.encoder import mean_pool_normalize
+
+    def embed(params, tokens, mask):
+        model = nnx.merge(graphdef, params, rest)
+        h, _ = model.hidden_states(tokens, attention_mask=mask)
+        return jax.lax.stop_gradient(mean_pool_normalize(h, mask))
+
+    return embed
+
+
+def _jit_checked(fn: Callable, check: bool, donate=()) -> Callable:
+    """``jax.jit(fn)``; with ``check`` the function is functionalised by ``checkify`` first (user
+    checks, e.g. ``nonfinite='check'``) and a failed check raises on the host."""
+    if not check:
+        return jax.jit(fn, donate_argnums=donate)
+    jitted = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate)
+
+    def run(*args):
+        err, out = jitted(*args)
+        err.throw()
+        return out
+
+    return run
+
+
+# ----------------------------------------------------------------------------- the step
+
+class Step:
+    """The pieces of one training step for a config (built by :func:`make_step`).
+
+    Attributes (functions, replaceable in tests):
+      collect: ``(state, rows) -> (Rollout, info)``, the host path's collection.
+      update: ``(state, rollout) -> (state, metrics)``, jitted, advantages inside.
+      fused: ``(state, rows) -> (state, Rollout, metrics)``, one jit; None when the reward is not
+        computable from tokens or an extra needs the host.
+    """
+
+    def __init__(self, c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_id: int,
+                 env: Env, mesh=None, ref_params=None):
+        self.c, self.env, self.tokenizer, self.mesh = c, env, tokenizer, mesh
+        self.graphdef, self.rest, self.ref_params = graphdef, rest, ref_params
+        self.eos_ids, self.pad_id = tuple(eos_ids), int(pad_id)
+        self.needs = rollout_needs(c)
+        self.anchors = bool(c.anchors.enabled)
+        self.group = c.sampling.num_generations
+        check = _checks_nonfinite(c)
+        self.sampler = make_sampler(graphdef, sampling_config(
+            c, self.eos_ids, self.pad_id, prompt_logprobs="prompt_logprobs" in self.needs))
+        self._policy_embed = make_policy_embed(graphdef, rest)
+        self._policy_embed_jit = jax.jit(self._policy_embed)
+        self._encoder = None
+        # The update as a pure function; jitted here (donating the state), with checkify when
+        # a transform checks for non-finite rewards.
+        self._update_fn = make_update_fn(c, graphdef, rest, tx, jit=False, mesh=mesh)
+        # Jitted so that the state comes back with the shardings it went in with (no recompile
+        # at step 2, ``StateShardedJit``); the checkify variant is a plain jit.
+        self._update_jit = (_jit_checked(self._update_fn, check, donate=(0,)) if check else
+                            make_update_fn(c, graphdef, rest, tx, mesh=mesh))
+        # Timed separately for the log only (time/advantages); the update computes its own.
+        self._advantages_jit = _jit_checked(advantage_fn_from_config(c), check)
+        self._fused_run = self._make_fused(check) if env.token_reward is not None else None
+        self.fused = None
+        if self._fused_run is not None:
+            self.fused = lambda state, rows: self._fused_run(state, rows)[:3]
+
+    # -- host pieces -------------------------------------------------------------------------
+
+    def put_batch(self, x: np.ndarray) -> jax.Array:
+        """Split the prompt axis over ('data', 'fsdp') when it divides; else replicate."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        sharding = (shd.batch_sharding(self.mesh) if x.shape[0] % n == 0
+                    else shd.replicated(self.mesh))
+        return jax.device_put(x, sharding)
+
+    def encode(self, rows: List[dict]):
+        """Stage ``encode``: rows -> left-padded prompt ids / mask [P, Tp] (host)."""
+        return encode_prompts(self.tokenizer, rows, self.c.data, self.pad_id)
+
+    def embed(self, params, texts: List[str], tokens, mask) -> jax.Array:
+        """Stage ``embed``: L2-normalised completion embeddings [N, D], by the policy's hidden
+        states or the sentence encoder on the texts (``config.embedding.model``)."""
+        if self.c.embedding.model == "policy":
+            return self._policy_embed_jit(params, jnp.asarray(tokens), jnp.asarray(mask))
+        if self._encoder is None:
+            from jaxgrpo.models.encoder import load_encoder
+            self._encoder = load_encoder(self.c.embedding.encoder_path or None)
+        return jnp.asarray(self._encoder.encode(texts))
+
+    def _anchor_tokens(self, rows: List[dict]):
+        texts = [self.env.anchor_text(r, self.c.anchors.format) for r in rows]
+        eos = self.eos_ids[0] if self.eos_ids else self.pad_id
+        toks, mask = encode_anchors(self.tokenizer, texts, self.c.sampling.max_new_tokens, eos,
+                                    self.pad_id)
+        return texts, toks, mask
+
+    def host_anchors(self, params, rows: List[dict]) -> Anchors:
+        """DaGRPO anchors of the host path: the gold solution per row, scored by the run's
+        reward functions (a correct solution need not get reward 1 when format / length terms
+        are in the reward), embedded like the group when the chain reads embeddings."""
+        texts, toks, mask = self._anchor_tokens(rows)
+        scored = self.env.reward(texts, rows, lengths=mask.sum(-1), tokens=toks, mask=mask)
+        fine = (jnp.ones(len(rows), jnp.float32) if scored.fine_scores is None
+                else jnp.asarray(scored.fine_scores))
+        emb = self.embed(params, texts, toks, mask) if "embeddings" in self.needs else None
+        return Anchors(tokens=jnp.asarray(toks), mask=jnp.asarray(mask),
+                       rewards=jnp.asarray(scored.rewards), fine_scores=fine, embeddings=emb)
+
+    def collect(self, state: TrainState, rows: List[dict]) -> Tuple[Rollout, Dict[str, Any]]:
+        """Stages encode -> sample -> reward -> embed -> assemble on the host path."""
+        g = self.group
+        t0 = time.perf_counter()
+        prompts, pmask, n_trunc = self.encode(rows)                                   # encode
+        out = self.sampler(nnx.merge_state(state.params, self.rest), self.put_batch(prompts),
+                           self.put_batch(pmask), sample_key(state))                  # sample
+        out = jax.block_until_ready(out)
+        t1 = time.perf_counter()
+        ctoks, cmask = np.asarray(out.completion_tokens), np.asarray(out.completion_mask)
+        texts = decode_completions(self.tokenizer, ctoks, cmask)
+        rep_rows = [r for r in rows for _ in range(g)]
+        fine_needed = "fine_scores" in self.needs
+        scored = self.env.reward(texts, rep_rows, lengths=cmask.sum(-1), tokens=ctoks, mask=cmask,
+                                 logprobs=np.asarray(out.logprobs) if fine_needed else None)  # reward
+        t2 = time.perf_counter()
+        emb = (self.embed(state.params, texts, ctoks, cmask) if "embeddings" in self.needs
+               else None)                                                             # embed
+        ro = rollout_from_sample(out, scored.rewards, scored.correct,
+                                 fine_scores=scored.fine_scores if fine_needed else None,
+                                 embeddings=emb)                                      # assemble
+        if self.anchors:
+            ro = with_anchors(ro, self.host_anchors(state.params, rows), self.c.anchors.trigger)
+        ro = jax.block_until_ready(ro)
+        t3 = time.perf_counter()
+        info = dict(texts=texts, rows=rep_rows, rewards=scored.rewards,
+                    components=scored.components, stats=scored.stats, prompts_truncated=n_trunc,
+                    n_tokens=int(cmask.sum()), truncated=float(np.mean(np.asarray(out.truncated))),
+                    times={"time/sample": t1 - t0, "time/reward": t2 - t1, "time/embed": t3 - t2})
+        return ro, info
+
+    def update(self, state: TrainState, rollout: Rollout):
+        """Stages advantages -> loss -> optax: the jitted pure update (state donated)."""
+        return self._update_jit(state, rollout, self.ref_params)
+
+    # -- the fused path ----------------------------------------------------------------------
+
+    def _make_fused(self, check: bool) -> Optional[Callable]:
+        """``fused(state, rows) -> (state, rollout, metrics, prompts truncated)``: encode and
+        the anchors' tokens
+        on the host (they depend on the rows only), then sample -> token reward -> embed ->
+        assemble -> update in one jit. None when an extra needs the host."""
+        c = self.c
+        if "embeddings" in self.needs and c.embedding.model != "policy":
+            return None  # a sentence encoder reads decoded text
+        token_reward, anchors, needs = self.env.token_reward, self.anchors, self.needs
+        embed, rest, sampler, update = (self._policy_embed, self.rest, self.sampler,
+                                        self._update_fn)
+        trigger = c.anchors.trigger
+
+        def step(state, prompts, pmask, targets, anchor_in, ref_params):
+            out = sampler(nnx.merge_state(state.params, rest), prompts, pmask,
+                          sample_key(state))                                          # sample
+            rewards, correct = token_reward(out.completion_tokens, out.completion_mask,
+                                            targets)                                  # reward
+            fine = (sequence_probability(out.logprobs, out.completion_mask)
+                    if "fine_scores" in needs else None)
+            emb = (embed(state.params, out.completion_tokens, out.completion_mask)
+                   if "embeddings" in needs else None)                                # embed
+            ro = rollout_from_sample(out, rewards, correct, fine_scores=fine,
+                                     embeddings=emb)                                  # assemble
+            if anchors:
+                atoks, amask, atargets = anchor_in
+                a_reward, _ = token_reward(atoks, amask, atargets)
+                a_emb = embed(state.params, atoks, amask) if "embeddings" in needs else None
+                ro = with_anchors(ro, Anchors(tokens=atoks, mask=amask, rewards=a_reward,
+                                              fine_scores=jnp.ones_like(a_reward),
+                                              embeddings=a_emb), trigger)
+            state, metrics = update(state, ro, ref_params)                            # update
+            return state, (ro, metrics)
+
+        if check:
+            run = _jit_checked(step, check, donate=(0,))
+        else:
+            run = StateShardedJit(lambda mesh: step, self.mesh, replicate_aux=False)
+
+        def jitted(*args):
+            state, (ro, metrics) = run(*args)
+            return state, ro, metrics
+
+        def fused(state: TrainState, rows: List[dict]):
+            prompts, pmask, n_trunc = self.encode(rows)                               # encode
+            rep_rows = [r for r in rows for _ in range(self.group)]
+            targets = jax.tree.map(jnp.asarray, token_reward.targets(rep_rows))
+            anchor_in = None
+            if anchors:
+                _, atoks, amask = self._anchor_tokens(rows)
+                anchor_in = (jnp.asarray(atoks), jnp.asarray(amask),
+                             jax.tree.map(jnp.asarray, token_reward.targets(rows)))
+            state, ro, metrics = jitted(state, self.put_batch(prompts), self.put_batch(pmask),
+                                        targets, anchor_in, self.ref_params)
+            return state, ro, metrics, n_trunc
+
+        return fused
+
+    def _fused_info(self, ro: Rollout, rows: List[dict], prompts_truncated: int
+                    ) -> Dict[str, Any]:
+        """The host-side info of a fused step (texts are decoded for the samples log)."""
+        g = self.group
+        ctoks = np.asarray(ro.completion_tokens[:, :g]).reshape(-1, ro.completion_tokens.shape[-1])
+        cmask = np.asarray(ro.completion_mask[:, :g]).reshape(ctoks.shape)
+        rewards = np.asarray(ro.rewards[:, :g]).reshape(-1)
+        w = self.env.token_reward.weight
+        # Truncated: the last slot holds a token that is not an EOS (no EOS within Tc).
+        truncated = cmask[:, -1] & ~np.isin(ctoks[:, -1], self.eos_ids)
+        return dict(texts=decode_completions(self.tokenizer, ctoks, cmask),
+                    rows=[r for r in rows for _ in range(g)], rewards=rewards,
+                    components={"digits": rewards / w if w else rewards}, stats={},
+                    prompts_truncated=prompts_truncated, n_tokens=int(cmask.sum()),
+                    truncated=float(np.mean(truncated)), times={})
+
+    # -- the whole step ----------------------------------------------------------------------
+
+    def __call__(self, state: TrainState, rows: List[dict]):
+        """One training step on P rows: ``(new state, metrics {name: float}, info)``.
+
+        The host path reports per-stage times (``time/sample``, ``time/reward``, ``time/embed``
+        — embed includes assembly and anchors —, ``time/advantages``: a separately jitted call
+        of the same chain on the same rollout, timed for the log only, and ``time/update``: the
+        jitted update, which computes the advantages again inside); the fused path only
+        ``time/step``. The metrics come back to the host in one transfer."""
+        t0 = time.perf_counter()
+        if self.c.train.fused:
+            state, ro, metrics, n_trunc = self._fused_run(state, rows)
+            metrics = jax.device_get(metrics)
+            t2 = time.perf_counter()
+            info = self._fused_info(ro, rows, n_trunc)
+        else:
+            ro, info = self.collect(state, rows)                      # encode .. assemble
+            t1 = time.perf_counter()
+            jax.block_until_ready(self._advantages_jit(ro))            # timed for the log
+            t_adv = time.perf_counter()
+            state, metrics = self.update(state, ro)                    # advantages .. optax
+            metrics = jax.device_get(metrics)
+            t2 = time.perf_counter()
+            info["times"].update({"time/advantages": t_adv - t1, "time/update": t2 - t_adv})
+        m = {k: float(v) for k, v in metrics.items()}
+        for name, comp in info["components"].items():
+            m[f"reward/{name}"] = float(np.mean(comp))
+        m.update({f"verify/{k}": float(v) for k, v in info["stats"].items()})
+        m.update(info["times"])
+        m.update({"time/step": t2 - t0, "tokens_per_s": info["n_tokens"] / (t2 - t0),
+                  "sample/truncated_frac": info["truncated"],
+                  "data/prompts_truncated": info["prompts_truncated"]})
+        return state, m, info
+
+
+def make_step(c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_id: int,
+              env: Env, mesh=None, ref_params=None) -> Step:
+    """The training step of config ``c`` (see the module docstring).
+
+    Args:
+      graphdef, rest: the policy split by ``jaxgrpo.train.split_model`` (params live in the
+        ``TrainState``); tx: the optax optimiser of the state.
+      tokenizer, eos_ids, pad_id: ``jaxgrpo.models.load_policy`` / ``eos_ids`` / ``pad_id``.
+      env: ``jaxgrpo.env.build_env`` (rows, the reward; ``env.token_reward`` for fused steps).
+      mesh: the device mesh the prompts are laid out on (None: default device).
+      ref_params: the frozen reference policy's params (``loss.beta > 0``), else None.
+
+    Raises:
+      ConfigError: ``train.fused=True`` with a reward that is not computable from tokens or an
+        embedding that needs text; an extra the chain reads that the config cannot provide.
+    """
+    step = Step(c, graphdef=graphdef, rest=rest, tx=tx, tokenizer=tokenizer, eos_ids=eos_ids,
+                pad_id=pad_id, env=env, mesh=mesh, ref_params=ref_params)
+    if c.train.fused and step.fused is None:
+        if env.token_reward is None:
+            raise ConfigError("config.train.fused=True needs a reward computable from token ids: "
+                              "set config.rewards.verifier='digits' (or train.fused=False)")
+        raise ConfigError("config.train.fused=True: the chain reads embeddings and "
+                          f"config.embedding.model={c.embedding.model!r} embeds decoded text; "
+                          "set embedding.model='policy' (or train.fused=False)")
+    return step

@@ -1,0 +1,275 @@
+"""The training step (jaxgrpo/step.py): what each transform needs, the host path for every
+option that changes it, the fused one-jit path against the host path, log.every and
+nonfinite='check'."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgrpo.advantages.needs import required_inputs
+from jaxgrpo.errors import ConfigError
+
+# ------------------------------------------------------------------------------ needs
+
+
+@pytest.mark.parametrize("chain,want", [
+    (("grpo", (), (), {}), set()),
+    (("dr_grpo", (), (), {}), set()),
+    (("grpo", ("dra",), (), {}), {"embeddings"}),
+    (("dagrpo", (), (), {}), {"fine_scores"}),  # defaults: score="fine", distinctiveness="score"
+    (("dagrpo", (), (), {"dagrpo": {"score": "reward"}}), set()),
+    (("dagrpo", (), (), {"dagrpo": {"distinctiveness": "embedding"}}),
+     {"embeddings", "fine_scores"}),
+    (("dagrpo", (), (), {"dagrpo": {"distinctiveness": "embedding", "score": "reward"}}),
+     {"embeddings"}),
+    (("grpo", (), ("progrpo",), {}), {"prompt_logprobs"}),
+    (("grpo", (), ("progrpo",), {"progrpo": {"prompt_confidence_reading": "low_fraction"}}),
+     {"prompt_logprobs"}),
+    (("grpo", (), ("progrpo",), {"progrpo": {"prompt_confidence_reading": "group_mean_answer"}}),
+     set()),
+    (("dr_grpo", ("dra",), ("progrpo",), {}), {"embeddings", "prompt_logprobs"}),
+])
+def test_required_inputs_follow_the_options(chain, want):
+    assert required_inputs(*chain) == frozenset(want)
+
+
+def test_required_inputs_reject_an_unknown_transform():
+    with pytest.raises(ValueError, match="unknown advantage transform 'ppo'"):
+        required_inputs("ppo")
+
+
+# ------------------------------------------------------------------------------ host path
+
+
+def _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **over):
+    from jaxgrpo.loop import Trainer
+    return Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run", **over))
+
+
+# Every registered transform, with every option value that changes what it reads.
+HOST_CHAINS = [
+    {"advantage.baseline": "grpo"},
+    {"advantage.baseline": "dr_grpo"},
+    {"advantage.reward_transforms": "dra", "embedding.model": "policy"},
+    {"advantage.baseline": "dagrpo"},
+    {"advantage.baseline": "dagrpo", "advantage.options.dagrpo.score": "reward"},
+    # The bug this guards: embedding distinctiveness used to get no embeddings.
+    {"advantage.baseline": "dagrpo", "advantage.options.dagrpo.distinctiveness": "embedding"},
+    {"advantage.baseline": "dagrpo", "advantage.options.dagrpo.distinctiveness": "embedding",
+     "advantage.options.dagrpo.score": "reward", "embedding.model": "policy"},
+    {"advantage.advantage_transforms": "progrpo"},
+    {"advantage.advantage_transforms": "progrpo",
+     "advantage.options.progrpo.prompt_confidence_reading": "group_mean_answer"},
+]
+
+
+@pytest.mark.parametrize("chain", HOST_CHAINS, ids=lambda d: ",".join(
+    f"{k.split('.')[-1]}={v}" for k, v in d.items()))
+def test_one_host_step_of_every_transform_and_option(tiny_llama_dir, tiny_run_config, tmp_path,
+                                                      chain):
+    """The step computes exactly the extras the chain reads, and one step runs."""
+    from jaxgrpo.step import rollout_needs
+
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **chain)
+    try:
+        need = rollout_needs(t.c)
+        rows = t.train_iter.next_batch(t.c.train.prompts_per_step)
+        ro, _ = t.step.collect(t.state, rows)
+        p, g = 2, 4
+        assert (ro.embeddings is not None) == ("embeddings" in need)
+        assert (ro.fine_scores is not None) == ("fine_scores" in need)
+        if ro.embeddings is not None:
+            assert ro.embeddings.shape[:2] == (p, g)
+            np.testing.assert_allclose(np.linalg.norm(np.asarray(ro.embeddings), axis=-1), 1.0,
+                                       rtol=1e-5)
+        # The prefill's prompt log-probs are computed only when read (zeros otherwise).
+        has_plp = bool(np.any(np.asarray(ro.prompt_logprobs) != 0))
+        assert has_plp == ("prompt_logprobs" in need)
+        state, m, _ = t.step(t.state, rows)
+        assert all(np.isfinite(v) for v in m.values()), m
+        for k in ("time/sample", "time/reward", "time/embed", "time/advantages", "time/update"):
+            assert m[k] >= 0.0, k
+        name = (chain.get("advantage.reward_transforms")
+                or chain.get("advantage.advantage_transforms") or chain["advantage.baseline"])
+        assert any(k.startswith(f"{name}/") for k in m), sorted(m)
+    finally:
+        t.close()
+
+
+# ------------------------------------------------------------------------------ fused path
+
+DIGITS = {"rewards.verifier": "digits", "rewards.cosine": 0.0,
+          "rewards.digits_partial_credit": True,
+          # Single-digit sums: short integer answers.
+          "data.task_kwargs": json.dumps({"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                          "max_digits": 1, "operators": ["+"],
+                                          "allow_negation": False,
+                                          "allow_parentheses": False})}
+
+FUSED_CHAINS = [
+    {"advantage.baseline": "grpo"},
+    {"advantage.baseline": "dr_grpo"},
+    {"advantage.reward_transforms": "dra", "embedding.model": "policy"},
+    {"advantage.baseline": "dagrpo"},
+    {"advantage.baseline": "dagrpo", "advantage.options.dagrpo.distinctiveness": "embedding",
+     "embedding.model": "policy"},
+    {"advantage.baseline": "dagrpo", "anchors.enabled": True, "anchors.trigger": "always"},
+    {"advantage.baseline": "dr_grpo", "advantage.advantage_transforms": "progrpo"},
+    {"advantage.reward_transforms": "dra", "advantage.advantage_transforms": "progrpo",
+     "embedding.model": "policy"},
+]
+
+
+def _frequent_token_reward(t, rows):
+    """A digits reward whose "digit" tokens are the 11 ids the random policy samples most, so
+    that its partial credit is not almost always 0 (a test device; the same function runs on
+    both paths)."""
+    ro, _ = t.step.collect(jax.tree.map(jnp.copy, t.state), rows)
+    toks = np.asarray(ro.completion_tokens)[np.asarray(ro.completion_mask)]
+    ids, counts = np.unique(toks[~np.isin(toks, t.eos_ids)], return_counts=True)
+    top = ids[np.argsort(-counts, kind="stable")][:11]
+    assert len(top) == 11, "the test run must sample at least 11 distinct tokens"
+    return dataclasses.replace(t.env.token_reward,
+                               char_to_id=dict(zip("0123456789-", map(int, top))))
+
+
+@pytest.mark.parametrize("chain", FUSED_CHAINS, ids=lambda d: ",".join(
+    f"{k.split('.')[-1]}={v}" for k, v in d.items()))
+def test_fused_step_gives_the_host_steps_metrics(tiny_llama_dir, tiny_run_config, tmp_path,
+                                                  chain):
+    """train.fused (sample -> token reward -> embed -> assemble -> update in ONE jit) equals the
+    host path on the same state and rows: same samples (one key derivation), same rollout, same
+    metrics and parameters."""
+    from jaxgrpo.step import make_step
+
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **DIGITS, **chain)
+    try:
+        rows = t.train_iter.next_batch(t.c.train.prompts_per_step)
+        t.env.token_reward = _frequent_token_reward(t, rows)
+        step = make_step(t.c, graphdef=t.graphdef, rest=t.rest, tx=t.tx, tokenizer=t.tokenizer,
+                         eos_ids=t.eos_ids, pad_id=t.pad_id, env=t.env, mesh=t.mesh)
+        assert step.fused is not None
+        s_host, s_fused = jax.tree.map(jnp.copy, t.state), jax.tree.map(jnp.copy, t.state)
+        ro_host, _ = step.collect(s_host, rows)
+        s_host, m_host = step.update(s_host, ro_host)
+        s_fused, ro_fused, m_fused = step.fused(s_fused, rows)
+
+        np.testing.assert_array_equal(ro_fused.completion_tokens, ro_host.completion_tokens)
+        np.testing.assert_array_equal(ro_fused.member_mask, ro_host.member_mask)
+        np.testing.assert_allclose(ro_fused.rewards, ro_host.rewards, atol=1e-6)
+        for field in ("fine_scores", "embeddings"):
+            a, b = getattr(ro_fused, field), getattr(ro_host, field)
+            assert (a is None) == (b is None), field
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=field)
+        m_host, m_fused = jax.device_get(m_host), jax.device_get(m_fused)
+        assert sorted(m_host) == sorted(m_fused)
+        for k in m_host:
+            np.testing.assert_allclose(m_fused[k], m_host[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        for x, y in zip(jax.tree.leaves(jax.device_get(s_fused.params)),
+                        jax.tree.leaves(jax.device_get(s_host.params))):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        assert int(s_fused.step) == int(s_host.step) == 1
+    finally:
+        t.close()
+
+
+def test_fused_run_trains_and_resumes_like_the_host_run(tiny_llama_dir, tiny_run_config,
+                                                        tmp_path):
+    """config.train.fused=True through Trainer.train(): the same logged losses and rewards as
+    train.fused=False on the same seed."""
+    from jaxgrpo.loop import Trainer
+
+    logs = {}
+    for fused in (False, True):
+        run = tmp_path / f"fused{fused}"
+        t = Trainer(tiny_run_config(tiny_llama_dir, run, steps=2, **DIGITS,
+                                    **{"train.fused": fused}))
+        t.train()
+        t.close()
+        with open(run / "metrics.jsonl") as f:
+            logs[fused] = [json.loads(x) for x in f if '"train"' in x]
+    assert [r["step"] for r in logs[True]] == [r["step"] for r in logs[False]] == [1, 2]
+    for a, b in zip(logs[True], logs[False]):
+        for k in ("loss", "reward/mean", "accuracy", "grad_norm", "completion_length",
+                  "reward/digits"):
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        assert "time/sample" in b and "time/sample" not in a  # fused: one jit, time/step only
+
+
+def test_fused_needs_a_token_reward(tiny_llama_dir, tiny_run_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.fused.*rewards\.verifier='digits'"):
+        _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{"train.fused": True})
+
+
+def test_fused_refuses_a_text_encoder(tiny_llama_dir, tiny_run_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"embedding\.model='policy'"):
+        _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **DIGITS,
+                 **{"train.fused": True, "advantage.reward_transforms": "dra"})
+
+
+def test_digits_verifier_refuses_text_rewards(tiny_llama_dir, tiny_run_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"rewards\.cosine"):
+        _trainer(tiny_llama_dir, tiny_run_config, tmp_path,
+                 **{**DIGITS, "rewards.cosine": 1.0})
+
+
+def test_fine_scores_needed_but_disabled_is_a_config_error(tiny_llama_dir, tiny_run_config,
+                                                           tmp_path):
+    with pytest.raises(ConfigError, match=r"rewards\.fine_score='none'"):
+        _trainer(tiny_llama_dir, tiny_run_config, tmp_path,
+                 **{"advantage.baseline": "dagrpo", "rewards.fine_score": "none"})
+
+
+# ------------------------------------------------------------------------------ log.every
+
+
+def test_log_every_writes_the_mean_of_each_window(tiny_llama_dir, tiny_run_config, tmp_path):
+    """log.every=2 over 5 steps: records at steps 2, 4 and the partial window 5, each the mean
+    of its steps' metrics (Trainer.history keeps every step)."""
+    from jaxgrpo.loop import Trainer
+
+    t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run", steps=5,
+                                **{"log.every": 2}))
+    t.train()
+    t.close()
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        recs = [json.loads(x) for x in f]
+    train = {r["step"]: r for r in recs if r["kind"] == "train"}
+    assert sorted(train) == [2, 4, 5]
+    hist = {h["step"]: h for h in t.history}
+    assert sorted(hist) == [1, 2, 3, 4, 5]
+    for end, steps in ((2, (1, 2)), (4, (3, 4)), (5, (5,))):
+        assert train[end]["log_window"] == len(steps)
+        for k in ("loss", "reward/mean", "grad_norm", "time/step"):
+            np.testing.assert_allclose(train[end][k], np.mean([hist[s][k] for s in steps]),
+                                       rtol=1e-6, err_msg=f"{end} {k}")
+    assert sum(r["kind"] == "eval" for r in recs) == 2  # before and after
+
+
+# ------------------------------------------------------------------------------ nonfinite
+
+
+def test_nonfinite_check_raises_in_the_step(tiny_llama_dir, tiny_run_config, tmp_path):
+    """advantage.options.grpo.nonfinite='check': a NaN reward fails the jitted update with the
+    checkify message; finite rewards pass."""
+    from jax.experimental import checkify
+
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path,
+                 **{"advantage.options.grpo.nonfinite": "check"})
+    try:
+        rows = t.train_iter.next_batch(t.c.train.prompts_per_step)
+        ro, _ = t.step.collect(t.state, rows)
+        state, m = t.step.update(jax.tree.map(jnp.copy, t.state), ro)  # finite: passes
+        assert np.isfinite(float(m["loss"]))
+        bad = ro.replace(rewards=ro.rewards.at[0, 1].set(jnp.nan))
+        with pytest.raises(checkify.JaxRuntimeError, match="non-finite reward"):
+            t.step.update(jax.tree.map(jnp.copy, t.state), bad)
+    finally:
+        t.close()
