@@ -13,12 +13,12 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from jaxgrpo.config import split_names
 from jaxgrpo.rewards.extract import extract_answer
 from jaxgrpo.rewards.functions import RewardSpec, make_reward_fn
 from jaxgrpo.rewards.tasks import load_prompts, make_task
 
-FINE_SCORES = ("logprob", "format", "none")
+DATA_SOURCES = ("reasoning_gym", "file")  # config.data.source
+FINE_SCORES = ("logprob", "format", "none")  # config.rewards.fine_score
 
 
 @dataclasses.dataclass
@@ -86,6 +86,8 @@ class Env:
 
 
 def build_env(c) -> Env:
+    from jaxgrpo.config import split_names  # (config imports this module's choice tuples)
+
     specs = [RewardSpec("accuracy", float(c.rewards.accuracy))]
     if c.rewards.format:
         specs.append(RewardSpec("format", float(c.rewards.format),
