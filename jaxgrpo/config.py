@@ -559,6 +559,6 @@ def check_mesh(c: mc.ConfigDict, n_devices: Optional[int] = None) -> None:
             raise ConfigError(f"config.mesh: {desc}: {n_devices} devices are not divisible by "
                               f"the other axes' product {known}")
     elif known != n_devices:
-        raise ConfigError(f"config.mesh: {desc} = {known} devices, but {n_devices} are "
-                          "available; make the product equal the device count or set one "
-                          "axis to -1")
+        avail = f"{n_devices} device{'s are' if n_devices != 1 else ' is'} available"
+        raise ConfigError(f"config.mesh: {desc} = {known} devices, but {avail}; make the "
+                          "product equal the device count or set one axis to -1")

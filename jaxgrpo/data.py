@@ -214,7 +214,7 @@ def check_prompt_file(path: str, question_field: str, answer_field: str, *, key:
                 if lineno == 1 and ext == ".json":
                     raise ConfigError(f"{where}: neither JSON lines (one object per line) nor a "
                                       f"JSON array: line 1: {e.msg} at column {e.colno}") from None
-                raise ConfigError(f"{where}: line {lineno}: not valid JSON ({e.msg} at column "
+                raise ConfigError(f"{where}: line {lineno}: not valid JSON ({e.msg}, column "
                                   f"{e.colno}); expected one object per line") from None
             if n <= max_rows:
                 check_row(row, f"line {lineno}")
