@@ -2,9 +2,23 @@
 
     python -m experiments.run                                   # the embedded default
     python -m experiments.run --config experiments/configs/dra_grpo.py --config.steps=50
+    python -m experiments.run --help                            # every key: type, default, doc
 
-Any field can be overridden with ``--config.<key>=<value>``; an unknown key or a value of the
-wrong type fails at start, naming it. The resolved config is saved as ``<run_dir>/config.json``.
+Any field can be overridden with ``--config.<key>=<value>``; an unknown key or a bad value fails
+at start with one line naming it, before any model is loaded (``jaxgrpo.config.validate`` with
+``inputs=True``: data files, the task, the mesh). The resolved config is saved once as
+``<run_dir>/config.json``; running again with the same ``run_dir`` resumes the run (see
+``jaxgrpo.run_dir`` for what a resume may change).
+
+Exit codes (``jaxgrpo.errors``):
+
+* 0  -- finished: all ``config.steps`` trained, final evaluation and summary.json written.
+* 75 -- stopped by SIGTERM / SIGINT (or preempted) after saving a checkpoint; run the same
+  command again to resume. (75 = EX_TEMPFAIL, "try again later", so a scheduler can requeue.)
+* 2  -- a config or input error (bad key or value, missing data file or --config file, a run
+  directory that cannot be resumed with this config): one line on stderr, nothing trained.
+* 1  -- any other error (a corrupt checkpoint, non-finite metrics, ...): one line on stderr for
+  the errors jaxgrpo raises itself, a traceback for anything unexpected.
 """
 from __future__ import annotations
 
@@ -12,16 +26,38 @@ import os
 import sys
 
 DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
 
 
-def parse_config(argv):
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).replace("\\n", " ").split()).strip("'\" ")
+
+
+def _config_file(argv) -> str:
+    """The --config=FILE / --config FILE argument (DEFAULT when there is none)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return DEFAULT
+
+
+def parse_config(argv, *, inputs: bool = True):
     """The config named by ``--config`` (default: configs/default.py) with its overrides
-    applied and validated. Exits with a one-line message naming a bad key or value."""
+    applied and validated (``inputs``: also the files, task and devices it names). Exits with
+    code 2 and a one-line message naming a bad key, value or file."""
     from absl import flags
     from ml_collections import config_flags
 
     from jaxgrpo.config import validate
+    from jaxgrpo.errors import EXIT_CONFIG_ERROR
 
+    path = _config_file(argv[1:])
+    if not os.path.isfile(path.split(":", 1)[0]):
+        # ml_collections would raise an OSError traceback from deep inside absl.
+        print(f"config error: --config file not found: {path}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
     fv = flags.FlagValues()
     try:
         # ml_collections applies --config.* overrides while defining the flag.
@@ -30,22 +66,52 @@ def parse_config(argv):
         rest = fv(argv)[1:]
         if rest:
             raise ValueError(f"unexpected arguments {rest}; use --config=FILE and "
-                             "--config.<key>=<value>")
+                             "--config.<key>=<value> (--help lists the keys)")
         config = holder.value
-        validate(config)
-    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
-        msg = str(e).replace("\\n", " ").replace("\n", " ").strip("'\" ")
-        sys.exit(f"config error: {msg}")
+        validate(config, inputs=inputs)
+    except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError,
+            flags.Error) as e:
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
     return config
 
 
-def main(argv=None):
-    config = parse_config(list(sys.argv if argv is None else argv))
-    from jaxgrpo.loop import run
+def main(argv=None) -> int:
+    from jaxgrpo import run_dir
 
-    run_dir = run(config)
-    print(f"[jaxgrpo] run directory: {run_dir}")
+    run_dir.quiet_third_party()  # before transformers is imported
+    argv = list(sys.argv if argv is None else argv)
+    from jaxgrpo import errors
+
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        from jaxgrpo.config import describe_config
+        rest = [a for a in argv if a not in HELP_FLAGS]
+        config = parse_config(rest, inputs=False) if len(rest) > 1 else None
+        print(__doc__.strip() + "\n\n" + describe_config(config))
+        return errors.EXIT_OK
+    config = parse_config(argv)
+    from jaxgrpo.checkpoint import CheckpointError
+    from jaxgrpo.loop import Trainer
+
+    try:
+        trainer = Trainer(config)
+        try:
+            out = trainer.train()
+        finally:
+            trainer.close()
+    except errors.ConfigError as e:  # found by the run directory checks
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        return errors.EXIT_CONFIG_ERROR
+    except (CheckpointError, FloatingPointError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return errors.EXIT_ERROR
+    if trainer.stopped_early:
+        print(f"[jaxgrpo] stopped early with a checkpoint; run the same command to resume. "
+              f"run directory: {out}")
+        return errors.EXIT_STOPPED
+    print(f"[jaxgrpo] run directory: {out}")
+    return errors.EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,13 +8,25 @@ directly into its shardings. Errors name the checkpoint directory and what is wr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from typing import Any, Optional, Tuple
+import shutil
+from typing import Any, Callable, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
-from jaxgrpo.errors import CheckpointError  # re-exported: jaxgrpo.checkpoint.CheckpointError
+from jaxgrpo.errors import CheckpointError
+
+__all__ = ["CheckpointError", "Checkpointer", "abstract_like", "describe_error", "check_meta",
+           "CorruptCheckpointError", "restore_errors", "check_structure"]
+
+META_FILE = os.path.join("meta", "metadata")  # the JSON item inside <step>/
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read (truncated array, empty or broken metadata);
+    an earlier checkpoint may still be intact (``Checkpointer.restore(fallback=True)``)."""
 
 
 @contextlib.contextmanager
@@ -53,6 +65,62 @@ def abstract_like(tree):
     return jax.tree.map(one, tree)
 
 
+def describe_error(e: BaseException, limit: int = 300) -> str:
+    """One line saying what went wrong: the innermost cause of an orbax / TensorStore error
+    (e.g. "OUT_OF_RANGE: Error reading ... byte range ... is not valid for value of size N"),
+    without the multi-line TensorStore spec dump of the outer exception."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    inner = chain[-1]
+    text = str(inner).split(" See full TensorStore details")[0]
+    text = " ".join(text.split())
+    return f"{type(inner).__name__}: {text[:limit]}" if text else type(inner).__name__
+
+
+def check_meta(step_dir: str) -> dict:
+    """The JSON metadata of checkpoint ``step_dir`` (data position, step, config); raises
+    CheckpointError naming the file when it is missing, empty, not JSON or lacks a field."""
+    path = os.path.join(step_dir, META_FILE)
+    if not os.path.isfile(path):
+        raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} is "
+                                     "missing")
+    if os.path.getsize(path) == 0:
+        raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} is "
+                                     "empty (0 bytes: the save was cut off or the file was "
+                                     "truncated)")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} is not "
+                                     f"valid JSON ({e})") from None
+    if not isinstance(meta, dict) or "data_position" not in meta:
+        raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} has no "
+                                     "'data_position' (not written by jaxgrpo.loop?)")
+    return meta
+
+
+def _leaf_specs(tree) -> List[Tuple[str, tuple, str]]:
+    """Sorted (path, shape, dtype) of a pytree of arrays / ShapeDtypeStructs / orbax metadata;
+    paths are normalised ("params.layers.0.kernel") so a dataclass and a dict compare equal."""
+    out = []
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = []
+        for k in kp:
+            for attr in ("key", "name", "idx"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+            else:
+                parts.append(str(k))
+        shape = tuple(getattr(leaf, "shape", ()) or ())
+        out.append((".".join(parts), shape, str(getattr(leaf, "dtype", ""))))
+    return sorted(out)
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``directory/<step>/``."""
 
@@ -76,26 +144,97 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
         self._mgr.wait_until_finished()
 
-    def restore(self, target_state: Any, step: Optional[int] = None) -> Tuple[Any, dict, int]:
-        """Restores into the structure, shapes and shardings of ``target_state``.
+    def _mismatch(self, step: int, target_state: Any) -> Optional[str]:
+        """Where the saved state's structure / shapes differ from ``target_state`` (None: they
+        match, or the saved metadata cannot be read -- then it is the data that is bad)."""
+        try:
+            saved = self._mgr.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001 - unreadable metadata: reported as corrupt
+            return None
+        if saved is None:
+            return None
+        got, want = _leaf_specs(saved), _leaf_specs(target_state)
+        if [g[:2] for g in got] == [w[:2] for w in want]:
+            return None
+        gd, wd = dict((g[0], g[1]) for g in got), dict((w[0], w[1]) for w in want)
+        for path in sorted(set(gd) | set(wd)):
+            if gd.get(path) != wd.get(path):
+                return (f"{len(got)} saved arrays vs {len(want)} expected; first difference at "
+                        f"{path!r}: saved {gd.get(path, 'absent')}, this run "
+                        f"{wd.get(path, 'absent')}")
+        return f"{len(got)} saved arrays vs {len(want)} expected"
 
-        Returns (state, meta, step). Raises CheckpointError naming the directory and the
-        problem for a missing, corrupt or incompatible checkpoint.
-        """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint found in {self.directory}")
+    def _restore_one(self, target_state: Any, step: int) -> Tuple[Any, dict]:
         path = os.path.join(self.directory, str(step))
-        if not os.path.isdir(path):
-            raise CheckpointError(f"checkpoint step {step} not found in {self.directory} "
-                                  f"(available: {self.all_steps()})")
-        with restore_errors(path, "is incompatible with this run (different model, optimizer "
-                                  "or config?)"):
+        check_meta(path)
+        try:
             out = self._mgr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_like(target_state)),
                 meta=ocp.args.JsonRestore()))
-        check_structure(path, out.state, target_state, "the saved train state")
-        return out.state, dict(out.meta), int(step)
+        except Exception as e:  # corrupt / truncated files surface as many error types
+            mismatch = self._mismatch(step, target_state)
+            if mismatch is not None:
+                raise CheckpointError(
+                    f"checkpoint {path} is incompatible with this run (a different model or "
+                    f"optimizer): {mismatch}") from e
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt or truncated: "
+                                         f"{describe_error(e)}") from e
+        got = jax.tree.structure(out.state)
+        want = jax.tree.structure(target_state)
+        if got != want:
+            raise CheckpointError(f"checkpoint {path} has a different state structure than "
+                                  f"this run expects: saved {got}, expected {want}")
+        return out.state, dict(out.meta)
+
+    def restore(self, target_state: Any, step: Optional[int] = None, *, fallback: bool = False,
+                log: Callable[[str], None] = print) -> Tuple[Any, dict, int]:
+        """Restores into the structure, shapes and shardings of ``target_state``.
+
+        Returns (state, meta, step). Raises CheckpointError with one line naming the checkpoint
+        and the problem: missing, corrupt / truncated (an array file, an empty or broken
+        metadata file), or a different model / optimizer. ``step=None`` takes the latest; when
+        that is corrupt, ``fallback=True`` reports it (``log``, one line), moves it to
+        ``<run_dir>/corrupt_checkpoints/<step>`` and takes the newest intact earlier one;
+        ``fallback=False`` raises, naming the intact step it could fall back to.
+        """
+        if step is not None:
+            if step not in self.all_steps():
+                raise CheckpointError(f"checkpoint step {step} not found in {self.directory} "
+                                      f"(available: {sorted(self.all_steps())})")
+            return (*self._restore_one(target_state, step), int(step))
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint found in {self.directory}")
+        for i, s in enumerate(steps):
+            try:
+                state, meta = self._restore_one(target_state, s)
+            except CorruptCheckpointError as e:  # (a mismatch propagates: earlier ones differ too)
+                earlier = steps[i + 1:]
+                if not fallback:
+                    hint = (f"; --config.checkpoint.fallback=True resumes from the newest intact "
+                            f"earlier one (of steps {sorted(earlier)})" if earlier
+                            else "; no earlier checkpoint to fall back to")
+                    raise CorruptCheckpointError(f"{e}{hint}") from None
+                if not earlier:
+                    raise CorruptCheckpointError(f"{e}; no earlier checkpoint to fall back "
+                                                 "to") from None
+                moved = self._set_aside(s)
+                log(f"[jaxgrpo] {e}; moved it to {moved}, trying step {earlier[0]}")
+                continue
+            return state, meta, int(s)
+        raise AssertionError("unreachable")
+
+    def _set_aside(self, step: int) -> str:
+        """Moves a corrupt checkpoint out of the manager's directory (so the steps after the
+        fallback can be saved again) into <run_dir>/corrupt_checkpoints/<step>[-n]."""
+        root = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+        os.makedirs(root, exist_ok=True)
+        dest, n = os.path.join(root, str(step)), 1
+        while os.path.exists(dest):
+            dest, n = os.path.join(root, f"{step}-{n}"), n + 1
+        shutil.move(os.path.join(self.directory, str(step)), dest)
+        self._mgr.reload()
+        return dest
 
     def close(self) -> None:
         self._mgr.close()

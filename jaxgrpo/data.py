@@ -7,9 +7,13 @@ sees exactly the prompts the uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence, Tuple
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+TEMPLATES = ("chat", "plain")  # config.data.template: the tokenizer's chat template, or none
 
 
 def render_prompt(tokenizer, question: str, *, template: str, prompt_format: str,
@@ -141,3 +145,119 @@ def question_token_mask(tokenizer, rows: Sequence[dict], data_cfg, width: int,
         if flags:
             out[i, width - len(flags):] = flags
     return out
+
+
+# ----------------------------------------------------------------------------- checking files
+
+_PROMPT_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
+_MAX_PARSED_LINES = 200_000  # JSON lines parsed one by one; beyond this they are only counted
+
+
+def check_prompt_file(path: str, question_field: str, answer_field: str, *, key: str = "data.path",
+                      max_rows: int = 1000) -> Optional[int]:
+    """Opens a local problem file and checks it before any model is built; returns its row count
+    (None where counting would mean reading a CSV to its end).
+
+    JSON / JSONL: every line (up to 200k) is parsed, so a malformed line is reported with its
+    line number; the first ``max_rows`` rows must have a non-empty ``question_field`` and
+    ``answer_field`` (a string or a number). Parquet: the schema, the row count and the first
+    rows. CSV: the header and the first rows. Raises ``ConfigError`` naming ``config.<key>``,
+    the file and the line.
+    """
+    from jaxgrpo.errors import ConfigError
+    from jaxgrpo.rewards.tasks import _cell_text
+
+    where = f"config.{key}={path!r}"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: file not found")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _PROMPT_FORMATS:
+        raise ConfigError(f"{where}: unknown extension {ext!r}; use one of {_PROMPT_FORMATS}")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"{where}: the file is empty")
+
+    def check_row(row, what: str):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: {what}: expected an object with fields "
+                              f"{question_field!r} and {answer_field!r}, got {type(row).__name__}")
+        for field, fkey in ((question_field, "data.question_field"),
+                            (answer_field, "data.answer_field")):
+            if field not in row:
+                raise ConfigError(f"{where}: {what}: no field {field!r} (fields: "
+                                  f"{sorted(row)[:10]}); set config.{fkey}")
+            if _cell_text(row[field]) is None:
+                raise ConfigError(f"{where}: {what}: field {field!r} is {row[field]!r}; "
+                                  "expected a non-empty string or a number")
+
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+        try:
+            pf = pq.ParquetFile(path)
+            n = pf.metadata.num_rows
+            names = pf.schema_arrow.names
+            for field, fkey in ((question_field, "data.question_field"),
+                                (answer_field, "data.answer_field")):
+                if field not in names:
+                    raise ConfigError(f"{where}: no column {field!r} (columns: {names[:10]}); "
+                                      f"set config.{fkey}")
+            head = next(pf.iter_batches(batch_size=max_rows,
+                                        columns=[question_field, answer_field]), None)
+        except ConfigError:
+            raise
+        except Exception as e:  # not a Parquet file, truncated footer, ...
+            raise ConfigError(f"{where}: could not read as Parquet: "
+                              f"{' '.join(str(e).split())[:300]}") from None
+        for i, row in enumerate(head.to_pylist() if head is not None else [], 1):
+            check_row(row, f"row {i}")
+        if n == 0:
+            raise ConfigError(f"{where}: the file has no rows")
+        return n
+    if ext == ".csv":
+        import csv
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            n = 0
+            for n, row in enumerate(reader, 1):
+                check_row(row, f"line {reader.line_num}")
+                if n >= max_rows:
+                    return None
+        if n == 0:
+            raise ConfigError(f"{where}: the file has a header but no rows")
+        return n
+    with open(path, encoding="utf-8") as f:
+        try:
+            text_start = f.read(4096).lstrip()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        f.seek(0)
+        if text_start.startswith("["):  # one JSON array of row objects
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: line {e.lineno} column {e.colno}: not valid JSON "
+                                  f"({e.msg})") from None
+            if not rows:
+                raise ConfigError(f"{where}: the JSON array is empty")
+            for i, row in enumerate(rows[:max_rows], 1):
+                check_row(row, f"row {i} of the JSON array")
+            return len(rows)
+        n = 0
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n += 1
+            if lineno > _MAX_PARSED_LINES:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if lineno == 1 and ext == ".json":
+                    raise ConfigError(f"{where}: neither JSON lines (one object per line) nor a "
+                                      f"JSON array: line 1: {e.msg} at column {e.colno}") from None
+                raise ConfigError(f"{where}: line {lineno}: not valid JSON ({e.msg}, column "
+                                  f"{e.colno}); expected one object per line") from None
+            if n <= max_rows:
+                check_row(row, f"line {lineno}")
+    if n == 0:
+        raise ConfigError(f"{where}: the file has only blank lines")
+    return n

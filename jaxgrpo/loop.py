@@ -16,7 +16,6 @@ step, saves a checkpoint and exits.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ import ml_collections as mc
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
 from jaxgrpo.checkpoint import Checkpointer
 from jaxgrpo.config import split_names, validate
@@ -39,7 +39,7 @@ from jaxgrpo.step import make_step
 from jaxgrpo.train import build_optimizer, init_train_state, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
-__all__ = ["Trainer", "run", "make_run_dir", "load_policy", "eos_ids", "pad_id"]
+__all__ = ["Trainer", "run", "load_policy", "eos_ids", "pad_id"]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -68,27 +68,18 @@ class _Stop:
             signal.signal(sig, h)
 
 
-def make_run_dir(c: mc.ConfigDict) -> str:
-    if c.run_dir:
-        run_dir = c.run_dir
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = os.path.join("runs", f"{c.name}-{stamp}")
-    os.makedirs(run_dir, exist_ok=True)
-    return os.path.abspath(run_dir)
-
-
 class Trainer:
     """The host resources of one run (model, data, step, logger, checkpoints); ``train()`` runs
     it. The training step itself is ``self.step`` (``jaxgrpo.step.make_step``)."""
 
     def __init__(self, config: mc.ConfigDict):
-        c = validate(config)
+        c = validate(config, inputs=True)  # [run_dir hook] input checks before anything heavy
         self.c = c
-        self.run_dir = make_run_dir(c)
-        with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-            f.write(c.to_json_best_effort(indent=2))
+        self.progress = rdir.Progress(c.log.progress)  # [run_dir hook]
+        self.run = rdir.prepare(c)  # [run_dir hook] fresh: writes config.json; resume: compares
+        self.run_dir = self.run.path
         self.mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+        self.progress(f"loading the model ({c.model.path or 'packaged default'})")  # [run_dir hook]
         model, self.tokenizer = load_policy(c)
         self.model_config = model.config
         self.pad_id = pad_id(self.tokenizer)
@@ -100,6 +91,7 @@ class Trainer:
         state = state.replace(opt_state=shd.shard_optimizer_state(state.opt_state, self.mesh))
         self.state = state
         ref_params = jax.tree.map(jnp.copy, params) if c.loss.beta > 0 else None
+        self.progress("building the prompts and the reward")  # [run_dir hook]
         self.env = build_env(c, self.tokenizer,
                              self.eos_ids[0] if self.eos_ids else self.pad_id)
         self.train_iter = PromptIterator(self.env.train_rows, seed=c.seed)
@@ -140,13 +132,14 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self, step: int):
+        self.progress(f"saving checkpoint {step}")  # [run_dir hook]
         self.ckpt.save(step, self.state, {"data_position": self.train_iter.position,
                                           "step": step, "config": self.c.to_dict()})
 
     def maybe_restore(self) -> int:
         if not self.c.checkpoint.resume or self.ckpt.latest_step() is None:
             return 0
-        state, meta, step = self.ckpt.restore(self.state)
+        state, meta, step = self.ckpt.restore(self.state, fallback=self.c.checkpoint.fallback)
         self.state = state
         self.train_iter.position = int(meta["data_position"])
         print(f"[jaxgrpo] resumed from {self.ckpt.directory}/{step} "
@@ -163,12 +156,12 @@ class Trainer:
         bad = [k for k, v in m.items() if not np.isfinite(v)]
         if bad:
             raise FloatingPointError(
-                f"non-finite metrics at step {step}: {bad}; the last checkpoint in "
+                f"non-finite metrics at step {step + 1}: {bad}; the last checkpoint in "
                 f"{self.ckpt.directory} is intact (step {self.ckpt.latest_step()})")
         if c.log.samples_every and step % c.log.samples_every == 0:
             with open(os.path.join(self.run_dir, "samples.jsonl"), "a") as f:
                 for text, row, r in zip(info["texts"], info["rows"], info["rewards"]):
-                    f.write(json.dumps({"step": step, "question": row["question"],
+                    f.write(json.dumps({"step": step + 1, "question": row["question"],
                                         "answer": str(row["answer"]), "completion": text,
                                         "reward": float(r)}) + "\n")
         return m
@@ -178,13 +171,18 @@ class Trainer:
         step as a preemption would (checkpoint saved, no final evaluation)."""
         c = self.c
         start = self.maybe_restore()
+        rdir.rewind(self.run_dir, start, redo_eval=start == 0 or start >= c.steps)  # [run_dir hook]
+        rdir.record_changes(self.run, start)  # [run_dir hook]
         evals = {}
         if start == 0:
+            self.progress("evaluating before training")  # [run_dir hook]
             evals[0] = self.evaluate(0)
         bar = _progress(total=c.steps, initial=start, enabled=c.log.progress)
         step = start
         with _Stop() as stop:
             while step < c.steps:
+                if step == start:  # [run_dir hook]
+                    self.progress(f"step {step + 1}: the first step compiles the sampler and update")
                 m = self.train_step(step)
                 step += 1
                 if self.window.add(step, m):
@@ -203,9 +201,11 @@ class Trainer:
                 if preempt:
                     break
         bar.close()
+        self.stopped_early = step < c.steps  # [run_dir hook] experiments/run.py's exit code
         if step >= c.steps:
             if self.ckpt.latest_step() != step:
                 self.save(step)
+            self.progress(f"evaluating after step {step}")  # [run_dir hook]
             evals[step] = self.evaluate(step)
             self.write_summary(evals)
         self.ckpt.close()
@@ -214,6 +214,7 @@ class Trainer:
 
     def write_summary(self, evals: Dict[int, Dict[str, Any]]):
         from jaxgrpo.plotting import plot_run
+        evals = {**rdir.evaluations(self.run_dir), **evals}  # [run_dir hook] earlier sittings too
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump({"eval": {str(k): {kk: to_python(vv) for kk, vv in v.items()}
                                 for k, v in evals.items()}}, f, indent=2)

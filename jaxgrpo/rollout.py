@@ -12,7 +12,7 @@ Assembly (the training step's last collect stage, ``jaxgrpo.step``):
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -24,7 +24,6 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx, struct
 from jax.ad_checkpoint import checkpoint_name
 

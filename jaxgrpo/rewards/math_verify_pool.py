@@ -15,7 +15,9 @@ raises outside the main thread) and sympy can hang in C code that no signal inte
 * the whole call has a **batch deadline** (``batch_timeout_s``): whatever is unfinished then is
   scored 0 and counted as a timeout, and busy workers are replaced;
 * a crashed worker (segfault, ``os._exit``, OOM kill) scores its item 0, is counted in
-  ``n_errors`` and replaced. Nothing raises into the caller for a bad item.
+  ``n_errors`` and replaced. Nothing raises into the caller for a bad item; workers that
+  cannot start at all raise RuntimeError (a script without an ``if __name__ == "__main__":``
+  guard is named before any worker starts: each worker would re-run it).
 
 Identical (prediction, gold) pairs within a batch are verified once (groups repeat answers).
 
@@ -263,6 +265,56 @@ def _shutdown(workers: list) -> None:
 _PRELOAD_SET = False
 
 
+def _main_module_guard_problem() -> Optional[str]:
+    """Why worker processes would fail to start, or None.
+
+    With the ``forkserver`` / ``spawn`` start methods every worker re-imports the main script
+    (as ``__mp_main__``); a script without an ``if __name__ == "__main__":`` guard then re-runs
+    its top level in each worker, which starts a pool of its own and dies ("bootstrapping
+    phase"). Without this check every reward scores 0 after the start retries (18-36 s each).
+    Two cases are caught: we ARE such a re-run (a worker bootstrapping), or the main script has
+    no ``__name__`` test at its top level (checked with ``ast``; interactive sessions, ``-c``
+    and ``-m package`` entry points are not re-imported and pass)."""
+    import ast
+    import sys
+
+    if getattr(mp.process.current_process(), "_inheriting", False):
+        return ("a MathVerifier was started while this process was being bootstrapped as a "
+                "worker: the main script runs it at import time")
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name is not None:
+        if name == "__main__" or name.endswith(".__main__"):
+            return None  # multiprocessing does not re-import such a main module
+        path = getattr(spec, "origin", None)
+    else:
+        path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.If) and any(isinstance(n, ast.Name) and n.id == "__name__"
+                                            for n in ast.walk(node.test)):
+            return None
+    return (f"the main script {path} has no `if __name__ == \"__main__\":` guard, so each "
+            "math-verify worker process re-runs it on start-up (multiprocessing start method "
+            "forkserver/spawn) and fails")
+
+
+def check_main_guard() -> None:
+    """Raises RuntimeError naming the cause when worker processes could not start because the
+    main script lacks an ``if __name__ == "__main__":`` guard (see above)."""
+    why = _main_module_guard_problem()
+    if why is not None:
+        raise RuntimeError(f"math-verify pool cannot start: {why}; put the script's top-level "
+                           "code under `if __name__ == \"__main__\":`")
+
+
 class MathVerifier:
     """Batched math-verify equivalence in a persistent pool of worker processes.
 
@@ -364,6 +416,8 @@ class MathVerifier:
         """Starts the workers now (otherwise the first :meth:`verify_batch` does)."""
         if self._closed:
             raise RuntimeError("MathVerifier is closed")
+        if not self._workers:
+            check_main_guard()
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
         return self
@@ -519,7 +573,11 @@ class MathVerifier:
                         finish(tid_to_item.pop(w.task, None), why, 0.0)
                         replace(k)
                 if why == STATUS_ERROR:
-                    logger.error("math-verify workers keep failing to start; scoring 0")
+                    check_main_guard()  # the usual cause, named
+                    raise RuntimeError(
+                        f"math-verify workers keep exiting before they are ready ({start_failures}"
+                        f" failed starts, start method {self.start_method!r}); see their stderr "
+                        "above. Rewards cannot be computed.")
                 return restarts
             next_event = min([deadline] + [w.started + hard for w in busy])
             waitables = []
