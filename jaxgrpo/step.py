@@ -19,13 +19,13 @@
 
 Both paths derive the sampling key one way (:func:`sample_key`), compute the same extras — what
 the chain reads from the rollout (:func:`rollout_needs`: embeddings, fine scores, prompt
-log-probs, from ``jaxgrpo.advantages.needs``) — and share the stage functions below, so they give
+log-probs, the question-token mask, from ``jaxgrpo.advantages.required_inputs``) — and share the stage functions below, so they give
 the same metrics on the same seed (tests/test_step.py).
 
 Where things go:
 
 * a new advantage method: ``jaxgrpo/advantages/`` (register it in ``registry.py``, declare what
-  it reads from the rollout in ``needs.py``); it is then a config choice with typed options.
+  it reads from the rollout with ``needs=`` there); it is then a config choice with typed options.
 * a new reward: ``jaxgrpo/rewards/`` and its wiring in ``jaxgrpo/env.py`` (``Env.reward``); a
   reward computable from tokens is an ``Env.token_reward`` and can run fused.
 * a new loss or aggregation: ``jaxgrpo/losses.py`` (called by ``jaxgrpo.train.make_loss_fn``).
@@ -46,8 +46,8 @@ from flax import nnx
 from jax.experimental import checkify
 
 from jaxgrpo import sharding as shd
-from jaxgrpo.advantages.needs import required_inputs
-from jaxgrpo.data import decode_completions, encode_prompts
+from jaxgrpo.advantages import required_inputs
+from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.rollout import Anchors, Rollout, encode_anchors, rollout_from_sample, with_anchors
@@ -186,6 +186,13 @@ class Step:
         """Stage ``encode``: rows -> left-padded prompt ids / mask [P, Tp] (host)."""
         return encode_prompts(self.tokenizer, rows, self.c.data, self.pad_id)
 
+    def question_mask(self, rows: List[dict], width: int) -> Optional[jax.Array]:
+        """bool [P, width]: each prompt's question tokens (ProGRPO ``prompt_tokens='question'``),
+        None when the chain does not read it."""
+        if "question_mask" not in self.needs:
+            return None
+        return jnp.asarray(question_token_mask(self.tokenizer, rows, self.c.data, width))
+
     def embed(self, params, texts: List[str], tokens, mask) -> jax.Array:
         """Stage ``embed``: L2-normalised completion embeddings [N, D], by the policy's hidden
         states or the sentence encoder on the texts (``config.embedding.model``)."""
@@ -236,6 +243,9 @@ class Step:
         ro = rollout_from_sample(out, scored.rewards, scored.correct,
                                  fine_scores=scored.fine_scores if fine_needed else None,
                                  embeddings=emb)                                      # assemble
+        qmask = self.question_mask(rows, prompts.shape[1])
+        if qmask is not None:
+            ro = ro.replace(question_mask=qmask)
         if self.anchors:
             ro = with_anchors(ro, self.host_anchors(state.params, rows), self.c.anchors.trigger)
         ro = jax.block_until_ready(ro)
@@ -265,7 +275,7 @@ class Step:
                                         self._update_fn)
         trigger = c.anchors.trigger
 
-        def step(state, prompts, pmask, targets, anchor_in, ref_params):
+        def step(state, prompts, pmask, targets, anchor_in, qmask, ref_params):
             out = sampler(nnx.merge_state(state.params, rest), prompts, pmask,
                           sample_key(state))                                          # sample
             rewards, correct = token_reward(out.completion_tokens, out.completion_mask,
@@ -276,6 +286,8 @@ class Step:
                    if "embeddings" in needs else None)                                # embed
             ro = rollout_from_sample(out, rewards, correct, fine_scores=fine,
                                      embeddings=emb)                                  # assemble
+            if qmask is not None:
+                ro = ro.replace(question_mask=qmask)
             if anchors:
                 atoks, amask, atargets = anchor_in
                 a_reward, _ = token_reward(atoks, amask, atargets)
@@ -304,8 +316,9 @@ class Step:
                 _, atoks, amask = self._anchor_tokens(rows)
                 anchor_in = (jnp.asarray(atoks), jnp.asarray(amask),
                              jax.tree.map(jnp.asarray, token_reward.targets(rows)))
+            qmask = self.question_mask(rows, prompts.shape[1])
             state, ro, metrics = jitted(state, self.put_batch(prompts), self.put_batch(pmask),
-                                        targets, anchor_in, self.ref_params)
+                                        targets, anchor_in, qmask, self.ref_params)
             return state, ro, metrics, n_trunc
 
         return fused

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrpo.advantages.needs import required_inputs
+from jaxgrpo.advantages import required_inputs
 from jaxgrpo.errors import ConfigError
 
 # ------------------------------------------------------------------------------ needs
@@ -34,6 +34,8 @@ from jaxgrpo.errors import ConfigError
     (("grpo", (), ("progrpo",), {"progrpo": {"prompt_confidence_reading": "group_mean_answer"}}),
      set()),
     (("dr_grpo", ("dra",), ("progrpo",), {}), {"embeddings", "prompt_logprobs"}),
+    (("grpo", (), ("progrpo",), {"progrpo": {"prompt_tokens": "question"}}),
+     {"prompt_logprobs", "question_mask"}),
 ])
 def test_required_inputs_follow_the_options(chain, want):
     assert required_inputs(*chain) == frozenset(want)
@@ -66,6 +68,9 @@ HOST_CHAINS = [
     {"advantage.advantage_transforms": "progrpo"},
     {"advantage.advantage_transforms": "progrpo",
      "advantage.options.progrpo.prompt_confidence_reading": "group_mean_answer"},
+    {"advantage.advantage_transforms": "progrpo",
+     "advantage.options.progrpo.prompt_tokens": "question"},
+    {"advantage.baseline": "rloo"},
 ]
 
 
@@ -84,6 +89,7 @@ def test_one_host_step_of_every_transform_and_option(tiny_llama_dir, tiny_run_co
         p, g = 2, 4
         assert (ro.embeddings is not None) == ("embeddings" in need)
         assert (ro.fine_scores is not None) == ("fine_scores" in need)
+        assert (ro.question_mask is not None) == ("question_mask" in need)
         if ro.embeddings is not None:
             assert ro.embeddings.shape[:2] == (p, g)
             np.testing.assert_allclose(np.linalg.norm(np.asarray(ro.embeddings), axis=-1), 1.0,
