@@ -28,6 +28,7 @@ TEST_REQUIRES = [
     "pytest==9.2.0",
     "hypothesis==6.170.15",
     "torch==2.13.0",  # the numerical oracle (transformers' PyTorch models); tests only
+    "peft==0.21.2",  # LoRA oracle; tests only
     "nbformat==5.11.1",
     "nbclient==0.11.0",
     "ipykernel==7.4.0",

@@ -1,0 +1,172 @@
+"""LoRA (Hu et al., arXiv 2106.09685) as a pure transform of the decoder's parameter tree.
+
+A frozen kernel W [..., in, out] (leading axes, e.g. a stacked layer axis, are kept) gets a
+trainable low-rank update
+
+    W' = W + scale * A @ B,    A [..., in, r],  B [..., r, out],  scale = alpha / r
+                               (alpha / sqrt(r) with ``use_rslora``, arXiv 2312.03732)
+
+for every parameter whose ``'/'``-joined path (``jaxgrpo.sharding.path_to_str``, e.g.
+``layers/0/self_attn/q_proj/kernel``) matches ``targets`` (``re.search``). Initialisation follows
+PEFT's ``LoraLayer.reset_lora_parameters`` (``init_lora_weights=True``): A ~ kaiming-uniform with
+a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapted policy starts equal to the base.
+
+Why a parameter transform rather than adapter modules inside the decoder: the update is
+``merge_params(base, adapters)`` at the top of the loss, so the decoder, its loading, its
+partition rules and the scanned layer layout need no LoRA-specific code; gradients reach only the
+adapters (the optimizer state holds only them); the reference policy of the KL term is the base
+itself (``adapters`` off), so no second copy of the weights exists. The cost is one merged kernel
+per matched weight inside the step (a transient, not state). LoRA dropout on the adapter input
+(PEFT ``lora_dropout``) needs the unmerged form ``x W + dropout(x) A B`` and is not supported:
+``LoraConfig`` refuses ``dropout > 0``.
+
+Adapters are a nested dict mirroring the parameter paths (string keys, so orbax checkpoints
+them as any pytree): ``adapters["layers"]["0"]["self_attn"]["q_proj"] == {"lora_a": A,
+"lora_b": B}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from jaxgrpo.sharding import path_to_str
+
+__all__ = ["LoraConfig", "init_adapters", "merge_params", "adapter_paths", "num_adapter_params",
+           "adapter_partition_specs", "DEFAULT_TARGETS"]
+
+# Every linear map of the Qwen2 / Llama decoder (PEFT's ``target_modules="all-linear"`` minus the
+# LM head).
+DEFAULT_TARGETS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)/kernel$"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA hyper-parameters (names as PEFT's ``LoraConfig``).
+
+    Attributes:
+      rank: r, the adapter rank (PEFT ``r``).
+      alpha: PEFT ``lora_alpha``; the update is scaled by alpha / r.
+      targets: regex searched in each parameter path; only matching rank >= 2 kernels adapt.
+      dropout: PEFT ``lora_dropout``; only 0.0 is supported (see the module docstring).
+      use_rslora: scale alpha / sqrt(r) (rank-stabilised LoRA, arXiv 2312.03732).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = DEFAULT_TARGETS
+    dropout: float = 0.0
+    use_rslora: bool = False
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.dropout != 0.0:
+            raise ValueError(f"LoRA dropout={self.dropout} is not supported (adapters are merged "
+                             "into the kernels; dropout needs the unmerged form); use 0.0")
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            raise ValueError(f"LoRA targets {self.targets!r} is not a valid regex: {e}") from None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+
+def _leaves(params) -> List[Tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return [(path_to_str(path), leaf) for path, leaf in flat]
+
+
+def adapter_paths(params, cfg: LoraConfig) -> List[str]:
+    """Paths of the kernels ``cfg.targets`` selects (rank >= 2), in tree order."""
+    rx = re.compile(cfg.targets)
+    return [name for name, leaf in _leaves(params) if jnp.ndim(leaf) >= 2 and rx.search(name)]
+
+
+def _get(tree: Dict, parts: List[str]):
+    for p in parts:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree: Dict, parts: List[str], value) -> None:
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[parts[-1]] = value
+
+
+def init_adapters(params, cfg: LoraConfig, key: jax.Array, dtype=jnp.float32) -> Dict:
+    """Fresh adapters for ``params`` (an ``nnx.State`` of the decoder's ``nnx.Param``s).
+
+    Raises ValueError naming ``targets`` when it matches no kernel.
+    """
+    names = adapter_paths(params, cfg)
+    if not names:
+        some = [n for n, leaf in _leaves(params) if jnp.ndim(leaf) >= 2][:6]
+        raise ValueError(f"LoRA targets {cfg.targets!r} match no kernel; parameter paths look "
+                         f"like {some}")
+    shapes = {name: jnp.shape(leaf) for name, leaf in _leaves(params)}
+    adapters: Dict = {}
+    for i, name in enumerate(names):
+        *lead, d_in, d_out = shapes[name]
+        bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on a [r, in] weight
+        a = jax.random.uniform(jax.random.fold_in(key, i), (*lead, d_in, cfg.rank), dtype,
+                               -bound, bound)
+        b = jnp.zeros((*lead, cfg.rank, d_out), dtype)
+        _set(adapters, name.split("/")[:-1], {"lora_a": a, "lora_b": b})
+    return adapters
+
+
+def merge_params(params, adapters: Dict, cfg: LoraConfig):
+    """``params`` with every adapted kernel replaced by W + scale * A @ B (same dtype as W).
+
+    Differentiable in both arguments; in training only ``adapters`` is differentiated.
+    """
+    def merge(path, w):
+        name = path_to_str(path)
+        parts = name.split("/")
+        try:
+            ad = _get(adapters, parts[:-1])
+        except (KeyError, TypeError):
+            return w
+        if not isinstance(ad, dict) or "lora_a" not in ad or parts[-1] != "kernel":
+            return w
+        delta = jnp.einsum("...ir,...ro->...io", ad["lora_a"].astype(jnp.float32),
+                           ad["lora_b"].astype(jnp.float32))
+        return (w.astype(jnp.float32) + cfg.scale * delta).astype(w.dtype)
+
+    return jax.tree_util.tree_map_with_path(merge, params)
+
+
+def num_adapter_params(adapters: Dict) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(adapters)))
+
+
+def adapter_partition_specs(adapters: Dict, params, mesh=None, rules=None) -> Dict:
+    """PartitionSpecs for ``adapters`` that follow the base kernels' layout: A [..., in, r]
+    takes the kernel's leading and input-dimension axes, B [..., r, out] its leading and
+    output-dimension axes; the rank dimension is replicated."""
+    from jaxgrpo import sharding as shd
+
+    rules = shd.DEFAULT_RULES if rules is None else rules
+    specs = shd.match_partition_rules(rules, params, mesh)
+    kernel_spec = dict(zip([n for n, _ in _leaves(params)],
+                           jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
+
+    def spec(path, leaf):
+        name = path_to_str(path)
+        parent, which = name.rsplit("/", 1)
+        s = list(kernel_spec[parent + "/kernel"])
+        s += [None] * (jnp.ndim(leaf) - len(s))
+        if which == "lora_a":
+            return P(*s[:-1], None)
+        return P(*s[:-2], None, s[-1])
+
+    return jax.tree_util.tree_map_with_path(spec, adapters)

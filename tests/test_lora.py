@@ -1,0 +1,174 @@
+"""LoRA against PEFT (the test-only oracle): logits, gradients, merged checkpoints, state size."""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxgrpo.lora import (LoraConfig, adapter_partition_specs, adapter_paths, init_adapters,
+                          merge_params, num_adapter_params)
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+from tests._torch_oracle import left_padded_prompts, tiny_pair  # noqa: E402
+
+TARGETS = {"qv": (["q_proj", "v_proj"], r"self_attn/(q_proj|v_proj)/kernel$"),
+           "all": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                   r"(q|k|v|o|gate|up|down)_proj/kernel$")}
+
+
+def _peft_model(arch, modules, rank, alpha, rslora=False, seed=0):
+    tm, jm = tiny_pair(arch, seed=seed)
+    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=0.0,
+                          use_rslora=rslora)
+    pm = peft.get_peft_model(tm, cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # B != 0 so the adapters change the logits
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    pm.eval()
+    return pm, jm
+
+
+def _copy_adapters(pm, params, cfg):
+    """Our adapters with PEFT's values: A = lora_A.weight.T [in, r], B = lora_B.weight.T."""
+    ad = init_adapters(params, cfg, jax.random.key(0))
+    sd = {k: v.detach().double().numpy() for k, v in pm.state_dict().items()}
+    for name in adapter_paths(params, cfg):
+        parts = name.split("/")  # layers/<i>/<block>/<proj>/kernel
+        layer, block, proj = parts[1], parts[2], parts[3]
+        pre = f"base_model.model.model.layers.{layer}.{block}.{proj}"
+        node = ad
+        for p in parts[:-1]:
+            node = node[p]
+        node["lora_a"] = jnp.asarray(sd[f"{pre}.lora_A.default.weight"].T, jnp.float32)
+        node["lora_b"] = jnp.asarray(sd[f"{pre}.lora_B.default.weight"].T, jnp.float32)
+    return ad
+
+
+@pytest.mark.parametrize("arch,which,rslora", [("qwen2", "qv", False), ("llama", "all", False),
+                                               ("qwen2", "all", True)])
+def test_logits_and_gradients_match_peft(arch, which, rslora):
+    modules, regex = TARGETS[which]
+    rank, alpha = 4, 8.0
+    pm, jm = _peft_model(arch, modules, rank, alpha, rslora)
+    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
+    cfg = LoraConfig(rank=rank, alpha=alpha, targets=regex, use_rslora=rslora)
+    ad = _copy_adapters(pm, params, cfg)
+    assert len(adapter_paths(params, cfg)) == 2 * len(modules)  # 2 layers
+
+    ids, mask = left_padded_prompts(np.random.RandomState(0), [7, 5, 9], 97)
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    w = np.random.RandomState(1).randn(*ids.shape, 97)
+
+    # PyTorch + PEFT: logits and d(sum(w * log_softmax(logits)))/d(A, B), float64 in the loss.
+    tids = torch.as_tensor(ids, dtype=torch.long)
+    out = pm(tids, attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)).logits
+    loss = (torch.as_tensor(w) * torch.log_softmax(out.double(), -1)
+            * torch.as_tensor(mask)[..., None]).sum()
+    loss.backward()
+    grads_t = {n: p.grad.double().numpy() for n, p in pm.named_parameters() if "lora_" in n}
+
+    def jloss(adapters):
+        model = nnx.merge(graphdef, merge_params(params, adapters, cfg), rest)
+        logits = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+        lp = jax.nn.log_softmax(logits, -1)
+        return jnp.sum(jnp.asarray(w, jnp.float32) * lp * jnp.asarray(mask)[..., None]), logits
+
+    (lj, logits), g = jax.value_and_grad(jloss, has_aux=True)(ad)
+    ref = out.detach().double().numpy()
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(float(lj), float(loss.detach()), rtol=1e-4)
+    # the adapters really changed the function
+    base_logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    assert np.max(np.abs(np.asarray(base_logits) - ref)[valid]) > 1e-2
+    for name in adapter_paths(params, cfg):
+        parts = name.split("/")
+        pre = f"base_model.model.model.layers.{parts[1]}.{parts[2]}.{parts[3]}"
+        node = g
+        for p in parts[:-1]:
+            node = node[p]
+        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+            gt = grads_t[f"{pre}.{theirs}.default.weight"].T
+            gj = np.asarray(node[ours], np.float64)
+            np.testing.assert_allclose(gj, gt, atol=1e-3 * np.abs(gt).max() + 1e-6, rtol=1e-3)
+
+
+def test_init_matches_peft_and_starts_at_base():
+    tm, jm = tiny_pair("qwen2")
+    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
+    cfg = LoraConfig(rank=8, alpha=16.0, targets=TARGETS["all"][1])
+    ad = init_adapters(params, cfg, jax.random.key(3))
+    merged = merge_params(params, ad, cfg)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # B = 0: base function
+    a = ad["layers"]["0"]["mlp"]["down_proj"]["lora_a"]  # [in=80, r]
+    bound = 1.0 / np.sqrt(80)
+    assert a.shape == (80, 8) and float(jnp.max(jnp.abs(a))) <= bound
+    # PEFT's kaiming_uniform_(a=sqrt(5)) has std bound / sqrt(3)
+    np.testing.assert_allclose(float(jnp.std(a)), bound / np.sqrt(3), rtol=0.15)
+    assert float(jnp.max(jnp.abs(ad["layers"]["0"]["mlp"]["down_proj"]["lora_b"]))) == 0.0
+    assert cfg.scale == 2.0 and LoraConfig(rank=4, alpha=8.0, use_rslora=True).scale == 4.0
+
+
+def test_optimizer_state_scales_with_adapters_only():
+    _, jm = tiny_pair("llama")
+    _, params, _ = nnx.split(jm, nnx.Param, ...)
+    tx = optax.adamw(1e-3)
+    for rank in (2, 8):
+        ad = init_adapters(params, LoraConfig(rank=rank), jax.random.key(0))
+        state = tx.init(ad)
+        moment_elems = sum(x.size for x in jax.tree.leaves(state) if x.ndim > 0)
+        assert moment_elems == 2 * num_adapter_params(ad)  # mu and nu, nothing of the base
+    n_base = sum(x.size for x in jax.tree.leaves(params))
+    ad8 = init_adapters(params, LoraConfig(rank=8), jax.random.key(0))
+    ad2 = init_adapters(params, LoraConfig(rank=2), jax.random.key(0))
+    assert num_adapter_params(ad8) == 4 * num_adapter_params(ad2) < n_base
+
+
+def test_merged_checkpoint_equals_peft_merge_and_unload(tmp_path, tiny_tokenizer):
+    import transformers
+    from jaxgrpo.models import save_pretrained
+
+    modules, regex = TARGETS["qv"]
+    pm, jm = _peft_model("qwen2", modules, 4, 8.0)
+    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
+    cfg = LoraConfig(rank=4, alpha=8.0, targets=regex)
+    ad = _copy_adapters(pm, params, cfg)
+    merged = nnx.merge(graphdef, merge_params(params, ad, cfg), rest)
+    path = save_pretrained(merged, tiny_tokenizer, str(tmp_path / "merged"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    ref = pm.merge_and_unload().eval()
+    ids = torch.as_tensor(np.random.RandomState(0).randint(3, 97, (2, 6)), dtype=torch.long)
+    with torch.no_grad():
+        np.testing.assert_allclose(hf(ids).logits.numpy(), ref(ids).logits.numpy(), atol=1e-4)
+
+
+def test_bad_targets_and_dropout_are_refused():
+    _, jm = tiny_pair("qwen2")
+    _, params, _ = nnx.split(jm, nnx.Param, ...)
+    with pytest.raises(ValueError, match="match no kernel"):
+        init_adapters(params, LoraConfig(targets="not_a_module"), jax.random.key(0))
+    with pytest.raises(ValueError, match="dropout"):
+        LoraConfig(dropout=0.05)
+    with pytest.raises(ValueError, match="regex"):
+        LoraConfig(targets="(")
+
+
+def test_adapter_specs_follow_kernel_layout():
+    from jax.sharding import PartitionSpec as P
+
+    _, jm = tiny_pair("qwen2")
+    _, params, _ = nnx.split(jm, nnx.Param, ...)
+    ad = init_adapters(params, LoraConfig(rank=4, targets=TARGETS["all"][1]), jax.random.key(0))
+    specs = adapter_partition_specs(ad, params)
+    q = specs["layers"]["0"]["self_attn"]["q_proj"]
+    o = specs["layers"]["0"]["self_attn"]["o_proj"]
+    # q kernel [E, H*D] is ("fsdp", "tensor"), o kernel [H*D, E] is ("tensor", "fsdp")
+    assert q["lora_a"] == P("fsdp", None) and q["lora_b"] == P(None, "tensor")
+    assert o["lora_a"] == P("tensor", None) and o["lora_b"] == P(None, "fsdp")
