@@ -150,6 +150,9 @@ def base_config() -> mc.ConfigDict:
     c.eval.num_samples = 4  # n per prompt (pass@k needs n >= k)
     c.eval.temperature = 1.0
     c.eval.ks = "1,4"
+    # Embed the correct held-out completions with the sentence encoder (embedding.encoder_path)
+    # to report pairwise_cosine_distance_correct at every evaluation.
+    c.eval.embed_correct = False
 
     c.checkpoint = mc.ConfigDict()
     c.checkpoint.every = 10

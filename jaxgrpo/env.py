@@ -66,8 +66,15 @@ class Env:
             n = np.maximum(mask.sum(-1), 1)
             fine = np.exp((logprobs * mask).sum(-1) / n).astype(np.float32)
         return Scored(rewards=np.asarray(out.rewards, np.float32), correct=correct,
-                      answers=[extract_answer(t, self.answer_sources) for t in texts], components=out.components,
+                      answers=self.answers(texts, rows), components=out.components,
                       stats=out.stats, fine_scores=fine)
+
+    def answers(self, texts: Sequence[str], rows: Sequence[dict]) -> List[Optional[str]]:
+        """Each completion's final answer as the task compares them (a task's own canonical
+        solution, e.g. ``SumTask``'s sorted "3+5"; else ``extract_answer``; None = none)."""
+        if self.task is not None:
+            return self.task.answers(list(texts), list(rows))
+        return [extract_answer(t, self.answer_sources) for t in texts]
 
     def score(self, texts: Sequence[str], rows: Sequence[dict]):
         """(correct bool [N], extracted answers) — what evaluation needs."""
