@@ -234,6 +234,8 @@ def test_sum_task_extraction_and_verification_by_hand():
         "<answer>7 + 1</answer> or 2 + 2": (1.0, "1+7"),  # the answer block wins
         "\\boxed{6 + 2}": (1.0, "2+6"),
         "007 + 1": (1.0, "1+7"),
+        "Two numbers that add up to 8 are 1 and 7.": (1.0, "1+7"),
+        "2 + 3 and 3": (0.0, "2+3+3"),  # three terms (sum 8) for a two-term task
         "0 + 8": (0.0, "0+8"),  # positive numbers only
         "8 + 0": (0.0, "0+8"),
         "2 + 2 + 4": (0.0, "2+2+4"),  # three terms for a two-term task

@@ -157,9 +157,10 @@ _FORM = {2: "a + b", 3: "a + b + c", 4: "a + b + c + d", 5: "a + b + c + d + e"}
 # backing off to a shorter chain when the lookahead fails ("1 + 2 * 3" is no chain at all, not
 # "1 + 2" with a tail), and the lookarounds refuse chains that continue as other arithmetic or
 # as a decimal / negative number.
-_CHAIN = re.compile(r"(?<![\d.\-\u2212*/\u00d7^])(?>\d+(?:[ \t]*\+[ \t]*\d+)+)"
+# "and" joins terms too: the base model often answers in prose ("1 and 4").
+_CHAIN = re.compile(r"(?<![\d.\-\u2212*/\u00d7^])(?>\d+(?:(?:[ \t]*\+[ \t]*|[ \t]+and[ \t]+)\d+)+)"
                     r"(?![ \t]*[*/\u00d7^\d-]|\.\d)")
-_PLUS = re.compile(r"[ \t]*\+[ \t]*")
+_PLUS = re.compile(r"[ \t]*\+[ \t]*|[ \t]+and[ \t]+")
 
 
 def _count_partitions(n: int, k: int, lo: int, distinct: bool) -> int:
@@ -192,8 +193,9 @@ class SumTask:
 
     Extraction: the text inside the last ``<answer>...</answer>`` or ``\\boxed{}`` if the
     completion has one, else the whole completion; in it, the last maximal chain
-    ``n1 + n2 + ...`` of unsigned integers (a chain that continues as ``*``, ``/``, ``^``, a
-    decimal or a negative number is not one). Correct (score 1.0, else 0.0) iff that chain has
+    ``n1 + n2 + ...`` of unsigned integers joined by ``+`` or the word ``and`` ("1 and 4": the
+    base model often answers in prose); a chain that continues as ``*``, ``/``, ``^``, a
+    decimal or a negative number is not one. Correct (score 1.0, else 0.0) iff that chain has
     exactly ``terms`` numbers, each >= 1, summing to T, all different when ``distinct`` (always
     in list mode) and, in list mode, every number in the list.
 
