@@ -295,6 +295,9 @@ def base_config() -> mc.ConfigDict:
     c.eval.num_samples = 4  # n per prompt (pass@k needs n >= k)
     c.eval.temperature = 1.0  # sampling temperature of the evaluation
     c.eval.ks = "1,4"  # comma-separated k of pass@k / maj@k, each in [1, eval.num_samples]
+    # Embed the correct held-out completions with the sentence encoder (embedding.encoder_path)
+    # to report pairwise_cosine_distance_correct at every evaluation.
+    c.eval.embed_correct = False
 
     # Checkpoints and resuming (see jaxgrpo.run_dir: what may change when a run is resumed).
     c.checkpoint = mc.ConfigDict()

@@ -156,9 +156,15 @@ class Env:
             fine = np.asarray(components.get("format", np.zeros(len(texts))), np.float32)
         elif self.fine_score == "logprob" and logprobs is not None:
             fine = np.asarray(sequence_probability(logprobs, mask))
-        return Scored(rewards=rewards, correct=correct,
-                      answers=[extract_answer(t, self.answer_sources) for t in texts],
+        return Scored(rewards=rewards, correct=correct, answers=self.answers(texts, rows),
                       components=components, stats=stats, fine_scores=fine)
+
+    def answers(self, texts: Sequence[str], rows: Sequence[dict]) -> List[Optional[str]]:
+        """Each completion's final answer as the task compares them (a task's own canonical
+        solution, e.g. ``SumTask``'s sorted "3+5"; else ``extract_answer``; None = none)."""
+        if self.task is not None:
+            return self.task.answers(list(texts), list(rows))
+        return [extract_answer(t, self.answer_sources) for t in texts]
 
     def score(self, texts: Sequence[str], rows: Sequence[dict]):
         """(correct bool [N], extracted answers) — what evaluation needs (always the text
@@ -166,7 +172,7 @@ class Env:
         out = self.reward_fn(list(texts), **self._golds_rows(rows))
         correct = (np.zeros(len(texts), bool) if out.correct is None
                    else np.asarray(out.correct) >= 1.0)
-        return correct, [extract_answer(t, self.answer_sources) for t in texts]
+        return correct, self.answers(texts, rows)
 
     @staticmethod
     def anchor_text(row: dict, fmt: str) -> str:

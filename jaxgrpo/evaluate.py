@@ -13,7 +13,12 @@ Metrics (METHODS.md §5):
 * ``mean_length``: mean completion length in tokens; ``mean_entropy``: mean over samples of the
   per-sample mean token entropy of the policy over the generated tokens.
 * Diversity of correct answers: ``distinct_correct_answers`` (number of distinct normalised final
-  answers among a prompt's correct samples, mean over all prompts: unsolved prompts count 0) and
+  answers among a prompt's correct samples, mean over all prompts: unsolved prompts count 0;
+  ``jaxgrpo.metrics.distinct_correct``), ``distinct_correct_solved`` (the same, mean over the
+  ``num_solved`` prompts with >= 1 correct sample only, so it does not move with accuracy
+  alone; 0.0 when none is solved), ``top_correct_share`` (mean over solved prompts of the share
+  of correct samples carrying the prompt's most frequent correct answer: 1.0 = collapse onto one
+  mode; ``jaxgrpo.metrics.top_correct_share``; 0.0 when none is solved) and
   ``pairwise_cosine_distance_correct`` (mean 1 - cos between embeddings of a prompt's correct
   completions, averaged over the ``pairwise_cosine_prompts`` prompts with >= 2 correct; 0.0 when
   there are none, so check the count).
@@ -41,7 +46,8 @@ from flax import nnx
 
 from jaxgrpo.data import decode_completions, encode_rows
 from jaxgrpo.logprobs import completion_logprobs
-from jaxgrpo.metrics import maj_at_k_mean, mean_pairwise_cosine_distance, pass_at_k
+from jaxgrpo.metrics import (distinct_correct, maj_at_k_mean, mean_pairwise_cosine_distance,
+                             pass_at_k, top_correct_share)
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 
 __all__ = ["pass_at_k", "normalize_answer", "default_ks", "summarize", "evaluate_policy",
@@ -94,10 +100,6 @@ def _pass_at_k_mean(correct: np.ndarray, k: int) -> float:
     return float(np.mean(pass_at_k(n, correct.sum(axis=1), k)))
 
 
-def _distinct_correct(norm_answers: List[List[Optional[str]]], correct: np.ndarray) -> np.ndarray:
-    """int [P]: distinct non-None normalised answers among each prompt's correct samples."""
-    return np.array([len({a for a, ok in zip(row, oks) if ok and a is not None})
-                     for row, oks in zip(norm_answers, correct.tolist())], np.int64)
 
 
 def _pairwise_distance_correct(embeddings: np.ndarray, correct: np.ndarray) -> Tuple[float, int]:
@@ -129,7 +131,8 @@ def summarize(correct, answers: Sequence[Sequence[Optional[str]]], lengths, *,
     Returns:
       A dict of Python numbers: ``num_prompts``, ``num_samples`` (n), ``accuracy``,
       ``pass@k`` and ``maj@k`` for each k, ``mean_length``, ``num_solved`` (prompts with >= 1
-      correct), ``distinct_correct_answers``; with ``entropy``: ``mean_entropy``; with
+      correct), ``distinct_correct_answers``, ``distinct_correct_solved`` and
+      ``top_correct_share``; with ``entropy``: ``mean_entropy``; with
       ``embeddings``: ``pairwise_cosine_distance_correct`` and ``pairwise_cosine_prompts``. The
       metric definitions are in the module docstring.
 
@@ -162,7 +165,12 @@ def summarize(correct, answers: Sequence[Sequence[Optional[str]]], lengths, *,
             raise ValueError(f"entropy must have shape {(p, n)}; got {entropy.shape}.")
         out["mean_entropy"] = float(entropy.mean())
     out["num_solved"] = int(correct.any(axis=1).sum())
-    out["distinct_correct_answers"] = float(_distinct_correct(norm, correct).mean())
+    distinct = distinct_correct(norm, correct)
+    solved = correct.any(axis=1)
+    out["distinct_correct_answers"] = float(distinct.mean())
+    out["distinct_correct_solved"] = float(distinct[solved].mean()) if solved.any() else 0.0
+    share = top_correct_share(norm, correct)
+    out["top_correct_share"] = float(np.mean(share[solved])) if solved.any() else 0.0
     if embeddings is not None:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 3 or embeddings.shape[:2] != (p, n):

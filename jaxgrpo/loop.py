@@ -115,12 +115,16 @@ class Trainer:
         c = self.c
         ks = tuple(int(k) for k in split_names(c.eval.ks))
         rows = self.env.eval_rows[: c.eval.num_prompts]
+        if c.eval.embed_correct and self._encoder is None:
+            from jaxgrpo.models.encoder import load_encoder
+            self._encoder = load_encoder(c.embedding.encoder_path or None)
         res = evaluate_policy(
             self.graphdef, self.model_state(), self.tokenizer, rows, self.env.score,
             num_samples=c.eval.num_samples, ks=ks, max_new_tokens=c.sampling.max_new_tokens,
             temperature=c.eval.temperature, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
             template=c.data.template, prompt_format=c.data.prompt_format,
             system_prompt=c.data.system_prompt, max_prompt_tokens=c.data.max_prompt_tokens,
+            encoder=self._encoder if c.eval.embed_correct else None,
             key=jax.random.key(c.seed + 1))  # same eval key every time: comparable numbers
         metrics = res["metrics"]
         self.logger.log(step, metrics, kind="eval")

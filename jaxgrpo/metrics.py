@@ -1,7 +1,8 @@
-"""Evaluation metrics: unbiased pass@k, maj@k, and embedding diversity.
+"""Evaluation metrics: unbiased pass@k, maj@k, diversity of correct answers, embedding diversity.
 
 pass@k: Chen et al., "Evaluating Large Language Models Trained on Code", arXiv 2107.03374.
-pass_at_k / maj_at_k are host-side NumPy helpers; mean_pairwise_cosine_distance is jit-able JAX.
+pass_at_k / maj_at_k / distinct_correct / top_correct_share are host-side NumPy helpers;
+mean_pairwise_cosine_distance is jit-able JAX.
 """
 from __future__ import annotations
 
@@ -85,6 +86,48 @@ def maj_at_k_mean(answers: Sequence[Sequence[Optional[Hashable]]],
     if len(answers) == 0:
         raise ValueError("maj_at_k_mean: no problems.")
     return float(np.mean([maj_at_k(a, c, k) for a, c in zip(answers, correct)]))
+
+
+def distinct_correct(answers: Sequence[Sequence[Optional[Hashable]]],
+                     correct) -> np.ndarray:
+    """Distinct answers among each problem's correct samples, int64 ``[P]``.
+
+    Args:
+      answers: P lists of n (canonical) answers; None answers are not counted.
+      correct: bool [P, n].
+
+    A problem with no correct sample counts 0. With canonical solutions as answers (e.g.
+    ``jaxgrpo.rewards.tasks.SumTask.answers``) this is the number of distinct correct solutions.
+    """
+    correct = np.asarray(correct, bool)
+    if correct.ndim != 2 or len(answers) != correct.shape[0] or any(
+            len(a) != correct.shape[1] for a in answers):
+        raise ValueError(f"distinct_correct: answers must be {correct.shape[0]} lists matching "
+                         f"correct of shape {correct.shape}.")
+    return np.array([len({a for a, ok in zip(row, oks) if ok and a is not None})
+                     for row, oks in zip(answers, correct.tolist())], np.int64)
+
+
+def top_correct_share(answers: Sequence[Sequence[Optional[Hashable]]], correct) -> np.ndarray:
+    """Share of a problem's correct samples that carry its most frequent correct answer,
+    float64 ``[P]`` in (0, 1]; NaN for a problem with no correct sample.
+
+    1.0 means every correct sample gave the same answer (collapse onto one mode); 1/c for c
+    correct samples with all-different answers. Correct samples whose answer is None count in
+    the denominator (they are correct, with no comparable answer) but never in the mode.
+    """
+    correct = np.asarray(correct, bool)
+    if correct.ndim != 2 or len(answers) != correct.shape[0] or any(
+            len(a) != correct.shape[1] for a in answers):
+        raise ValueError(f"top_correct_share: answers must be {correct.shape[0]} lists matching "
+                         f"correct of shape {correct.shape}.")
+    out = np.full(correct.shape[0], np.nan)
+    for i, (row, oks) in enumerate(zip(answers, correct.tolist())):
+        n_ok = sum(oks)
+        if n_ok:
+            counts = collections.Counter(a for a, ok in zip(row, oks) if ok and a is not None)
+            out[i] = (max(counts.values()) if counts else 0) / n_ok
+    return out
 
 
 def mean_pairwise_cosine_distance(embeddings: jax.Array, mask: Optional[jax.Array] = None, *,

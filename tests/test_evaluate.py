@@ -72,6 +72,54 @@ def test_summarize_hand_computed():
     assert "pairwise_cosine_distance_correct" not in m
 
 
+def test_distinct_correct_solved_and_top_share_hand_computed():
+    from jaxgrpo.metrics import distinct_correct, top_correct_share
+
+    correct = np.array([[1, 1, 1, 0, 1],     # correct answers a, a, b, (c wrong), a
+                        [0, 0, 0, 0, 0],     # unsolved
+                        [1, 1, 0, 1, 1],     # correct x, y, None, z -> x y z distinct
+                        [0, 1, 0, 0, 0]], bool)
+    answers = [["a", "a", "b", "c", "a"], ["a", "b", "c", "d", "e"],
+               ["x", "y", "w", None, "z"], [None, "q", "q", "q", "q"]]
+    np.testing.assert_array_equal(distinct_correct(answers, correct), [2, 0, 3, 1])
+    share = top_correct_share(answers, correct)
+    # p0: "a" 3 of 4 correct; p1: NaN; p2: one each of 4 correct (None counts below); p3: 1/1
+    np.testing.assert_allclose(share[[0, 2, 3]], [3 / 4, 1 / 4, 1.0])
+    assert np.isnan(share[1])
+    m = summarize(correct, answers, np.ones((4, 5)), ks=(1,))
+    assert m["distinct_correct_answers"] == pytest.approx((2 + 0 + 3 + 1) / 4)
+    assert m["distinct_correct_solved"] == pytest.approx((2 + 3 + 1) / 3)
+    assert m["top_correct_share"] == pytest.approx((3 / 4 + 1 / 4 + 1.0) / 3)
+    none = summarize(np.zeros((2, 3), bool), [["a"] * 3] * 2, np.ones((2, 3)), ks=(1,))
+    assert none["distinct_correct_solved"] == 0.0 and none["top_correct_share"] == 0.0
+    with pytest.raises(ValueError, match="distinct_correct"):
+        distinct_correct([["a"]], correct)
+    with pytest.raises(ValueError, match="top_correct_share"):
+        top_correct_share([["a"] * 5], correct)
+
+
+def test_pairwise_cosine_distance_matches_numpy_loop_on_random_embeddings():
+    rng = np.random.default_rng(0)
+    p, n, d = 6, 7, 5
+    emb = rng.normal(size=(p, n, d))
+    correct = rng.random((p, n)) < 0.5
+    correct[0] = True
+    correct[1] = False
+    correct[2, :] = False
+    correct[2, 3] = True
+    m = summarize(correct, [["a"] * n] * p, np.ones((p, n)), ks=(1,), embeddings=emb)
+    per_prompt = []
+    for i in range(p):
+        idx = np.flatnonzero(correct[i])
+        if len(idx) < 2:
+            continue
+        u = emb[i, idx] / np.linalg.norm(emb[i, idx], axis=-1, keepdims=True)
+        per_prompt.append(np.mean([1.0 - u[a] @ u[b] for a in range(len(idx))
+                                   for b in range(a + 1, len(idx))]))
+    assert m["pairwise_cosine_prompts"] == len(per_prompt)
+    assert m["pairwise_cosine_distance_correct"] == pytest.approx(np.mean(per_prompt), abs=1e-5)
+
+
 def test_maj_at_k_tie_goes_to_first_seen_and_none_do_not_vote():
     correct = np.array([[0, 1, 1, 0]], bool)
     answers = [["3", "5", "5", "3"]]

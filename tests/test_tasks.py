@@ -187,3 +187,84 @@ def test_load_prompts_errors(tmp_path):
     p.write_text("x")
     with pytest.raises(ValueError, match=r"p\.txt"):
         tasks.load_prompts(p)
+
+
+# ----------------------------------------------------------------------------- sum_to_target
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"terms": 3, "min_target": 6, "max_target": 30},
+                                    {"distinct": True}, {"list_size": 6, "max_value": 30}])
+def test_sum_task_rows_seeded_and_num_solutions_by_brute_force(kwargs):
+    t = tasks.make_task("sum_to_target", seed=5, size=10, **kwargs)
+    bigger = tasks.make_task("sum_to_target", seed=5, size=20, **kwargs)
+    other = tasks.make_task("sum_to_target", seed=6, size=10, **kwargs)
+    assert [r["question"] for r in t] == [r["question"] for r in bigger.rows(0, 10)]
+    assert [r["question"] for r in t] != [r["question"] for r in other]
+    for r in t:
+        m = r["metadata"]
+        k, target, numbers = m["terms"], m["target"], m["numbers"]
+        # Brute force over every sorted k-tuple of candidate numbers.
+        pool = numbers if numbers is not None else range(1, target + 1)
+        combos = (itertools.combinations(sorted(pool), k) if m["distinct"]
+                  else itertools.combinations_with_replacement(sorted(pool), k))
+        solutions = {c for c in combos if sum(c) == target}
+        assert m["num_solutions"] == len(solutions)
+        if numbers is not None:
+            assert len(set(numbers)) == len(numbers) == 6 and len(solutions) >= 2
+            assert str(numbers) in r["question"]
+        ref = tuple(int(x) for x in r["answer"].split(" + "))
+        assert tuple(sorted(ref)) in solutions
+        # Every solution scores 1 in either order; answers are the sorted canonical form.
+        sols = sorted(solutions)[:5]
+        texts = [" + ".join(str(x) for x in reversed(s)) for s in sols]
+        np.testing.assert_array_equal(t.score(texts, [r] * len(texts)), np.ones(len(texts)))
+        assert t.answers(texts, [r] * len(texts)) == ["+".join(map(str, s)) for s in sols]
+
+
+def test_sum_task_extraction_and_verification_by_hand():
+    t = tasks.make_task("sum_to_target", seed=0, size=1)
+    row = {"question": "q", "answer": "3 + 5", "metadata": {
+        "task": "sum_to_target", "index": 0, "target": 8, "terms": 2, "numbers": None,
+        "distinct": False, "num_solutions": 4}}
+    cases = {
+        "3 + 5 = 8": (1.0, "3+5"),
+        "5+3": (1.0, "3+5"),
+        "Sure! 4 + 4 = 8.": (1.0, "4+4"),
+        "1 + 1 = 2, and then 2 + 6 = 8": (1.0, "2+6"),  # the last chain counts
+        "<answer>7 + 1</answer> or 2 + 2": (1.0, "1+7"),  # the answer block wins
+        "\\boxed{6 + 2}": (1.0, "2+6"),
+        "007 + 1": (1.0, "1+7"),
+        "Two numbers that add up to 8 are 1 and 7.": (1.0, "1+7"),
+        "2 + 3 and 3": (0.0, "2+3+3"),  # three terms (sum 8) for a two-term task
+        "0 + 8": (0.0, "0+8"),  # positive numbers only
+        "8 + 0": (0.0, "0+8"),
+        "2 + 2 + 4": (0.0, "2+2+4"),  # three terms for a two-term task
+        "1 + 2 * 3.5": (0.0, None),  # not a sum chain
+        "-2 + 10": (0.0, None),  # a negative first number is no chain
+        "3.5 + 4.5": (0.0, None),
+        "The answer is 8.": (0.0, None),
+        "": (0.0, None),
+    }
+    texts = list(cases)
+    np.testing.assert_array_equal(t.score(texts, [row] * len(texts)),
+                                  [v[0] for v in cases.values()])
+    assert t.answers(texts, [row] * len(texts)) == [v[1] for v in cases.values()]
+    listed = {**row, "metadata": {**row["metadata"], "numbers": [1, 3, 5, 7], "distinct": True}}
+    np.testing.assert_array_equal(t.score(["1 + 7", "3 + 5", "4 + 4", "2 + 6"], [listed] * 4),
+                                  [1, 1, 0, 0])
+
+
+def test_sum_task_errors_and_reward_fn():
+    with pytest.raises(ValueError, match="terms"):
+        tasks.make_task("sum_to_target", seed=0, size=2, terms=7)
+    with pytest.raises(ValueError, match="list_size"):
+        tasks.make_task("sum_to_target", seed=0, size=2, list_size=1)
+    with pytest.raises(ValueError, match="min_target"):
+        tasks.make_task("sum_to_target", seed=0, size=2, min_target=1)
+    with pytest.raises(ValueError, match="no_such_option"):
+        tasks.make_task("sum_to_target", seed=0, size=2, no_such_option=1)
+    t = tasks.make_task("sum_to_target", seed=0, size=4)
+    rows = t.rows()
+    rf = fn.make_reward_fn([fn.RewardSpec("accuracy", 1.0)], task=t)
+    out = rf([r["answer"] for r in rows] + ["no"], rows=rows + rows[:1])
+    np.testing.assert_array_equal(out.rewards, [1, 1, 1, 1, 0])

@@ -52,6 +52,32 @@ def method_config(module: str, args, seed: int, out: str):
     return c
 
 
+def run_or_reuse(c, report: bool = False, resume: bool = False, label: str = ""):
+    """The finished run of config ``c`` in ``c.run_dir``: reused if its ``summary.json``
+    exists, else trained now (``report=True``: not trained, None returned). A run directory
+    without a summary is an interrupted run: it is started again from scratch, or, with
+    ``resume=True`` and a checkpoint in it, continued from the checkpoint (the trainer's own
+    resume). Returns the run directory, or None."""
+    from jaxgrpo.loop import run
+
+    summary = os.path.join(c.run_dir, "summary.json")
+    if os.path.exists(summary):
+        print(f"{label}: finished run found in {c.run_dir}, reused")
+        return c.run_dir
+    if report:
+        print(f"{label}: no finished run in {c.run_dir}, skipped")
+        return None
+    has_ckpt = os.path.isdir(os.path.join(c.run_dir, "checkpoints")) and any(
+        name.isdigit() for name in os.listdir(os.path.join(c.run_dir, "checkpoints")))
+    if os.path.isdir(c.run_dir) and not (resume and has_ckpt):
+        print(f"{label}: interrupted run in {c.run_dir}, started again")
+        shutil.rmtree(c.run_dir)
+    elif os.path.isdir(c.run_dir):
+        print(f"{label}: interrupted run in {c.run_dir}, resumed from its checkpoint")
+    run(c)
+    return c.run_dir
+
+
 def fmt(values):
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
     if v.size == 0:
@@ -87,23 +113,14 @@ def main(argv=None):
     if args.report:
         args.quiet = True
     os.makedirs(args.out, exist_ok=True)
-    from jaxgrpo.loop import run
     results = {}  # method -> list of (before, after) eval dicts
     for name in methods:
         for seed in seeds:
             c = method_config(METHODS[name], args, seed, args.out)
             t0 = time.time()
-            summary = os.path.join(c.run_dir, "summary.json")
-            if os.path.exists(summary):
-                print(f"{name} seed {seed}: finished run found in {c.run_dir}, reused")
-            elif args.report:
-                print(f"{name} seed {seed}: no finished run in {c.run_dir}, skipped")
+            if run_or_reuse(c, report=args.report, label=f"{name} seed {seed}") is None:
                 continue
-            else:
-                if os.path.isdir(c.run_dir):  # an interrupted run: start it again from scratch
-                    shutil.rmtree(c.run_dir)
-                run(c)
-            with open(summary) as f:
+            with open(os.path.join(c.run_dir, "summary.json")) as f:
                 ev = json.load(f)["eval"]
             steps = sorted(ev, key=int)
             results.setdefault(name, []).append((ev[steps[0]], ev[steps[-1]]))

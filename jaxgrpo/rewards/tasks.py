@@ -17,9 +17,14 @@ evaluated. ``max_answer_chars`` also bounds every other task's answers (longer -
 
 :func:`load_prompts` reads a local file of problems (no hub access) with
 ``datasets.load_dataset("json" | "parquet" | "csv", data_files=...)``.
+
+:class:`SumTask` (``make_task("sum_to_target", ...)``) is a task of our own with many correct
+answers per prompt, for measuring whether RL keeps distinct correct solutions (see its
+docstring).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from typing import Iterator, Optional, Sequence, Union
@@ -28,11 +33,15 @@ import numpy as np
 
 from jaxgrpo.rewards.extract import SOURCES, extract_answer
 
-__all__ = ["ReasoningGymTask", "make_task", "load_prompts", "SUPPORTED_TASKS"]
+__all__ = ["ReasoningGymTask", "SumTask", "make_task", "load_prompts", "SUPPORTED_TASKS",
+           "OWN_TASKS"]
 
 SUPPORTED_TASKS = ("basic_arithmetic", "chain_sum", "countdown", "gsm_symbolic",
                    "simple_equations")
 """Tasks tested here. Any other reasoning-gym dataset name also works through make_task."""
+
+OWN_TASKS = ("sum_to_target",)
+"""Tasks implemented in this module (not reasoning-gym); ``make_task`` dispatches on the name."""
 
 _COUNTDOWN_OK = re.compile(r"[0-9+\-*/(). ]*")
 _COUNTDOWN_MALFORMED = 0.01  # reasoning-gym countdown's score for an unparsable expression
@@ -120,6 +129,12 @@ class ReasoningGymTask:
         answers = [extract_answer(c, self.sources) for c in completions]
         return self.score_answers(answers, rows)
 
+    def answers(self, completions: Sequence[str],
+                rows: Sequence[Union[int, dict]]) -> list[Optional[str]]:
+        """The extracted final answer of each completion (``extract_answer`` with this task's
+        sources; None = none): what maj@k and distinct-answer counts compare."""
+        return [extract_answer(c, self.sources) for c in completions]
+
     def _score_one(self, answer: Optional[str], row: dict) -> float:
         if answer is not None:
             answer = answer.strip()
@@ -134,12 +149,223 @@ class ReasoningGymTask:
             return 0.0
 
 
-def make_task(name: str, seed: int, size: int, **task_kwargs) -> ReasoningGymTask:
-    """A reasoning-gym task, e.g. ``make_task("countdown", seed=0, size=1000, min_numbers=3)``.
+# ----------------------------------------------------------------------------- sum_to_target
 
-    ``task_kwargs`` go to the dataset's config (``reasoning_gym.create_dataset``); ``sources``
-    (answer-extraction precedence) and ``max_answer_chars`` are taken by the wrapper.
+_NUM_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+_FORM = {2: "a + b", 3: "a + b + c", 4: "a + b + c + d", 5: "a + b + c + d + e"}
+# A maximal chain "n1 + n2 + ..." of unsigned integers. The atomic group stops the regex from
+# backing off to a shorter chain when the lookahead fails ("1 + 2 * 3" is no chain at all, not
+# "1 + 2" with a tail), and the lookarounds refuse chains that continue as other arithmetic or
+# as a decimal / negative number.
+# "and" joins terms too: the base model often answers in prose ("1 and 4").
+_CHAIN = re.compile(r"(?<![\d.\-\u2212*/\u00d7^])(?>\d+(?:(?:[ \t]*\+[ \t]*|[ \t]+and[ \t]+)\d+)+)"
+                    r"(?![ \t]*[*/\u00d7^\d-]|\.\d)")
+_PLUS = re.compile(r"[ \t]*\+[ \t]*|[ \t]+and[ \t]+")
+
+
+def _count_partitions(n: int, k: int, lo: int, distinct: bool) -> int:
+    """Number of non-decreasing (strictly increasing if ``distinct``) k-tuples of integers
+    >= ``lo`` that sum to n."""
+    if k == 0:
+        return int(n == 0)
+    total = 0
+    a = lo
+    # The first (smallest) part a leaves n - a for k - 1 parts, each >= a (> a if distinct).
+    while a * k + (k * (k - 1) // 2 if distinct else 0) <= n:
+        total += _count_partitions(n - a, k - 1, a + 1 if distinct else a, distinct)
+        a += 1
+    return total
+
+
+class SumTask:
+    """Write ``terms`` positive whole numbers that add up to a target: many correct answers.
+
+    A task of our own (not reasoning-gym) for measuring the diversity of correct solutions.
+    Two modes, each row seeded by ``(seed, index)`` alone (row i does not depend on ``size``):
+
+    * free (``list_size=0``): target T uniform in ``[min_target, max_target]``; "Write two
+      positive whole numbers that add up to 37. Give your answer in the form a + b."
+      With ``distinct=True`` the numbers must be different ("two different positive ...").
+    * list (``list_size=L >= terms``): L distinct integers in ``[1, max_value]``; T is the sum of
+      a random ``terms``-subset, redrawn until at least ``min_solutions`` subsets of the list sum
+      to T; "Pick two different numbers from the list [12, 5, 30, 7, 18, 25] that add up to 37.
+      Give your answer in the form a + b."
+
+    Extraction: the text inside the last ``<answer>...</answer>`` or ``\\boxed{}`` if the
+    completion has one, else the whole completion; in it, the last maximal chain
+    ``n1 + n2 + ...`` of unsigned integers joined by ``+`` or the word ``and`` ("1 and 4": the
+    base model often answers in prose); a chain that continues as ``*``, ``/``, ``^``, a
+    decimal or a negative number is not one. Correct (score 1.0, else 0.0) iff that chain has
+    exactly ``terms`` numbers, each >= 1, summing to T, all different when ``distinct`` (always
+    in list mode) and, in list mode, every number in the list.
+
+    Canonical solution (what ``answers`` returns and distinct-solution counts compare): the
+    numbers sorted ascending, joined by ``+`` ("3+5" for both "5 + 3" and "3+5"): addition is
+    commutative, so an order is a way of writing a solution, not another solution; leading zeros
+    are dropped ("03" is 3). ``metadata["num_solutions"]`` is the number of canonical solutions
+    that exist (the ceiling of distinct correct answers for the prompt).
+
+    Rows: ``{"question", "answer" (one reference solution, e.g. "12 + 25"), "metadata": {task,
+    index, target, terms, numbers (list mode; else None), distinct, num_solutions}}``.
     """
+
+    name = "sum_to_target"
+
+    def __init__(self, seed: int, size: int, *, terms: int = 2, min_target: int = 10,
+                 max_target: int = 99, list_size: int = 0, max_value: int = 50,
+                 min_solutions: int = 2, distinct: bool = False,
+                 sources: Sequence[str] = SOURCES, max_answer_chars: int = 512):
+        # ``sources`` is accepted for make_task's common signature (build_env passes it) and
+        # validated; this task reads its own answer form (see the class docstring).
+        extract_answer("", tuple(sources))
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if terms not in _FORM:
+            raise ValueError(f"sum_to_target: terms must be in {sorted(_FORM)}, got {terms}")
+        if list_size:
+            if list_size < terms:
+                raise ValueError(f"sum_to_target: list_size={list_size} must be 0 (free mode) "
+                                 f"or >= terms={terms}")
+            if max_value < list_size:
+                raise ValueError(f"sum_to_target: max_value={max_value} must be >= "
+                                 f"list_size={list_size} (the list has distinct numbers)")
+            if min_solutions < 1:
+                raise ValueError(f"sum_to_target: min_solutions must be >= 1, got "
+                                 f"{min_solutions}")
+        else:
+            least = terms * (terms + 1) // 2 if distinct else terms
+            if not least <= min_target <= max_target:
+                raise ValueError(f"sum_to_target: need {least} <= min_target <= max_target; got "
+                                 f"min_target={min_target}, max_target={max_target}")
+        self.seed, self.size, self.terms = int(seed), int(size), int(terms)
+        self.min_target, self.max_target = int(min_target), int(max_target)
+        self.list_size, self.max_value = int(list_size), int(max_value)
+        self.min_solutions, self.distinct = int(min_solutions), bool(distinct or list_size)
+        self.max_answer_chars = int(max_answer_chars)
+        self._rows: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(self.size):
+            yield self[i]
+
+    def rows(self, start: int = 0, stop: Optional[int] = None) -> list[dict]:
+        """Rows ``start:stop`` as a list."""
+        return [self[i] for i in range(start, self.size if stop is None else stop)]
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self.size <= i < self.size:
+            raise IndexError(f"row {i} out of range for {self.name} of size {self.size}")
+        i %= self.size
+        row = self._rows.get(i)
+        if row is None:
+            row = self._make_row(i)
+            self._rows[i] = row
+        return row
+
+    def _make_row(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        k, word, form = self.terms, _NUM_WORDS[self.terms], _FORM[self.terms]
+        if self.list_size:
+            for _ in range(1000):
+                numbers = rng.choice(np.arange(1, self.max_value + 1), self.list_size,
+                                     replace=False).tolist()
+                ref = sorted(rng.choice(numbers, k, replace=False).tolist())
+                target = int(sum(ref))
+                n_sol = sum(sum(c) == target for c in itertools.combinations(numbers, k))
+                if n_sol >= self.min_solutions:
+                    break
+            else:
+                raise ValueError(f"sum_to_target: no list of {self.list_size} numbers in "
+                                 f"[1, {self.max_value}] with >= {self.min_solutions} "
+                                 f"solutions found for row {i}; lower min_solutions")
+            question = (f"Pick {word} different numbers from the list {numbers} that add up to "
+                        f"{target}. Give your answer in the form {form}.")
+        else:
+            numbers = None
+            target = int(rng.integers(self.min_target, self.max_target + 1))
+            # A reference solution: k - 1 distinct cut points of 1..target-1 (distinct parts
+            # are re-drawn until they differ).
+            while True:
+                cuts = np.sort(rng.choice(np.arange(1, target), k - 1, replace=False))
+                ref = sorted(np.diff(np.concatenate([[0], cuts, [target]])).tolist())
+                if not self.distinct or len(set(ref)) == k:
+                    break
+            n_sol = _count_partitions(target, k, 1, self.distinct)
+            adj = "different positive" if self.distinct else "positive"
+            question = (f"Write {word} {adj} whole numbers that add up to {target}. "
+                        f"Give your answer in the form {form}.")
+        meta = {"task": self.name, "index": i, "target": target, "terms": k,
+                "numbers": numbers, "distinct": self.distinct, "num_solutions": int(n_sol)}
+        return {"question": question, "answer": " + ".join(str(x) for x in ref),
+                "metadata": meta}
+
+    def _row(self, r: Union[int, dict]) -> dict:
+        return self[r] if isinstance(r, (int, np.integer)) else r
+
+    def parse(self, completion: Optional[str]) -> Optional[tuple]:
+        """The numbers of the completion's answer chain, sorted ascending, or None (none found;
+        a longer-than-``max_answer_chars`` answer container also gives None)."""
+        if completion is None:
+            return None
+        text = extract_answer(completion, ("answer_tag", "boxed"))
+        text = completion if text is None else text
+        if len(text) > self.max_answer_chars and text is not completion:
+            return None
+        last = None
+        for last in _CHAIN.finditer(text):
+            pass
+        if last is None:
+            return None
+        return tuple(sorted(int(x) for x in _PLUS.split(last.group())))
+
+    def check(self, nums: Optional[tuple], row: dict) -> bool:
+        """Whether sorted numbers ``nums`` solve ``row``."""
+        meta = row["metadata"]
+        if nums is None or len(nums) != meta["terms"] or min(nums) < 1:
+            return False
+        if sum(nums) != meta["target"]:
+            return False
+        if meta["distinct"] and len(set(nums)) != len(nums):
+            return False
+        if meta["numbers"] is not None and not set(nums) <= set(meta["numbers"]):
+            return False
+        return True
+
+    def score(self, completions: Sequence[str], rows: Sequence[Union[int, dict]]) -> np.ndarray:
+        """1.0 for a correct completion, else 0.0; float32 ``[N]``."""
+        if len(completions) != len(rows):
+            raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
+        return np.array([float(self.check(self.parse(c), self._row(r)))
+                         for c, r in zip(completions, rows)], np.float32)
+
+    def answers(self, completions: Sequence[str],
+                rows: Sequence[Union[int, dict]]) -> list[Optional[str]]:
+        """The canonical solution of each completion's answer chain ("3+5"; None = no chain),
+        right or wrong: distinct-solution counts take the correct ones."""
+        out = []
+        for c in completions:
+            nums = self.parse(c)
+            out.append(None if nums is None else "+".join(str(x) for x in nums))
+        return out
+
+
+def make_task(name: str, seed: int, size: int, **task_kwargs):
+    """A task by name: ``"sum_to_target"`` (:class:`SumTask`, ours) or any reasoning-gym task,
+    e.g. ``make_task("countdown", seed=0, size=1000, min_numbers=3)``.
+
+    For reasoning-gym, ``task_kwargs`` go to the dataset's config
+    (``reasoning_gym.create_dataset``); ``sources`` (answer-extraction precedence) and
+    ``max_answer_chars`` are taken by the wrapper. For ``sum_to_target`` they are
+    :class:`SumTask`'s keyword arguments (an unknown one raises, naming it).
+    """
+    if name == SumTask.name:
+        try:
+            return SumTask(seed, size, **task_kwargs)
+        except TypeError as e:  # an unknown keyword
+            raise ValueError(f"task {name!r}: {e}") from None
     return ReasoningGymTask(name, seed, size, **task_kwargs)
 
 

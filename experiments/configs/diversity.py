@@ -1,0 +1,61 @@
+"""Diversity testbed (issue 12): one method on ``sum_to_target``, a task with many correct answers.
+
+    python -m experiments.run --config experiments/configs/diversity.py:grpo
+    python -m experiments.run --config experiments/configs/diversity.py:dra_grpo --config.seed=1
+    python -m experiments.tables.diversity          # every method x seeds 0,1,2, table + plots
+
+The argument after ``:`` is a method config module of ``experiments/configs`` (grpo, dr_grpo,
+dra_grpo, dra_dr_grpo, dagrpo, progrpo): its advantage chain and loss aggregation are kept,
+everything else is set here, identical for every method.
+
+Task: ``jaxgrpo.rewards.tasks.SumTask`` -- TASK_KWARGS below; correct = a chain of TERMS
+positive whole numbers summing to the target; distinct solutions are compared as sorted
+canonical forms ("3+5" == "5+3"). Held-out rows come from generator seed ``seed + 1_000_003``
+(``jaxgrpo.env.build_env``).
+
+Hardware: one 2-core CPU (shared), SmolLM2-135M-Instruct (packaged), float32.
+
+Measured (base model, step-0 evaluation; numbers in NOTES_README.md): see BASE_MEASURED.
+Trained methods: not yet run (the full comparison is 6 methods x 3 seeds; see NOTES_README.md).
+"""
+import importlib
+
+from jaxgrpo.evaluate import default_ks
+
+METHOD_MODULES = ("grpo", "dr_grpo", "dra_grpo", "dra_dr_grpo", "dagrpo", "progrpo")
+
+# Two positive whole numbers that add up to a target in [4, 20]: 2-10 canonical solutions per
+# prompt (target // 2), so distinct correct answers can grow well beyond 1.
+TASK_KWARGS = '{"terms": 2, "min_target": 4, "max_target": 20}'
+PROMPT_FORMAT = "{question}\nExample: 1 + 4 = 5."
+
+BASE_MEASURED = "not yet run"
+
+
+def get_config(method: str = "grpo"):
+    if method not in METHOD_MODULES:
+        raise ValueError(f"experiments/configs/diversity.py:{method}: unknown method; choose "
+                         f"from {METHOD_MODULES}")
+    c = importlib.import_module(f"experiments.configs.{method}").get_config()
+    c.name = f"diversity_{method}"
+    c.steps = 200
+    c.data.source = "reasoning_gym"  # make_task also builds our own tasks by name
+    c.data.task = "sum_to_target"
+    c.data.task_kwargs = TASK_KWARGS
+    c.data.template = "chat"
+    c.data.prompt_format = PROMPT_FORMAT
+    c.data.train_size = 2000
+    c.data.eval_size = 64
+    c.sampling.num_generations = 8
+    c.sampling.max_new_tokens = 24
+    c.sampling.temperature = 1.0
+    c.train.prompts_per_step = 8
+    c.optim.lr = 1e-5
+    c.eval.every = 25
+    c.eval.num_prompts = 64
+    c.eval.num_samples = 32
+    c.eval.ks = ",".join(str(k) for k in default_ks(32))  # 1,2,4,8,16,32
+    c.eval.temperature = 1.0
+    c.eval.embed_correct = True
+    c.checkpoint.every = 25
+    return c

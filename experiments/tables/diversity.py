@@ -1,0 +1,309 @@
+"""Does diversity survive GRPO? Base model vs GRPO, Dr.GRPO, DRA-GRPO, DRA-Dr.GRPO, DaGRPO and
+ProGRPO on a task with many correct answers per prompt (issue 12).
+
+    python -m experiments.tables.diversity                            # every method, seeds 0,1,2
+    python -m experiments.tables.diversity --methods GRPO --seeds 0   # one pilot run
+    python -m experiments.tables.diversity --report                   # table + plots, no training
+    python -m experiments.tables.diversity --quick                    # smoke: 2 steps, 1 seed
+
+Each method trains from ``experiments/configs/diversity.py:<method>`` (the method's own advantage
+chain and loss on the ``sum_to_target`` task, identical model, data, sizes and seeds) and is
+evaluated on the same held-out prompts (per seed) every ``--eval_every`` steps with n samples
+each: pass@k for k = 1, 2, 4, ..., n (unbiased estimator), distinct correct solutions per prompt,
+the share of the most frequent correct solution, mean pairwise MiniLM cosine distance among
+correct completions and mean token entropy. The base model row is every run's step-0 evaluation
+(the same prompts and evaluation key as its trained policy, so method - base is paired).
+
+Resumable: a run whose ``summary.json`` exists is reused; an interrupted one continues from its
+last checkpoint (saved at every evaluation) or, without one, starts again
+(``experiments.tables.compare_methods.run_or_reuse``). So the comparison can run in sittings.
+
+Writes into ``--out``:
+  ``diversity.md``  mean ± std over seeds per method, and method - GRPO differences (paired by
+                    seed) with a 95% t-interval over seeds, on pass@1, pass@n and distinct correct;
+  ``passk.png``     pass@k vs k (log x), base model included, at the final step;
+  ``curves.png``    pass@1, distinct correct and entropy vs training step;
+  ``diversity.json`` the per-run evaluation curves the table and plots are made from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from experiments.tables.compare_methods import run_or_reuse
+
+METHODS = {
+    "GRPO": "grpo",
+    "Dr.GRPO": "dr_grpo",
+    "DRA-GRPO": "dra_grpo",
+    "DRA-Dr.GRPO": "dra_dr_grpo",
+    "DaGRPO": "dagrpo",
+    "ProGRPO": "progrpo",
+}
+BASE = "base model"
+REFERENCE = "GRPO"
+
+
+def method_config(module: str, args, seed: int):
+    from experiments.configs.diversity import get_config
+    from jaxgrpo.evaluate import default_ks
+
+    c = get_config(module)
+    c.seed = seed
+    if args.steps is not None:
+        c.steps = args.steps
+    if args.eval_every is not None:
+        c.eval.every = args.eval_every
+    if args.eval_prompts is not None:
+        c.eval.num_prompts = args.eval_prompts
+        c.data.eval_size = max(c.data.eval_size, args.eval_prompts)
+    if args.num_samples is not None:
+        c.eval.num_samples = args.num_samples
+    c.eval.ks = ",".join(str(k) for k in default_ks(c.eval.num_samples))
+    c.checkpoint.every = c.eval.every  # a checkpoint at every evaluation: resume loses no eval
+    c.log.progress = not args.quiet
+    c.run_dir = os.path.join(args.out, f"{module}-seed{seed}")
+    if args.random_init_layers:
+        c.model.random_init_layers = args.random_init_layers
+        c.eval.embed_correct = False  # plumbing runs: skip loading the encoder
+    return c
+
+
+def read_evals(run_dir: str) -> Dict[int, dict]:
+    """step -> eval metrics from ``metrics.jsonl`` (a step evaluated twice, e.g. after a resume,
+    keeps its last record)."""
+    evals = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("kind") == "eval":
+                evals[int(rec["step"])] = rec
+    return evals
+
+
+def _add_wall(run_dir: str, seconds: float) -> float:
+    """Accumulates this sitting's wall time into ``<run_dir>/wall.json``; returns the total."""
+    path = os.path.join(run_dir, "wall.json")
+    total = seconds
+    if os.path.exists(path):
+        with open(path) as f:
+            total += json.load(f)["seconds"]
+    with open(path, "w") as f:
+        json.dump({"seconds": total}, f)
+    return total
+
+
+def _wall(run_dir: str):
+    path = os.path.join(run_dir, "wall.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["seconds"]
+
+
+def fmt(values, digits: int = 3) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if v.size == 0:
+        return "–"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.{digits}f}"
+
+
+def t_interval(diffs, level: float = 0.95):
+    """(mean, lo, hi) of the mean of paired differences, Student t over seeds; NaN bounds
+    with fewer than two seeds."""
+    from scipy import stats
+
+    d = np.asarray(diffs, np.float64)
+    if d.size == 0:
+        return np.nan, np.nan, np.nan
+    m = float(d.mean())
+    if d.size < 2:
+        return m, np.nan, np.nan
+    half = stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    return m, m - half, m + half
+
+
+def _fmt_diff(diffs) -> str:
+    m, lo, hi = t_interval(diffs)
+    if not np.isfinite(m):
+        return "–"
+    if not np.isfinite(lo):
+        return f"{m:+.3f} (1 seed)"
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def build_table(results: Dict[str, Dict[int, dict]], final_step: Dict[str, Dict[int, int]],
+                ks: List[int], args, seeds: List[int]) -> str:
+    """Markdown: mean ± std over seeds, then method - GRPO differences with t-intervals.
+
+    ``results[method][seed]`` is that run's final eval dict (``BASE``: step-0 evals)."""
+    kmax = max(ks)
+    cols = ([f"pass@{k}" for k in ks if k in (1, 4, kmax)]
+            + ["distinct_correct_answers", "distinct_correct_solved", "top_correct_share",
+               "pairwise_cosine_distance_correct", "mean_entropy"])
+    names = {"distinct_correct_answers": "distinct correct",
+             "distinct_correct_solved": "distinct correct (solved)",
+             "top_correct_share": "top solution share",
+             "pairwise_cosine_distance_correct": "pairwise cos. dist.",
+             "mean_entropy": "entropy (nats)"}
+    steps = sorted({s for per in final_step.values() for s in per.values()})
+    n_runs = {m: len(r) for m, r in results.items() if m != BASE}
+    lines = [f"Held-out evaluation on `sum_to_target` ({args.describe}); final step "
+             f"{steps}; mean ± std over seeds {seeds}; finished runs per method: {n_runs}.", "",
+             "| method | " + " | ".join(names.get(c, c) for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for m, runs in results.items():
+        lines.append(f"| {m} | " + " | ".join(fmt([r.get(c) for r in runs.values()])
+                                              for c in cols) + " |")
+    diff_cols = ["pass@1", f"pass@{kmax}", "distinct_correct_answers"]
+    lines += ["", f"Difference from {REFERENCE} (method - {REFERENCE}, paired by seed: same "
+              "held-out prompts and evaluation key), mean and 95% t-interval over seeds:", "",
+              "| method | " + " | ".join(names.get(c, c) for c in diff_cols) + " |",
+              "|---" * (len(diff_cols) + 1) + "|"]
+    ref = results.get(REFERENCE, {})
+    for m, runs in results.items():
+        if m == REFERENCE:
+            continue
+        common = sorted(set(runs) & set(ref))
+        cells = [_fmt_diff([runs[s][c] - ref[s][c] for s in common
+                            if runs[s].get(c) is not None and ref[s].get(c) is not None])
+                 for c in diff_cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_passk(results, ks, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, runs in results.items():
+        curves = np.array([[r[f"pass@{k}"] for k in ks] for r in runs.values()])
+        mean = curves.mean(0)
+        ax.plot(ks, mean, marker="o", label=m, linestyle="--" if m == BASE else "-",
+                color="black" if m == BASE else None)
+        if len(curves) > 1:
+            sd = curves.std(0, ddof=1)
+            ax.fill_between(ks, mean - sd, mean + sd, alpha=0.15,
+                            color="black" if m == BASE else None)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel("pass@k")
+    ax.set_title("pass@k on held-out sum_to_target (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(curves: Dict[str, Dict[int, Dict[int, dict]]], path):
+    """pass@1, distinct correct and entropy vs step; ``curves[method][seed][step]``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (("pass@1", "pass@1"), ("distinct_correct_answers", "distinct correct / prompt"),
+            ("mean_entropy", "token entropy (nats)"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for m, runs in curves.items():
+        steps = sorted(set.intersection(*(set(r) for r in runs.values())))
+        for ax, (key, title) in zip(axes, keys):
+            vals = np.array([[runs[s][st].get(key, np.nan) for st in steps] for s in runs])
+            ax.plot(steps, np.nanmean(vals, 0), marker=".", label=m)
+            ax.set_title(title)
+            ax.set_xlabel("training step")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=None, help="default: the config's")
+    p.add_argument("--eval_every", type=int, default=None, help="default: the config's")
+    p.add_argument("--eval_prompts", type=int, default=None, help="default: the config's (64)")
+    p.add_argument("--num_samples", type=int, default=None, help="n per prompt (default 32)")
+    p.add_argument("--random_init_layers", type=int, default=0,
+                   help="a small random decoder (tests / plumbing only)")
+    p.add_argument("--out", default="runs/diversity")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke: 2 steps, eval every step, 1 seed, 8 prompts x 4 samples")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true",
+                   help="no training: table and plots from the finished runs in --out")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every, args.seeds = 2, 1, "0"
+        args.eval_prompts, args.num_samples = 8, 4
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.report:
+        args.quiet = True
+    os.makedirs(args.out, exist_ok=True)
+
+    curves: Dict[str, Dict[int, Dict[int, dict]]] = {}  # method -> seed -> step -> eval
+    walls = {}
+    t_all = time.time()
+    for name in methods:
+        for seed in seeds:
+            c = method_config(METHODS[name], args, seed)
+            t0 = time.time()
+            trained = not os.path.exists(os.path.join(c.run_dir, "summary.json"))
+            if run_or_reuse(c, report=args.report, resume=True,
+                            label=f"{name} seed {seed}") is None:
+                continue
+            walls[(name, seed)] = (_add_wall(c.run_dir, time.time() - t0) if trained
+                                   else _wall(c.run_dir))
+            ev = read_evals(c.run_dir)
+            curves.setdefault(name, {})[seed] = ev
+            last = max(ev)
+            print(f"{name} seed {seed}: pass@1 {ev[0]['pass@1']:.3f} -> {ev[last]['pass@1']:.3f}"
+                  f", distinct correct {ev[0]['distinct_correct_answers']:.2f} -> "
+                  f"{ev[last]['distinct_correct_answers']:.2f} (step {last})")
+    if not curves:
+        print("no finished runs: nothing to report")
+        return None
+
+    results: Dict[str, Dict[int, dict]] = {BASE: {}}
+    final_step: Dict[str, Dict[int, int]] = {}
+    for name, runs in curves.items():
+        results[name] = {}
+        for seed, ev in runs.items():
+            results[name][seed] = ev[max(ev)]
+            final_step.setdefault(name, {})[seed] = max(ev)
+            results[BASE].setdefault(seed, ev[0])  # step 0 is the base model, any method
+    any_eval = next(iter(results[BASE].values()))
+    ks = sorted(int(k.split("@")[1]) for k in any_eval if k.startswith("pass@"))
+    args.describe = (f"{any_eval['num_prompts']} prompts × {any_eval['num_samples']} samples "
+                     f"at temperature 1")
+    table = build_table(results, final_step, ks, args, seeds)
+    known = [w for w in walls.values() if w is not None]
+    table += (f"\nWall time: {sum(known):.0f} s over {len(known)} runs (training + evaluations, "
+              f"summed over sittings); this invocation {time.time() - t_all:.0f} s.\n")
+    with open(os.path.join(args.out, "diversity.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(args.out, "diversity.json"), "w") as f:
+        json.dump({m: {str(s): {str(st): e for st, e in ev.items()} for s, ev in runs.items()}
+                   for m, runs in curves.items()}, f)
+    print(table)
+    plot_passk(results, ks, os.path.join(args.out, "passk.png"))
+    plot_curves(curves, os.path.join(args.out, "curves.png"))
+    return {"table": table, "results": results, "curves": curves}
+
+
+if __name__ == "__main__":
+    main()

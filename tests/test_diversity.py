@@ -1,0 +1,100 @@
+"""Tests for experiments/tables/diversity.py and experiments/configs/diversity.py: the t-interval
+against a hand computation, the config, and the comparison end to end on a tiny random decoder
+(table and plots written; finished runs reused, interrupted ones restarted)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments.tables import diversity
+
+
+def test_t_interval_hand_computed():
+    d = [0.1, 0.3, 0.2]
+    m, lo, hi = diversity.t_interval(d)
+    # mean 0.2, sd 0.1, t_{0.975, 2} = 4.302652729911275
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)
+    assert m == pytest.approx(0.2) and lo == pytest.approx(0.2 - half)
+    assert hi == pytest.approx(0.2 + half)
+    m, lo, hi = diversity.t_interval([0.5])
+    assert m == 0.5 and np.isnan(lo) and np.isnan(hi)
+    assert diversity._fmt_diff([]) == "–"
+
+
+@pytest.mark.parametrize("method", ["grpo", "dra_dr_grpo", "dagrpo", "progrpo"])
+def test_config_keeps_the_method_chain_and_validates(method):
+    import importlib
+
+    from experiments.configs.diversity import get_config
+    from jaxgrpo.config import validate
+
+    c = validate(get_config(method))
+    own = importlib.import_module(f"experiments.configs.{method}").get_config()
+    assert (c.advantage.baseline, c.advantage.reward_transforms,
+            c.advantage.advantage_transforms, c.loss.agg_mode) == (
+        own.advantage.baseline, own.advantage.reward_transforms,
+        own.advantage.advantage_transforms, own.loss.agg_mode)
+    assert c.data.task == "sum_to_target"
+    assert c.eval.num_prompts >= 64 and c.eval.num_samples == 32
+    assert c.eval.ks == "1,2,4,8,16,32"
+    with pytest.raises(ValueError, match="unknown method"):
+        get_config("nope")
+
+
+@pytest.mark.slow
+def test_comparison_end_to_end_tiny_model_with_resume(tmp_path, monkeypatch, capsys):
+    import jaxgrpo.loop
+
+    out = tmp_path / "div"
+    argv = ["--methods", "GRPO,Dr.GRPO", "--seeds", "0,1", "--steps", "1", "--eval_every", "1",
+            "--eval_prompts", "4", "--num_samples", "4", "--random_init_layers", "1",
+            "--out", str(out), "--quiet"]
+    trained = []
+    real_run = jaxgrpo.loop.run
+
+    def counting_run(c):
+        trained.append(os.path.basename(c.run_dir))
+        return real_run(c)
+
+    monkeypatch.setattr(jaxgrpo.loop, "run", counting_run)
+    res = diversity.main(argv)
+    assert sorted(trained) == ["dr_grpo-seed0", "dr_grpo-seed1", "grpo-seed0", "grpo-seed1"]
+    for name in ("diversity.md", "passk.png", "curves.png", "diversity.json"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "diversity.md").read_text()
+    assert "| base model |" in table and "| GRPO |" in table and "| Dr.GRPO |" in table
+    assert "Difference from GRPO" in table and "pass@4" in table
+    # Evaluations at steps 0 and 1 for every run; base model = the step-0 evaluation.
+    for seed in (0, 1):
+        ev = res["curves"]["GRPO"][seed]
+        assert sorted(ev) == [0, 1]
+        assert res["results"]["base model"][seed]["pass@1"] == ev[0]["pass@1"]
+        assert res["results"]["GRPO"][seed]["pass@4"] == ev[1]["pass@4"]
+    # A per-seed difference row computed from the runs' own final metrics.
+    d = [res["results"]["Dr.GRPO"][s]["pass@1"] - res["results"]["GRPO"][s]["pass@1"]
+         for s in (0, 1)]
+    m, lo, hi = diversity.t_interval(d)
+    assert f"| Dr.GRPO | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] |" in table
+
+    # Second sitting: everything is reused, nothing trains.
+    trained.clear()
+    diversity.main(argv)
+    assert trained == []
+    assert "reused" in capsys.readouterr().out
+    # An interrupted run (no summary.json, no checkpoint) is started again; the others reused.
+    os.remove(out / "grpo-seed1" / "summary.json")
+    for d in (out / "grpo-seed1" / "checkpoints").iterdir():
+        if d.name.isdigit():
+            shutil.rmtree(d)
+    diversity.main(argv)
+    assert trained == ["grpo-seed1"]
+    assert json.loads((out / "grpo-seed1" / "wall.json").read_text())["seconds"] > 0
+    # --report trains nothing and rebuilds the table.
+    trained.clear()
+    (out / "diversity.md").unlink()
+    diversity.main(argv + ["--report"])
+    assert trained == [] and (out / "diversity.md").exists()
