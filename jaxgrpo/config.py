@@ -119,6 +119,9 @@ RANGES = {
     "loss.clip_ratio_c": ">= 0",
     "loss.delta": ">= 0",
     "train.logits_chunk": ">= 0",
+    "lora.rank": ">= 0",
+    "lora.alpha": "> 0",
+    "lora.dropout": ">= 0",
     "optim.min_lr_ratio": "[0, 1]",
 }
 
@@ -153,6 +156,17 @@ def base_config() -> mc.ConfigDict:
     # tokenizer of model.path. 0 layers = load real weights from model.path.
     c.model.random_init_layers = 0  # >0: a random decoder with this many layers (smoke runs)
     c.model.random_init_hidden = 64  # hidden size of that random decoder (a multiple of 8)
+
+    # LoRA adapters (arXiv 2106.09685; names as PEFT's LoraConfig, see jaxgrpo.lora): only the
+    # adapters train and are checkpointed; the reference policy is the base (adapters off).
+    c.lora = mc.ConfigDict()
+    c.lora.rank = 0  # adapter rank r; 0 = off (full fine-tuning)
+    c.lora.alpha = 16.0  # PEFT lora_alpha: the update is scaled by alpha / r
+    # regex searched in each parameter path (e.g. layers/self_attn/q_proj/kernel); default: every
+    # linear map of the decoder (PEFT "all-linear" without the LM head)
+    c.lora.targets = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)/kernel$"
+    c.lora.dropout = 0.0  # PEFT lora_dropout; only 0 is supported (adapters are merged)
+    c.lora.use_rslora = False  # scale alpha / sqrt(r) (rank-stabilised LoRA, arXiv 2312.03732)
 
     # Prompts and gold answers.
     c.data = mc.ConfigDict()
@@ -594,6 +608,8 @@ def validate(c: mc.ConfigDict, *, inputs: bool = False) -> mc.ConfigDict:
     if c.anchors.enabled and c.advantage.baseline != "dagrpo":
         raise ConfigError("config.anchors.enabled=True needs config.advantage.baseline='dagrpo'")
     _validate_loss_menu(c)
+    from jaxgrpo.lora import lora_config
+    lora_config(c)  # LoRA values LoRA cannot take (dropout > 0, a bad regex): ConfigError
     if inputs:
         check_inputs(c)
     return c

@@ -36,7 +36,8 @@ from jaxgrpo.env import build_env
 from jaxgrpo.logger import MetricsLogger, MetricsWindow, to_python
 from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 from jaxgrpo.step import make_step
-from jaxgrpo.train import build_optimizer, init_train_state, split_model
+from jaxgrpo.lora import init_adapters, lora_config
+from jaxgrpo.train import build_optimizer, init_train_state, policy_params, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
 __all__ = ["Trainer", "run", "load_policy", "eos_ids", "pad_id"]
@@ -87,26 +88,38 @@ class Trainer:
         model = shd.shard_model(model, self.mesh)
         self.graphdef, params, self.rest = split_model(model)
         self.tx = build_optimizer(c)
+        # LoRA: the state trains the adapters; the base stays frozen beside it (and is the
+        # reference policy). Otherwise the state trains every parameter.
+        lora = lora_config(c)
+        self.frozen = params if lora is not None else None
+        if lora is not None:
+            adapters = init_adapters(params, lora, jax.random.key(c.seed))
+            params = shd.shard_state(adapters, self.mesh)
         state = init_train_state(params, self.tx, c.seed)
         state = state.replace(opt_state=shd.shard_optimizer_state(state.opt_state, self.mesh))
         self.state = state
-        ref_params = jax.tree.map(jnp.copy, params) if c.loss.beta > 0 else None
+        ref_params = (jax.tree.map(jnp.copy, params) if c.loss.beta > 0 and lora is None
+                      else None)
         self.progress("building the prompts and the reward")  # [run_dir hook]
         self.env = build_env(c, self.tokenizer,
                              self.eos_ids[0] if self.eos_ids else self.pad_id)
         self.train_iter = PromptIterator(self.env.train_rows, seed=c.seed)
         self.step = make_step(c, graphdef=self.graphdef, rest=self.rest, tx=self.tx,
                               tokenizer=self.tokenizer, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                              env=self.env, mesh=self.mesh, ref_params=ref_params)
+                              env=self.env, mesh=self.mesh, ref_params=ref_params,
+                              frozen=self.frozen)
         self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep)
         self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
                                     c.to_dict() if c.log.wandb else None)
         self.window = MetricsWindow(c.log.every)
+        self._encoder = None  # the sentence encoder of eval.embed_correct, loaded on first use
         self.history: List[dict] = []
 
     def model_state(self, params=None):
-        """The full nnx.State (params + constants) the sampler takes."""
-        return nnx.merge_state(self.state.params if params is None else params, self.rest)
+        """The full nnx.State (params + constants) the sampler takes; with LoRA the adapters
+        merged into the base."""
+        params = self.state.params if params is None else params
+        return nnx.merge_state(policy_params(self.c, params, self.frozen), self.rest)
 
     # -- evaluation --------------------------------------------------------------------------
 

@@ -21,8 +21,14 @@ per matched weight inside the step (a transient, not state). LoRA dropout on the
 ``LoraConfig`` refuses ``dropout > 0``.
 
 Adapters are a nested dict mirroring the parameter paths (string keys, so orbax checkpoints
-them as any pytree): ``adapters["layers"]["0"]["self_attn"]["q_proj"] == {"lora_a": A,
-"lora_b": B}``.
+them as any pytree): ``adapters["layers"]["self_attn"]["q_proj"] == {"lora_a": A, "lora_b": B}``
+(stacked [L, ...] for the scanned decoder). Their partition rules are derived from the kernels'
+(``jaxgrpo.sharding.DEFAULT_RULES``): A splits like the kernel's input dimension, B like its
+output dimension.
+
+In training (``config.lora.rank > 0``) the ``TrainState`` holds the adapters, the frozen base
+travels beside it (``jaxgrpo.train.policy_params``), and a merged HF checkpoint is written with
+``save_pretrained(nnx.merge(graphdef, merge_params(base, adapters, cfg), rest), tokenizer, dir)``.
 """
 from __future__ import annotations
 
@@ -33,12 +39,10 @@ from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
-
 from jaxgrpo.sharding import path_to_str
 
-__all__ = ["LoraConfig", "init_adapters", "merge_params", "adapter_paths", "num_adapter_params",
-           "adapter_partition_specs", "DEFAULT_TARGETS"]
+__all__ = ["LoraConfig", "lora_config", "init_adapters", "merge_params", "adapter_paths",
+           "num_adapter_params", "DEFAULT_TARGETS"]
 
 # Every linear map of the Qwen2 / Llama decoder (PEFT's ``target_modules="all-linear"`` minus the
 # LM head).
@@ -149,24 +153,18 @@ def num_adapter_params(adapters: Dict) -> int:
     return int(sum(x.size for x in jax.tree.leaves(adapters)))
 
 
-def adapter_partition_specs(adapters: Dict, params, mesh=None, rules=None) -> Dict:
-    """PartitionSpecs for ``adapters`` that follow the base kernels' layout: A [..., in, r]
-    takes the kernel's leading and input-dimension axes, B [..., r, out] its leading and
-    output-dimension axes; the rank dimension is replicated."""
-    from jaxgrpo import sharding as shd
+def lora_config(c) -> "LoraConfig | None":
+    """The ``config.lora`` section as a ``LoraConfig`` (None when ``lora.rank`` is 0: off).
+    Raises ``ConfigError`` naming the key for a value LoRA cannot take."""
+    from jaxgrpo.errors import ConfigError
 
-    rules = shd.DEFAULT_RULES if rules is None else rules
-    specs = shd.match_partition_rules(rules, params, mesh)
-    kernel_spec = dict(zip([n for n, _ in _leaves(params)],
-                           jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
-
-    def spec(path, leaf):
-        name = path_to_str(path)
-        parent, which = name.rsplit("/", 1)
-        s = list(kernel_spec[parent + "/kernel"])
-        s += [None] * (jnp.ndim(leaf) - len(s))
-        if which == "lora_a":
-            return P(*s[:-1], None)
-        return P(*s[:-2], None, s[-1])
-
-    return jax.tree_util.tree_map_with_path(spec, adapters)
+    if not c.lora.rank:
+        return None
+    try:
+        return LoraConfig(rank=int(c.lora.rank), alpha=float(c.lora.alpha),
+                          targets=c.lora.targets, dropout=float(c.lora.dropout),
+                          use_rslora=bool(c.lora.use_rslora))
+    except ValueError as e:
+        key = ("dropout" if "dropout" in str(e) else "targets" if "regex" in str(e)
+               else "rank")
+        raise ConfigError(f"config.lora.{key}: {e}") from None

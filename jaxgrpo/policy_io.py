@@ -144,6 +144,8 @@ def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None,
     """
     from flax import nnx
 
+    from jaxgrpo import sharding as shd
+    from jaxgrpo.lora import init_adapters, lora_config, merge_params
     from jaxgrpo.models import load_policy
     from jaxgrpo.train import split_model
 
@@ -164,9 +166,15 @@ def load_run_policy(run_dir, step: Optional[int] = None, *, mesh=None,
                               f"(available: {steps})")
     model, tokenizer = load_policy(config)
     if mesh is not None:
-        from jaxgrpo import sharding as shd
         model = shd.shard_model(model, mesh)
     graphdef, params, rest = split_model(model)
-    params = _restore_params(ckpt_dir, int(step), params)
+    lora = lora_config(config)
+    if lora is None:
+        params = _restore_params(ckpt_dir, int(step), params)
+    else:  # a LoRA run saved its adapters: restore them and merge them into the base
+        adapters = init_adapters(params, lora, jax.random.key(0))
+        if mesh is not None:
+            adapters = shd.shard_state(adapters, mesh)
+        params = merge_params(params, _restore_params(ckpt_dir, int(step), adapters), lora)
     model = nnx.merge(graphdef, params, rest)
     return model, tokenizer, config

@@ -92,6 +92,22 @@ DEFAULT_RULES: Tuple[Tuple[str, P], ...] = (
     (r"inv_freq$", P()),  # [D/2], non-trainable
 )
 
+
+def _lora_rules(rules) -> Tuple[Tuple[str, P], ...]:
+    """LoRA adapters (``jaxgrpo.lora``) follow their kernel's layout: A [in, r] takes the
+    kernel's input-dimension axes, B [r, out] its output-dimension axes; the rank dimension is
+    replicated (it is small)."""
+    out = []
+    for pattern, spec in rules:
+        if pattern.endswith("/kernel$") and len(spec) == 2:
+            stem = pattern[: -len("kernel$")]
+            out.append((stem + "lora_a$", P(spec[0], None)))
+            out.append((stem + "lora_b$", P(None, spec[1])))
+    return tuple(out)
+
+
+DEFAULT_RULES = DEFAULT_RULES + _lora_rules(DEFAULT_RULES)
+
 # Paths of stacked (scanned) layer parameters, [L, *per-layer shape]: the rules' specs describe the
 # per-layer shape and get a leading None. ``layers/<digit>`` (a Python list of layers) is not.
 STACKED = r"(^|/)layers/(?!\d+(/|$))"

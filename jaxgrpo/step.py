@@ -53,7 +53,7 @@ from jaxgrpo.errors import ConfigError
 from jaxgrpo.rollout import Anchors, Rollout, encode_anchors, rollout_from_sample, with_anchors
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (StateShardedJit, TrainState, advantage_chain,
-                           advantage_fn_from_config, make_update_fn)
+                           advantage_fn_from_config, make_update_fn, policy_params)
 
 __all__ = ["sample_key", "rollout_needs", "sampling_config", "make_step", "Step"]
 
@@ -144,9 +144,12 @@ class Step:
     """
 
     def __init__(self, c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_id: int,
-                 env: Env, mesh=None, ref_params=None):
+                 env: Env, mesh=None, ref_params=None, frozen=None):
         self.c, self.env, self.tokenizer, self.mesh = c, env, tokenizer, mesh
         self.graphdef, self.rest, self.ref_params = graphdef, rest, ref_params
+        # LoRA: the frozen base the adapters (state.params) are merged into (None otherwise).
+        self.frozen = frozen
+        self._policy_params = jax.jit(lambda p, f: policy_params(c, p, f))
         self.eos_ids, self.pad_id = tuple(eos_ids), int(pad_id)
         self.needs = rollout_needs(c)
         self.anchors = bool(c.anchors.enabled)
@@ -172,6 +175,12 @@ class Step:
             self.fused = lambda state, rows: self._fused_run(state, rows)[:3]
 
     # -- host pieces -------------------------------------------------------------------------
+
+    def policy_params(self, state: TrainState):
+        """The decoder's full parameters of ``state`` (LoRA: adapters merged into the base)."""
+        if self.frozen is None:
+            return state.params
+        return self._policy_params(state.params, self.frozen)
 
     def put_batch(self, x: np.ndarray) -> jax.Array:
         """Split the prompt axis over ('data', 'fsdp') when it divides; else replicate."""
@@ -227,7 +236,8 @@ class Step:
         g = self.group
         t0 = time.perf_counter()
         prompts, pmask, n_trunc = self.encode(rows)                                   # encode
-        out = self.sampler(nnx.merge_state(state.params, self.rest), self.put_batch(prompts),
+        params = self.policy_params(state)
+        out = self.sampler(nnx.merge_state(params, self.rest), self.put_batch(prompts),
                            self.put_batch(pmask), sample_key(state))                  # sample
         out = jax.block_until_ready(out)
         t1 = time.perf_counter()
@@ -238,7 +248,7 @@ class Step:
         scored = self.env.reward(texts, rep_rows, lengths=cmask.sum(-1), tokens=ctoks, mask=cmask,
                                  logprobs=np.asarray(out.logprobs) if fine_needed else None)  # reward
         t2 = time.perf_counter()
-        emb = (self.embed(state.params, texts, ctoks, cmask) if "embeddings" in self.needs
+        emb = (self.embed(params, texts, ctoks, cmask) if "embeddings" in self.needs
                else None)                                                             # embed
         ro = rollout_from_sample(out, scored.rewards, scored.correct,
                                  fine_scores=scored.fine_scores if fine_needed else None,
@@ -247,7 +257,7 @@ class Step:
         if qmask is not None:
             ro = ro.replace(question_mask=qmask)
         if self.anchors:
-            ro = with_anchors(ro, self.host_anchors(state.params, rows), self.c.anchors.trigger)
+            ro = with_anchors(ro, self.host_anchors(params, rows), self.c.anchors.trigger)
         ro = jax.block_until_ready(ro)
         t3 = time.perf_counter()
         info = dict(texts=texts, rows=rep_rows, rewards=scored.rewards,
@@ -258,7 +268,7 @@ class Step:
 
     def update(self, state: TrainState, rollout: Rollout):
         """Stages advantages -> loss -> optax: the jitted pure update (state donated)."""
-        return self._update_jit(state, rollout, self.ref_params)
+        return self._update_jit(state, rollout, self.ref_params, self.frozen)
 
     # -- the fused path ----------------------------------------------------------------------
 
@@ -275,14 +285,15 @@ class Step:
                                         self._update_fn)
         trigger = c.anchors.trigger
 
-        def step(state, prompts, pmask, targets, anchor_in, qmask, ref_params):
-            out = sampler(nnx.merge_state(state.params, rest), prompts, pmask,
+        def step(state, prompts, pmask, targets, anchor_in, qmask, ref_params, frozen):
+            params = policy_params(c, state.params, frozen)
+            out = sampler(nnx.merge_state(params, rest), prompts, pmask,
                           sample_key(state))                                          # sample
             rewards, correct = token_reward(out.completion_tokens, out.completion_mask,
                                             targets)                                  # reward
             fine = (sequence_probability(out.logprobs, out.completion_mask)
                     if "fine_scores" in needs else None)
-            emb = (embed(state.params, out.completion_tokens, out.completion_mask)
+            emb = (embed(params, out.completion_tokens, out.completion_mask)
                    if "embeddings" in needs else None)                                # embed
             ro = rollout_from_sample(out, rewards, correct, fine_scores=fine,
                                      embeddings=emb)                                  # assemble
@@ -291,11 +302,11 @@ class Step:
             if anchors:
                 atoks, amask, atargets = anchor_in
                 a_reward, _ = token_reward(atoks, amask, atargets)
-                a_emb = embed(state.params, atoks, amask) if "embeddings" in needs else None
+                a_emb = embed(params, atoks, amask) if "embeddings" in needs else None
                 ro = with_anchors(ro, Anchors(tokens=atoks, mask=amask, rewards=a_reward,
                                               fine_scores=jnp.ones_like(a_reward),
                                               embeddings=a_emb), trigger)
-            state, metrics = update(state, ro, ref_params)                            # update
+            state, metrics = update(state, ro, ref_params, frozen)                    # update
             return state, (ro, metrics)
 
         if check:
@@ -318,7 +329,8 @@ class Step:
                              jax.tree.map(jnp.asarray, token_reward.targets(rows)))
             qmask = self.question_mask(rows, prompts.shape[1])
             state, ro, metrics = jitted(state, self.put_batch(prompts), self.put_batch(pmask),
-                                        targets, anchor_in, qmask, self.ref_params)
+                                        targets, anchor_in, qmask, self.ref_params,
+                                        self.frozen)
             return state, ro, metrics, n_trunc
 
         return fused
@@ -376,7 +388,7 @@ class Step:
 
 
 def make_step(c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_id: int,
-              env: Env, mesh=None, ref_params=None) -> Step:
+              env: Env, mesh=None, ref_params=None, frozen=None) -> Step:
     """The training step of config ``c`` (see the module docstring).
 
     Args:
@@ -386,13 +398,15 @@ def make_step(c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_i
       env: ``jaxgrpo.env.build_env`` (rows, the reward; ``env.token_reward`` for fused steps).
       mesh: the device mesh the prompts are laid out on (None: default device).
       ref_params: the frozen reference policy's params (``loss.beta > 0``), else None.
+      frozen: with LoRA (``config.lora.rank > 0``) the base parameters the adapters in
+        ``state.params`` are merged into (also the reference policy), else None.
 
     Raises:
       ConfigError: ``train.fused=True`` with a reward that is not computable from tokens or an
         embedding that needs text; an extra the chain reads that the config cannot provide.
     """
     step = Step(c, graphdef=graphdef, rest=rest, tx=tx, tokenizer=tokenizer, eos_ids=eos_ids,
-                pad_id=pad_id, env=env, mesh=mesh, ref_params=ref_params)
+                pad_id=pad_id, env=env, mesh=mesh, ref_params=ref_params, frozen=frozen)
     if c.train.fused and step.fused is None:
         if env.token_reward is None:
             raise ConfigError("config.train.fused=True needs a reward computable from token ids: "

@@ -187,9 +187,24 @@ def constrain_rows(tree: Any, mesh: Optional[Mesh], axis: int = 0) -> Any:
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
+def policy_params(c: mc.ConfigDict, params, frozen=None):
+    """The decoder's full parameters from the trained ones: ``params`` itself, or with LoRA
+    (``config.lora.rank > 0``) the frozen base ``frozen`` with the adapters ``params`` merged
+    in (``jaxgrpo.lora.merge_params``). Pure; differentiable in ``params``."""
+    from jaxgrpo.lora import lora_config, merge_params
+
+    lora = lora_config(c)
+    if lora is None:
+        return params
+    if frozen is None:
+        raise ValueError("config.lora.rank > 0: the frozen base parameters are required")
+    return merge_params(frozen, params, lora)
+
+
 def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
-    """``loss_fn(params, batch, norms) -> (loss, metrics)`` for one micro-batch whose rows are
-    whole groups of ``group`` completions (``group=1``: no assumption).
+    """``loss_fn(params, batch, norms, frozen=None) -> (loss, metrics)`` for one micro-batch
+    whose rows are whole groups of ``group`` completions (``group=1``: no assumption).
+    ``frozen``: the LoRA base (``policy_params``).
 
     The LM head, log-softmax and entropy run in time chunks of ``train.logits_chunk`` tokens
     (0: one pass), each chunk rematerialised in the backward pass, so at most
@@ -197,8 +212,8 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
     loss_kwargs = losses.policy_loss_kwargs(c.loss)
     chunk = c.train.logits_chunk or None
 
-    def loss_fn(params, batch, norms):
-        model = nnx.merge(graphdef, params, rest)
+    def loss_fn(params, batch, norms, frozen=None):
+        model = nnx.merge(graphdef, policy_params(c, params, frozen), rest)
         logp, entropy = completion_logprobs(
             model, *shared_prompts(batch, group), batch["completion_tokens"],
             batch["completion_mask"], temperature=c.sampling.temperature, return_entropy=True,
@@ -283,7 +298,10 @@ class StateShardedJit:
 def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransformation,
                    advantage_fn: Optional[Callable] = None, *, jit: bool = True,
                    mesh: Optional[Mesh] = None) -> Callable:
-    """The pure update ``(state, rollout, ref_params) -> (state, metrics)``.
+    """The pure update ``(state, rollout, ref_params, frozen=None) -> (state, metrics)``.
+
+    With LoRA (``config.lora.rank > 0``) ``state.params`` are the adapters and ``frozen`` the
+    base parameters (``policy_params``), which is also the reference policy.
 
     The advantages [P, G] are computed inside from the rollout with ``advantage_fn`` (default:
     the configured chain). ``ref_params`` is the frozen reference policy's params (used when
@@ -308,7 +326,11 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
     chunk = c.train.logits_chunk or None
     batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
-    def update(state: TrainState, rollout: Rollout, ref_params=None):
+    lora = c.lora.rank > 0
+
+    def update(state: TrainState, rollout: Rollout, ref_params=None, frozen=None):
+        if lora:  # the reference policy is the base: adapters off, no second copy
+            ref_params = frozen
         adv, adv_diag = advantage_fn(rollout)
         if c.loss.mask_truncated_completions:  # after the advantages: only the loss drops them
             rollout = mask_truncated_completions(rollout)
@@ -349,7 +371,8 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
 
             def micro(gsum, micro_batch):
                 micro_batch = constrain_rows(micro_batch, mesh)
-                (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms)
+                (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms,
+                                                                         frozen)
                 # float32 accumulator whatever the parameter dtype: bf16 sums lose small terms.
                 return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), gsum, g), (loss, m)
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxgrpo.lora import (LoraConfig, adapter_partition_specs, adapter_paths, init_adapters,
-                          merge_params, num_adapter_params)
+from jaxgrpo.lora import (LoraConfig, adapter_paths, init_adapters, merge_params,
+                          num_adapter_params)
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -34,19 +34,25 @@ def _peft_model(arch, modules, rank, alpha, rslora=False, seed=0):
     return pm, jm
 
 
+def _peft_key(block, proj, layer, which):
+    return f"base_model.model.model.layers.{layer}.{block}.{proj}.{which}.default.weight"
+
+
 def _copy_adapters(pm, params, cfg):
-    """Our adapters with PEFT's values: A = lora_A.weight.T [in, r], B = lora_B.weight.T."""
+    """Our adapters with PEFT's values, stacked over the scanned layers:
+    A[l] = lora_A.weight.T [in, r], B[l] = lora_B.weight.T [r, out]."""
     ad = init_adapters(params, cfg, jax.random.key(0))
     sd = {k: v.detach().double().numpy() for k, v in pm.state_dict().items()}
     for name in adapter_paths(params, cfg):
-        parts = name.split("/")  # layers/<i>/<block>/<proj>/kernel
-        layer, block, proj = parts[1], parts[2], parts[3]
-        pre = f"base_model.model.model.layers.{layer}.{block}.{proj}"
+        parts = name.split("/")  # layers/<block>/<proj>/kernel, [L, in, out]
+        block, proj = parts[1], parts[2]
         node = ad
         for p in parts[:-1]:
             node = node[p]
-        node["lora_a"] = jnp.asarray(sd[f"{pre}.lora_A.default.weight"].T, jnp.float32)
-        node["lora_b"] = jnp.asarray(sd[f"{pre}.lora_B.default.weight"].T, jnp.float32)
+        n_layers = node["lora_a"].shape[0]
+        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+            node[ours] = jnp.asarray(np.stack([sd[_peft_key(block, proj, i, theirs)].T
+                                               for i in range(n_layers)]), jnp.float32)
     return ad
 
 
@@ -59,7 +65,7 @@ def test_logits_and_gradients_match_peft(arch, which, rslora):
     graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
     cfg = LoraConfig(rank=rank, alpha=alpha, targets=regex, use_rslora=rslora)
     ad = _copy_adapters(pm, params, cfg)
-    assert len(adapter_paths(params, cfg)) == 2 * len(modules)  # 2 layers
+    assert len(adapter_paths(params, cfg)) == len(modules)  # one stacked kernel per module
 
     ids, mask = left_padded_prompts(np.random.RandomState(0), [7, 5, 9], 97)
     pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
@@ -89,14 +95,15 @@ def test_logits_and_gradients_match_peft(arch, which, rslora):
     assert np.max(np.abs(np.asarray(base_logits) - ref)[valid]) > 1e-2
     for name in adapter_paths(params, cfg):
         parts = name.split("/")
-        pre = f"base_model.model.model.layers.{parts[1]}.{parts[2]}.{parts[3]}"
         node = g
         for p in parts[:-1]:
             node = node[p]
         for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
-            gt = grads_t[f"{pre}.{theirs}.default.weight"].T
-            gj = np.asarray(node[ours], np.float64)
-            np.testing.assert_allclose(gj, gt, atol=1e-3 * np.abs(gt).max() + 1e-6, rtol=1e-3)
+            for i in range(node[ours].shape[0]):
+                gt = grads_t[_peft_key(parts[1], parts[2], i, theirs)].T
+                gj = np.asarray(node[ours][i], np.float64)
+                np.testing.assert_allclose(gj, gt, atol=1e-3 * np.abs(gt).max() + 1e-6,
+                                           rtol=1e-3)
 
 
 def test_init_matches_peft_and_starts_at_base():
@@ -107,12 +114,12 @@ def test_init_matches_peft_and_starts_at_base():
     merged = merge_params(params, ad, cfg)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # B = 0: base function
-    a = ad["layers"]["0"]["mlp"]["down_proj"]["lora_a"]  # [in=80, r]
+    a = ad["layers"]["mlp"]["down_proj"]["lora_a"]  # [L=2, in=80, r]
     bound = 1.0 / np.sqrt(80)
-    assert a.shape == (80, 8) and float(jnp.max(jnp.abs(a))) <= bound
+    assert a.shape == (2, 80, 8) and float(jnp.max(jnp.abs(a))) <= bound
     # PEFT's kaiming_uniform_(a=sqrt(5)) has std bound / sqrt(3)
     np.testing.assert_allclose(float(jnp.std(a)), bound / np.sqrt(3), rtol=0.15)
-    assert float(jnp.max(jnp.abs(ad["layers"]["0"]["mlp"]["down_proj"]["lora_b"]))) == 0.0
+    assert float(jnp.max(jnp.abs(ad["layers"]["mlp"]["down_proj"]["lora_b"]))) == 0.0
     assert cfg.scale == 2.0 and LoraConfig(rank=4, alpha=8.0, use_rslora=True).scale == 4.0
 
 
@@ -163,12 +170,58 @@ def test_bad_targets_and_dropout_are_refused():
 def test_adapter_specs_follow_kernel_layout():
     from jax.sharding import PartitionSpec as P
 
+    from jaxgrpo.sharding import DEFAULT_RULES, match_partition_rules
+
     _, jm = tiny_pair("qwen2")
     _, params, _ = nnx.split(jm, nnx.Param, ...)
     ad = init_adapters(params, LoraConfig(rank=4, targets=TARGETS["all"][1]), jax.random.key(0))
-    specs = adapter_partition_specs(ad, params)
-    q = specs["layers"]["0"]["self_attn"]["q_proj"]
-    o = specs["layers"]["0"]["self_attn"]["o_proj"]
-    # q kernel [E, H*D] is ("fsdp", "tensor"), o kernel [H*D, E] is ("tensor", "fsdp")
-    assert q["lora_a"] == P("fsdp", None) and q["lora_b"] == P(None, "tensor")
-    assert o["lora_a"] == P("tensor", None) and o["lora_b"] == P(None, "fsdp")
+    specs = match_partition_rules(DEFAULT_RULES, ad)
+    q = specs["layers"]["self_attn"]["q_proj"]
+    o = specs["layers"]["self_attn"]["o_proj"]
+    # q kernel [E, H*D] is ("fsdp", "tensor"), o kernel [H*D, E] is ("tensor", "fsdp"); the
+    # stacked layer axis leads, replicated.
+    assert q["lora_a"] == P(None, "fsdp", None) and q["lora_b"] == P(None, None, "tensor")
+    assert o["lora_a"] == P(None, "tensor", None) and o["lora_b"] == P(None, None, "fsdp")
+
+
+def test_lora_run_trains_only_adapters_and_restores_merged(tiny_llama_dir, tiny_run_config,
+                                                          tmp_path):
+    """config.lora.rank > 0 through the Trainer: the state (and so the optimizer state and the
+    checkpoint) holds only the adapters, the base stays bit-for-bit frozen, the KL reference is
+    the base, and a run directory's checkpoint loads back as base + merged adapters."""
+    from jaxgrpo.loop import Trainer
+    from jaxgrpo.policy_io import load_run_policy
+
+    c = tiny_run_config(tiny_llama_dir, tmp_path / "run", **{
+        "lora.rank": 4, "lora.alpha": 8.0, "steps": 2, "checkpoint.every": 1,
+        "loss.beta": 0.1, "optim.lr": 5e-2})
+    t = Trainer(c)
+    try:
+        base_before = [np.asarray(x) for x in jax.tree.leaves(t.frozen)]
+        n_adapter = num_adapter_params(t.state.params)
+        moments = sum(x.size for x in jax.tree.leaves(t.state.opt_state) if x.ndim > 0)
+        assert moments == 2 * n_adapter  # Adam's mu and nu: nothing of the base
+        assert n_adapter < sum(x.size for x in base_before) / 4
+        t.train()
+        for a, b in zip(base_before, jax.tree.leaves(t.frozen)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+        lora_b = [np.asarray(x) for x in jax.tree.leaves(t.state.params)]
+        assert max(np.abs(x).max() for x in lora_b) > 0  # B left zero: the adapters trained
+        assert t.history[-1]["kl_mean"] > 0  # the policy moved off the base (the reference)
+        expected = t.model_state()
+    finally:
+        t.close()
+    model, _, _ = load_run_policy(tmp_path / "run")
+    _, got = nnx.split(model)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_lora_config_errors_name_the_key():
+    from jaxgrpo.config import base_config, validate
+
+    c = base_config()
+    c.lora.rank = 4
+    c.lora.dropout = 0.1
+    with pytest.raises(ValueError, match="config.lora.dropout"):
+        validate(c)
