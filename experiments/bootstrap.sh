@@ -2,9 +2,19 @@
 # Create (or reuse) .venv and install jaxgrpo with pinned dependencies. Idempotent.
 #   bash experiments/bootstrap.sh        # runtime only
 #   bash experiments/bootstrap.sh test   # runtime + test oracle (torch CPU build, pytest, ...)
+#   bash experiments/bootstrap.sh bench  # runtime + a separate .venv-bench with the peers (TRL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if [ "${1:-}" = "bench" ]; then
+  bash "$0"
+  [ -x .venv-bench/bin/python ] || "$PY" -m venv .venv-bench
+  if [ ! -f .venv-bench/.installed ] || [ experiments/requirements-bench.txt -nt .venv-bench/.installed ]; then
+    .venv-bench/bin/python -m pip install -q -r experiments/requirements-bench.txt
+    touch .venv-bench/.installed
+  fi
+  exit 0
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 extra=""
 [ "${1:-}" = "test" ] && extra="[test]"

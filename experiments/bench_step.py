@@ -1,0 +1,151 @@
+"""Whole GRPO steps, side by side: jaxgrpo against TRL's GRPOTrainer (and Tunix when installed).
+
+Same model directory (converted once, HF safetensors), same prompts, G = 8 completions of each of
+4 prompts, 128 completion tokens forced in both (EOS ignored: jaxgrpo `sampling.ignore_eos`,
+TRL `generation_kwargs={"min_new_tokens": 128}`), temperature 1, beta = 0, AdamW at lr 1e-6
+(β2 0.99, grad-norm clip 1, constant schedule), fp32 on the CPU, the same reward rule (last
+number of the completion equals the answer). Each framework runs in its own process, one after
+the other (never together), so peak RSS is its own.
+
+    bash experiments/bootstrap.sh bench        # a separate venv (.venv-bench) with torch + TRL
+    python -m experiments.bench_step --model tiny --steps 6
+    python -m experiments.bench_step --model smollm2 --steps 6
+
+Per framework it prints seconds per step (median of the steps after the first two: warm-up and
+compilation), time to first step (process start to the end of step 1: imports, load, compile),
+generation tokens/s (completion tokens / time in the sampler), training tokens/s (prompt +
+completion tokens / (step - sampling) time), and peak RSS, then the ratios jaxgrpo / peer.
+The peers are never jaxgrpo dependencies (experiments/requirements-bench.txt).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+T_START = time.perf_counter()
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, ".cache", "bench")
+
+SHAPES = {
+    # name: (layers, hidden, heads, kv heads, intermediate) with SmolLM2's tokenizer / vocab
+    "tiny": (4, 256, 4, 2, 512),
+    "smollm2": None,  # the real SmolLM2-135M-Instruct weights (GGUF -> HF directory)
+}
+
+
+def prepare_model(name: str) -> str:
+    """An HF checkpoint directory (config.json + model.safetensors + tokenizer) for ``name``."""
+    import dataclasses
+
+    from flax import nnx
+
+    from jaxgrpo.models import (Decoder, default_model_path, load_config, load_pretrained,
+                                load_tokenizer, save_pretrained)
+
+    out = os.path.join(CACHE, f"{name}-hf")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return out
+    src = default_model_path()
+    if SHAPES[name] is None:
+        model, tok = load_pretrained(src)
+    else:
+        layers, hidden, heads, kvh, inter = SHAPES[name]
+        cfg = dataclasses.replace(load_config(src), num_hidden_layers=layers, hidden_size=hidden,
+                                  num_attention_heads=heads, num_key_value_heads=kvh,
+                                  head_dim=hidden // heads, intermediate_size=inter)
+        model, tok = Decoder(cfg, rngs=nnx.Rngs(0)), load_tokenizer(src)
+    save_pretrained(model, tok, out)
+    return out
+
+
+def prepare_prompts(n: int = 4) -> str:
+    """The bench's prompts: single-digit additions from reasoning-gym (seed 0), as JSONL."""
+    import reasoning_gym
+
+    path = os.path.join(CACHE, "prompts.jsonl")
+    if os.path.isfile(path):
+        return path
+    ds = reasoning_gym.create_dataset(
+        "basic_arithmetic", size=n, seed=0, min_terms=2, max_terms=2, min_digits=1,
+        max_digits=1, operators=["+"], allow_negation=False, allow_parentheses=False)
+    os.makedirs(CACHE, exist_ok=True)
+    with open(path, "w") as f:
+        for row in ds:
+            f.write(json.dumps({"question": row["question"], "answer": str(row["answer"])}) + "\n")
+    return path
+
+
+def summarise(rec: dict, warmup: int = 2) -> dict:
+    steps = rec["step_s"][warmup:] or rec["step_s"][-1:]
+    gens = rec["generate_s"][warmup:] or rec["generate_s"][-1:]
+    step, gen = statistics.median(steps), statistics.median(gens)
+    toks = rec["tokens_per_step"]
+    train_toks = rec.get("train_tokens_per_step", toks)
+    return dict(framework=rec["framework"], step_s=step, generate_s=gen,
+                first_step_s=rec["first_step_end_s"], gen_tok_s=toks / gen,
+                train_tok_s=train_toks / max(step - gen, 1e-9), peak_rss_gb=rec["peak_rss_gb"])
+
+
+def run_child(cmd, env=None) -> dict:
+    print("[bench] " + " ".join(cmd), flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[len("BENCH "):])
+    sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+    raise RuntimeError(f"benchmark child failed (exit {p.returncode}): {' '.join(cmd)}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--peers", default="jaxgrpo,trl", help="comma-separated: jaxgrpo, trl, tunix")
+    ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
+                    help="the PyTorch/TRL venv's python (bash experiments/bootstrap.sh bench)")
+    ap.add_argument("--out", default="", help="also write the table and raw records here (.md)")
+    a = ap.parse_args(argv)
+
+    model_dir = prepare_model(a.model)
+    prompts = prepare_prompts()
+    common = ["--model-dir", model_dir, "--prompts", prompts, "--steps", str(a.steps),
+              "--group", "8", "--prompts-per-step", "4", "--new-tokens", "128", "--lr", "1e-6"]
+    recs = []
+    for peer in [p.strip() for p in a.peers.split(",") if p.strip()]:
+        if peer == "jaxgrpo":
+            recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common]))
+        elif peer == "trl":
+            if not os.path.exists(a.bench_python):
+                raise SystemExit(f"--bench-python {a.bench_python} not found: run "
+                                 "`bash experiments/bootstrap.sh bench` first")
+            recs.append(run_child([a.bench_python, "experiments/_bench_trl.py", *common]))
+        else:
+            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, trl)")
+    rows = [summarise(r) for r in recs]
+    ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
+    lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "
+             f"median of steps 3-{a.steps}", "",
+             "| framework | s/step | sample s | time to first step s | gen tok/s | "
+             "train tok/s | peak RSS GB | speed vs jaxgrpo |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "" if ref is None else f"{r['step_s'] / ref['step_s']:.2f}x slower" \
+            if r is not ref else "1.00x"
+        lines.append(f"| {r['framework']} | {r['step_s']:.2f} | {r['generate_s']:.2f} | "
+                     f"{r['first_step_s']:.1f} | {r['gen_tok_s']:.0f} | {r['train_tok_s']:.0f} | "
+                     f"{r['peak_rss_gb']:.2f} | {ratio} |")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n\n```json\n" + json.dumps(recs, indent=1) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()
