@@ -120,6 +120,7 @@ RANGES = {
     "loss.delta": ">= 0",
     "train.logits_chunk": ">= 0",
     "lora.rank": ">= 0",
+    "train.max_sampling_rounds": ">= 1",
     "lora.alpha": "> 0",
     "lora.dropout": ">= 0",
     "optim.min_lr_ratio": "[0, 1]",
@@ -275,6 +276,10 @@ def base_config() -> mc.ConfigDict:
     # Needs a reward computable from tokens (rewards.verifier = "digits") and, for embeddings,
     # embedding.model = "policy". Per-stage timings are then not available (time/step only).
     c.train.fused = False
+    # DAPO dynamic sampling (arXiv 2503.14476; verl algorithm.filter_groups): drop groups whose
+    # rewards have zero spread and sample more prompts until the batch is full
+    c.train.dynamic_sampling = False
+    c.train.max_sampling_rounds = 3  # sampling rounds per step at most (verl max_num_gen_batches)
 
     # The optimiser: AdamW with global-norm clipping and a learning-rate schedule.
     c.optim = mc.ConfigDict()
@@ -608,6 +613,9 @@ def validate(c: mc.ConfigDict, *, inputs: bool = False) -> mc.ConfigDict:
     if c.anchors.enabled and c.advantage.baseline != "dagrpo":
         raise ConfigError("config.anchors.enabled=True needs config.advantage.baseline='dagrpo'")
     _validate_loss_menu(c)
+    if c.train.dynamic_sampling and c.train.fused:
+        raise ConfigError("config.train.dynamic_sampling=True samples again on the host when "
+                          "groups are dropped; it cannot run fused: set config.train.fused=False")
     from jaxgrpo.lora import lora_config
     lora_config(c)  # LoRA values LoRA cannot take (dropout > 0, a bad regex): ConfigError
     if inputs:

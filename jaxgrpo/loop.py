@@ -169,7 +169,7 @@ class Trainer:
         """One training step (``self.step``) on the next rows; returns its metrics."""
         c = self.c
         rows = self.train_iter.next_batch(c.train.prompts_per_step)
-        self.state, m, info = self.step(self.state, rows)
+        self.state, m, info = self.step(self.state, rows, more_rows=self.train_iter.next_batch)
         bad = [k for k, v in m.items() if not np.isfinite(v)]
         if bad:
             raise FloatingPointError(

@@ -159,3 +159,42 @@ def with_anchors(rollout: Rollout, anchors: Anchors, trigger: str) -> Rollout:
     return add_anchors(rollout, anchors.tokens, anchors.mask,
                        anchor_embeddings=anchors.embeddings, anchor_reward=anchors.rewards,
                        anchor_fine_score=anchors.fine_scores, trigger=trigger)
+
+
+# ----------------------------------------------------------------------------- group selection
+
+PROMPT_AXIS_FIELDS = ("prompt_tokens", "prompt_mask", "prompt_logprobs", "question_mask")
+
+
+def group_has_spread(rollout: Rollout) -> np.ndarray:
+    """Host bool [P]: the group's on-policy members do not all share one reward (DAPO's dynamic
+    sampling keeps only these, arXiv 2503.14476; verl ``filter_groups``, TRL's
+    ``frac_reward_zero_std`` counts the others). Off-policy anchors do not count."""
+    r = np.asarray(rollout.rewards, np.float64)
+    m = np.asarray(rollout.member_mask, bool) & ~np.asarray(rollout.is_anchor, bool)
+    hi = np.where(m, r, -np.inf).max(axis=1)
+    lo = np.where(m, r, np.inf).min(axis=1)
+    return hi > lo
+
+
+def take_groups(rollout: Rollout, index) -> Rollout:
+    """The groups ``index`` (int [K]) of a rollout, in that order: every field's prompt axis."""
+    idx = np.asarray(index, np.int64)
+    return jax.tree.map(lambda x: x[idx], rollout)
+
+
+def concat_groups(rollouts: Sequence[Rollout]) -> Rollout:
+    """Rollouts of the same G and Tc concatenated along the prompt axis. Prompt-axis fields of
+    different widths Tp (prompts are padded per batch) are left-padded to the widest first
+    (padding: token 0, mask False, log-prob 0), which the left-padded layout allows."""
+    width = max(r.prompt_tokens.shape[1] for r in rollouts)
+
+    def pad(r: Rollout) -> Rollout:
+        extra = width - r.prompt_tokens.shape[1]
+        if not extra:
+            return r
+        return r.replace(**{f: jnp.pad(getattr(r, f), ((0, 0), (extra, 0)))
+                            for f in PROMPT_AXIS_FIELDS if getattr(r, f) is not None})
+
+    padded = [pad(r) for r in rollouts]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *padded)

@@ -50,7 +50,8 @@ from jaxgrpo.advantages import required_inputs
 from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
 from jaxgrpo.errors import ConfigError
-from jaxgrpo.rollout import Anchors, Rollout, encode_anchors, rollout_from_sample, with_anchors
+from jaxgrpo.rollout import (Anchors, Rollout, concat_groups, encode_anchors, group_has_spread,
+                             rollout_from_sample, take_groups, with_anchors)
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (StateShardedJit, TrainState, advantage_chain,
                            advantage_fn_from_config, make_update_fn, policy_params)
@@ -231,14 +232,19 @@ class Step:
         return Anchors(tokens=jnp.asarray(toks), mask=jnp.asarray(mask),
                        rewards=jnp.asarray(scored.rewards), fine_scores=fine, embeddings=emb)
 
-    def collect(self, state: TrainState, rows: List[dict]) -> Tuple[Rollout, Dict[str, Any]]:
-        """Stages encode -> sample -> reward -> embed -> assemble on the host path."""
+    def collect(self, state: TrainState, rows: List[dict], round_: int = 0
+                ) -> Tuple[Rollout, Dict[str, Any]]:
+        """Stages encode -> sample -> reward -> embed -> assemble on the host path. ``round_``
+        > 0: a further sampling round of the same step (dynamic sampling; its own key)."""
         g = self.group
+        key = sample_key(state)
+        if round_:
+            key = jax.random.fold_in(key, round_)
         t0 = time.perf_counter()
         prompts, pmask, n_trunc = self.encode(rows)                                   # encode
         params = self.policy_params(state)
         out = self.sampler(nnx.merge_state(params, self.rest), self.put_batch(prompts),
-                           self.put_batch(pmask), sample_key(state))                  # sample
+                           self.put_batch(pmask), key)                                # sample
         out = jax.block_until_ready(out)
         t1 = time.perf_counter()
         ctoks, cmask = np.asarray(out.completion_tokens), np.asarray(out.completion_mask)
@@ -264,6 +270,50 @@ class Step:
                     components=scored.components, stats=scored.stats, prompts_truncated=n_trunc,
                     n_tokens=int(cmask.sum()), truncated=float(np.mean(np.asarray(out.truncated))),
                     times={"time/sample": t1 - t0, "time/reward": t2 - t1, "time/embed": t3 - t2})
+        return ro, info
+
+    def collect_filled(self, state: TrainState, rows: List[dict],
+                       more_rows: Callable[[int], List[dict]]) -> Tuple[Rollout, Dict[str, Any]]:
+        """Dynamic sampling (DAPO, arXiv 2503.14476; verl ``algorithm.filter_groups``): groups
+        whose rewards have zero spread give no gradient, so they are dropped and
+        ``more_rows(P)`` prompts are sampled again (round r uses ``fold_in(key, r)``) until P
+        groups with spread are collected or ``train.max_sampling_rounds`` rounds are used;
+        unfilled slots then take zero-spread groups (advantage 0) and are counted. The info
+        (texts, rewards, components, times) covers every sampled completion."""
+        p = len(rows)
+        kept, spare, infos = [], [], []
+        for r in range(self.c.train.max_sampling_rounds):
+            ro, info = self.collect(state, rows if r == 0 else more_rows(p), round_=r)
+            spread = group_has_spread(ro)
+            if r == 0:
+                zero_first = float(np.mean(~spread))
+            kept.append(take_groups(ro, np.flatnonzero(spread)))
+            spare.append(take_groups(ro, np.flatnonzero(~spread)))
+            infos.append(info)
+            if sum(k.num_prompts for k in kept) >= p:
+                break
+        n_kept = sum(k.num_prompts for k in kept)
+        if n_kept == 0 and int(state.step) == 0:
+            raise ConfigError(
+                f"config.train.dynamic_sampling=True: no group had reward spread in "
+                f"{len(infos)} rounds (config.train.max_sampling_rounds) of the first step, so no "
+                "batch can be filled: check the reward (every completion scored alike?) or turn "
+                "dynamic sampling off")
+        ro = concat_groups([k for k in kept if k.num_prompts] + [s for s in spare
+                                                                 if s.num_prompts])
+        ro = take_groups(ro, np.arange(p))
+        info = {k: sum((i[k] for i in infos), []) for k in ("texts", "rows")}
+        info["rewards"] = np.concatenate([np.asarray(i["rewards"]) for i in infos])
+        info["components"] = {k: np.concatenate([np.asarray(i["components"][k]) for i in infos])
+                              for k in infos[0]["components"]}
+        info["stats"] = {k: sum(i["stats"].get(k, 0) for i in infos) for k in infos[0]["stats"]}
+        info["prompts_truncated"] = sum(i["prompts_truncated"] for i in infos)
+        info["n_tokens"] = sum(i["n_tokens"] for i in infos)
+        info["truncated"] = float(np.mean([i["truncated"] for i in infos]))
+        info["times"] = {k: sum(i["times"][k] for i in infos) for k in infos[0]["times"]}
+        info["dynamic"] = {"dynamic/frac_reward_zero_std": zero_first,
+                           "dynamic/rounds": float(len(infos)),
+                           "dynamic/unfilled": float(max(p - n_kept, 0))}
         return ro, info
 
     def update(self, state: TrainState, rollout: Rollout):
@@ -353,8 +403,11 @@ class Step:
 
     # -- the whole step ----------------------------------------------------------------------
 
-    def __call__(self, state: TrainState, rows: List[dict]):
+    def __call__(self, state: TrainState, rows: List[dict],
+                 more_rows: Optional[Callable[[int], List[dict]]] = None):
         """One training step on P rows: ``(new state, metrics {name: float}, info)``.
+        ``more_rows(n)``: the next n prompt rows (dynamic sampling draws them when groups are
+        dropped; required with ``train.dynamic_sampling``).
 
         The host path reports per-stage times (``time/sample``, ``time/reward``, ``time/embed``
         — embed includes assembly and anchors —, ``time/advantages``: a separately jitted call
@@ -368,7 +421,12 @@ class Step:
             t2 = time.perf_counter()
             info = self._fused_info(ro, rows, n_trunc)
         else:
-            ro, info = self.collect(state, rows)                      # encode .. assemble
+            if self.c.train.dynamic_sampling:
+                if more_rows is None:
+                    raise ValueError("train.dynamic_sampling needs more_rows(n) (the data source)")
+                ro, info = self.collect_filled(state, rows, more_rows)
+            else:
+                ro, info = self.collect(state, rows)                  # encode .. assemble
             t1 = time.perf_counter()
             jax.block_until_ready(self._advantages_jit(ro))            # timed for the log
             t_adv = time.perf_counter()
@@ -381,6 +439,7 @@ class Step:
             m[f"reward/{name}"] = float(np.mean(comp))
         m.update({f"verify/{k}": float(v) for k, v in info["stats"].items()})
         m.update(info["times"])
+        m.update(info.get("dynamic", {}))
         m.update({"time/step": t2 - t0, "tokens_per_s": info["n_tokens"] / (t2 - t0),
                   "sample/truncated_frac": info["truncated"],
                   "data/prompts_truncated": info["prompts_truncated"]})

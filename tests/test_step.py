@@ -279,3 +279,107 @@ def test_nonfinite_check_raises_in_the_step(tiny_llama_dir, tiny_run_config, tmp
             t.step.update(jax.tree.map(jnp.copy, t.state), bad)
     finally:
         t.close()
+
+
+# ------------------------------------------------------------------------------ dynamic sampling
+
+
+def _synthetic_rollout(rewards, tp, tag):
+    """A [P, G] rollout whose completion tokens carry ``tag`` (to trace groups) and whose
+    prompts are ``tp`` wide."""
+    from jaxgrpo.rollout import Rollout
+    r = np.asarray(rewards, np.float32)
+    p, g = r.shape
+    return Rollout(
+        prompt_tokens=jnp.full((p, tp), 7, jnp.int32), prompt_mask=jnp.ones((p, tp), bool),
+        completion_tokens=jnp.asarray(tag + np.arange(p)[:, None, None] * np.ones((p, g, 3)),
+                                      jnp.int32),
+        completion_mask=jnp.ones((p, g, 3), bool), logprobs=jnp.zeros((p, g, 3)),
+        prompt_logprobs=jnp.ones((p, tp)), rewards=jnp.asarray(r),
+        correct=jnp.asarray(r > 0), member_mask=jnp.ones((p, g), bool),
+        is_anchor=jnp.zeros((p, g), bool))
+
+
+def test_group_selection_helpers_against_numpy():
+    from jaxgrpo.rollout import concat_groups, group_has_spread, take_groups
+    a = _synthetic_rollout([[0, 0, 0], [0, 1, 0]], 4, 100)
+    b = _synthetic_rollout([[1, 1, 1], [2, 0, 1], [5, 5, 5]], 6, 200)
+    np.testing.assert_array_equal(group_has_spread(a), [False, True])
+    np.testing.assert_array_equal(group_has_spread(b), [False, True, False])
+    # an anchor does not give a group spread
+    an = a.replace(is_anchor=jnp.asarray([[False, False, True], [False, False, False]]),
+                   rewards=a.rewards.at[0, 2].set(1.0))
+    np.testing.assert_array_equal(group_has_spread(an), [False, True])
+    cat = concat_groups([take_groups(a, [1]), take_groups(b, [1, 0])])
+    assert cat.prompt_tokens.shape == (3, 6) and cat.rewards.shape == (3, 3)
+    # left padding: the narrower batch's prompt gets 2 masked slots in front
+    np.testing.assert_array_equal(np.asarray(cat.prompt_mask[0]), [0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(cat.prompt_logprobs[0]), [0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(cat.completion_tokens[:, 0, 0]), [101, 201, 200])
+    np.testing.assert_array_equal(np.asarray(cat.rewards), [[0, 1, 0], [2, 0, 1], [1, 1, 1]])
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_llama_dir,
+                                                                        tiny_run_config,
+                                                                        tmp_path):
+    """Rounds are sampled until P groups with spread are kept (each round its own key and new
+    rows), the rest is filled with zero-spread groups and counted."""
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path,
+                 **{"train.dynamic_sampling": True, "train.max_sampling_rounds": 3,
+                    "train.prompts_per_step": 2})
+    try:
+        plans = {0: [[0, 0, 0, 0], [1, 0, 1, 0]],   # round 0: one group with spread
+                 1: [[1, 1, 1, 1], [0, 0, 0, 0]],   # round 1: none
+                 2: [[0, 1, 1, 1], [0, 0, 1, 0]]}   # round 2: two (one is more than needed)
+        calls, drawn = [], []
+
+        def fake_collect(state, rows, round_=0):
+            calls.append((round_, [r["question"] for r in rows]))
+            ro = _synthetic_rollout(plans[round_], 5 + round_, 100 * (round_ + 1))
+            info = dict(texts=["x"] * 8, rows=list(rows) * 4, rewards=np.zeros(8),
+                        components={"accuracy": np.zeros(8)}, stats={}, prompts_truncated=0,
+                        n_tokens=24, truncated=0.0, times={"time/sample": 1.0})
+            return ro, info
+
+        def more_rows(n):
+            rows = t.train_iter.next_batch(n)
+            drawn.append([r["question"] for r in rows])
+            return rows
+
+        t.step.collect = fake_collect
+        rows = t.train_iter.next_batch(2)
+        ro, info = t.step.collect_filled(t.state, rows, more_rows)
+        assert [c[0] for c in calls] == [0, 1, 2]
+        assert calls[1][1] == drawn[0] and calls[2][1] == drawn[1] != calls[0][1]
+        # kept: round 0 group 1, then round 2 group 0 (the batch is full)
+        np.testing.assert_array_equal(np.asarray(ro.completion_tokens[:, 0, 0]), [101, 300])
+        assert ro.prompt_tokens.shape == (2, 7)
+        assert info["dynamic"] == {"dynamic/frac_reward_zero_std": 0.5, "dynamic/rounds": 3.0,
+                                   "dynamic/unfilled": 0.0}
+        assert info["times"]["time/sample"] == 3.0 and len(info["texts"]) == 24
+        # with one round allowed the second slot is a zero-spread group, counted
+        t.c.unlock()
+        t.c.train.max_sampling_rounds = 1
+        calls.clear()
+        ro, info = t.step.collect_filled(t.state, rows, more_rows)
+        np.testing.assert_array_equal(np.asarray(ro.completion_tokens[:, 0, 0]), [101, 100])
+        assert info["dynamic"]["dynamic/unfilled"] == 1.0
+    finally:
+        t.close()
+
+
+def test_dynamic_sampling_that_can_never_fill_names_the_keys(tiny_llama_dir, tiny_run_config,
+                                                             tmp_path):
+    # accuracy only, a random tiny model: every reward is 0, no group ever has spread
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path,
+                 **{"train.dynamic_sampling": True, "train.max_sampling_rounds": 2,
+                    "rewards.cosine": 0.0})
+    try:
+        with pytest.raises(ConfigError, match="train.max_sampling_rounds"):
+            t.train_step(0)
+    finally:
+        t.close()
+    with pytest.raises(ValueError, match="dynamic_sampling"):
+        from jaxgrpo.config import validate
+        validate(tiny_run_config(tiny_llama_dir, tmp_path / "r2", **{
+            "train.dynamic_sampling": True, "train.fused": True}))
