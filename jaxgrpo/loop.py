@@ -186,6 +186,12 @@ class Trainer:
     def train(self, stop_at: Optional[int] = None) -> str:
         """Runs (or resumes) training to ``config.steps``. ``stop_at`` ends the run early at that
         step as a preemption would (checkpoint saved, no final evaluation)."""
+        # The decoder's activation sharding constraints read this mesh when the jitted sampler
+        # and update trace (jaxgrpo.sharding.constrain); without it they are no-ops.
+        with jax.set_mesh(self.mesh):
+            return self._train(stop_at)
+
+    def _train(self, stop_at: Optional[int]) -> str:
         c = self.c
         start = self.maybe_restore()
         rdir.rewind(self.run_dir, start, redo_eval=start == 0 or start >= c.steps)  # [run_dir hook]
