@@ -17,7 +17,6 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx, struct
 
 from jaxgrpo.models.attention import DEFAULT_ATTENTION, DEFAULT_BLOCK, attention, check_impl
