@@ -27,6 +27,7 @@ host path or fused into one jit for token rewards, is composed in ``jaxgrpo.step
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Optional
 
 import jax
@@ -181,9 +182,10 @@ def constrain_rows(tree: Any, mesh: Optional[Mesh], axis: int = 0) -> Any:
     """``with_sharding_constraint`` on every array of ``tree``: dimension ``axis`` (the rows)
     split over the batch axes ``('data', 'fsdp')``, the other dimensions replicated. A no-op
     without a mesh."""
-    if mesh is None:
+    axes = tuple(a for a in BATCH_AXES if a in mesh.shape) if mesh is not None else ()
+    if not axes:
         return tree
-    sharding = NamedSharding(mesh, P(*([None] * axis), BATCH_AXES))
+    sharding = NamedSharding(mesh, P(*([None] * axis), axes))
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
@@ -324,7 +326,8 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
     mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
     beta = c.loss.beta
     chunk = c.train.logits_chunk or None
-    batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_devices = 1 if mesh is None else math.prod(dict(mesh.shape).get(a, 1)
+                                                     for a in BATCH_AXES)
 
     lora = c.lora.rank > 0
 

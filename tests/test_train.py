@@ -457,7 +457,8 @@ def _changed(before, after):
 
 def test_fp32_master_weights_with_bf16_compute_train_at_lr_1e_6():
     """10 AdamW steps at lr 1e-6: float32 parameters with bfloat16 compute change (almost) every
-    weight, by the relative amount and in the direction of an all-float32 run; bfloat16
+    weight that has a gradient, by the relative amount and in the direction of an all-float32
+    run; bfloat16
     parameters (the old paper config) round the updates away."""
     from jaxgrpo.logprobs import completion_logprobs
     from jaxgrpo.train import flatten_rollout
@@ -494,7 +495,9 @@ def test_fp32_master_weights_with_bf16_compute_train_at_lr_1e_6():
     frac_mixed, rel_mixed, d_mixed = out["bf16_compute"]
     frac16, rel16, _ = out["bf16_params"]
     print({k: v[:2] for k, v in out.items()})
-    assert frac32 > 0.99 and frac_mixed > 0.99
+    # Entries with no gradient at all (embedding rows of tokens not in the batch) stay put in
+    # every run; the rest move.
+    assert frac32 > 0.9 and frac_mixed > 0.99 * frac32
     assert 0.8 < rel_mixed / rel32 < 1.25
     cosine = float(d32 @ d_mixed / (np.linalg.norm(d32) * np.linalg.norm(d_mixed)))
     assert cosine > 0.9, cosine
@@ -512,8 +515,8 @@ def test_load_policy_reads_param_and_compute_dtypes(tiny_llama_dir):
         model, _ = load_policy(validate(c))
         kernel = model.layers[0].self_attn.q_proj.kernel[...]
         assert kernel.dtype == jnp.float32 and model.dtype == jnp.bfloat16
-        logits = model(jnp.ones((1, 3), jnp.int32))
-        assert logits.dtype == jnp.bfloat16
+        hidden, _ = model.hidden_states(jnp.ones((1, 3), jnp.int32))
+        assert hidden.dtype == jnp.bfloat16
 
 
 # ------------------------------------------------------------------ micro-batch validation
