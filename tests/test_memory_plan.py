@@ -93,6 +93,7 @@ def test_numbers_match_a_direct_compile_of_real_arrays(plan):
         <= 2 * res["shapes"]["2"]["params"] + 64
 
 
+@pytest.mark.slow  # three of the cases start JAX in a subprocess
 def test_bad_arguments_give_one_line_errors(tmp_path):
     cases = [(["--mesh", "1,x,1"], "--mesh must be three positive ints"),
              (["--mesh", "1,2,1", "--layers", "1"], "--layers N needs N >= 2"),
