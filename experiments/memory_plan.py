@@ -31,7 +31,9 @@ experiments/configs/shapes/, Hugging Face config.json fields) or, automatically,
 shape whose name is the path's last component (``/path/to/DeepSeek-R1-Distill-Qwen-1.5B``).
 
 ``--layers N`` compiles N and N//2 layers (``--layers A,B``: A and B) and extrapolates the
-temporaries linearly to the full depth; the arguments at full depth are exact (from the shapes).
+arguments and temporaries linearly to the full depth (the arguments grow exactly linearly; the
+temporaries only approximately: a peak set by one big buffer, such as full-vocabulary logits,
+barely grows with depth, so compile at more layers when the slope matters).
 Caveat: XLA:CPU upcasts bf16 dots to f32, so its temporaries are an upper bound; the TPU compile
 is the sharper check. Compiling the paper shape takes minutes on a CPU.
 """
@@ -483,11 +485,18 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
             rs[layers]["peak"] = peak
         if len(rs) == 2 and full_depth not in rs:
             temp, slope = extrapolate([(k, rs[k]["temp"]) for k in sorted(rs)], full_depth)
-            args = full[full_depth][arg_key]
+            # Arguments grow by one layer's parameters per layer: linear, so exact (TPU pads
+            # small arrays to tiles, which the shapes do not show); the shapes' count if the
+            # compiler refused the program before reporting them.
+            if all(rs[k]["argument"] is not None for k in rs):
+                args, _ = extrapolate([(k, rs[k]["argument"]) for k in sorted(rs)], full_depth)
+            else:
+                args = full[full_depth][arg_key]
             peak = args + temp
             print(f"    EXTRAPOLATED to {full_depth} layers (linear in layers from "
                   f"{sorted(rs)}): temporaries {gb(temp)} ({slope / GB:.3f} GB/layer), "
-                  f"arguments {gb(args)} (exact, from the shapes), peak {gb(peak)}")
+                  f"arguments {gb(args)} (shapes: {gb(full[full_depth][arg_key])}), "
+                  f"peak {gb(peak)}")
             out[what] = dict(peak=peak, temp=temp, arguments=args, extrapolated=True,
                              fits=all(r["fits"] for r in rs.values()))
         else:

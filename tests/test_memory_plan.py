@@ -93,6 +93,7 @@ def test_numbers_match_a_direct_compile_of_real_arrays(plan):
         <= 2 * res["shapes"]["2"]["params"] + 64
 
 
+@pytest.mark.slow  # three of the cases start JAX in a subprocess
 def test_bad_arguments_give_one_line_errors(tmp_path):
     cases = [(["--mesh", "1,x,1"], "--mesh must be three positive ints"),
              (["--mesh", "1,2,1", "--layers", "1"], "--layers N needs N >= 2"),
@@ -161,3 +162,16 @@ def _direct(shape_path):
 
 if __name__ == "__main__":
     _direct(sys.argv[1])
+
+
+def test_layer_choice_and_linear_extrapolation():
+    from experiments import memory_plan as mp
+
+    assert mp.parse_layers("") == ()
+    assert mp.parse_layers("2") == (1, 2)
+    assert mp.parse_layers("6") == (3, 6)
+    assert mp.parse_layers("2,4") == (2, 4)
+    # y = 10 + 3 * layers through (1, 13) and (2, 16): at 28 layers 94, slope 3.
+    assert mp.extrapolate([(1, 13.0), (2, 16.0)], 28) == (94.0, 3.0)
+    assert mp.extrapolate([(2, 16.0), (4, 22.0)], 28) == (94.0, 3.0)
+    assert mp.TPU_TYPES["v5p-8"] == ("v5:2x2x1", 4)  # v5p-N counts TensorCores, 2 per chip
