@@ -150,7 +150,8 @@ class Env:
             out = self.reward_fn(list(texts), lengths=lengths, **self._golds_rows(rows))
             correct = (np.zeros(len(texts), bool) if out.correct is None
                        else np.asarray(out.correct) >= 1.0)
-            rewards, components, stats = np.asarray(out.rewards, np.float32), out.components, out.stats
+            rewards = np.asarray(out.rewards, np.float32)
+            components, stats = out.components, out.stats
         fine = None
         if self.fine_score == "format":
             fine = np.asarray(components.get("format", np.zeros(len(texts))), np.float32)

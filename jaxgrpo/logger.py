@@ -2,8 +2,9 @@
 
 ``config.log.every = N`` writes one train record every N steps: the mean of each metric over
 those N steps (min/max keys too: the mean of the per-step values), under the window's last
-step, with ``log_window`` = the number of steps averaged (when N > 1). A run that ends (or is preempted)
-mid-window writes the partial window. Evaluation records are written as they come.
+step, with ``log_window`` = the number of steps averaged (when N > 1). A run that ends (or is
+preempted) mid-window writes the partial window. Evaluation records are written as they come;
+``Trainer.history`` keeps every step's metrics.
 """
 from __future__ import annotations
 

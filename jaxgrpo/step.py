@@ -251,8 +251,9 @@ class Step:
         texts = decode_completions(self.tokenizer, ctoks, cmask)
         rep_rows = [r for r in rows for _ in range(g)]
         fine_needed = "fine_scores" in self.needs
-        scored = self.env.reward(texts, rep_rows, lengths=cmask.sum(-1), tokens=ctoks, mask=cmask,
-                                 logprobs=np.asarray(out.logprobs) if fine_needed else None)  # reward
+        scored = self.env.reward(                                                     # reward
+            texts, rep_rows, lengths=cmask.sum(-1), tokens=ctoks, mask=cmask,
+            logprobs=np.asarray(out.logprobs) if fine_needed else None)
         t2 = time.perf_counter()
         emb = (self.embed(params, texts, ctoks, cmask) if "embeddings" in self.needs
                else None)                                                             # embed
