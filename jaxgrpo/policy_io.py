@@ -97,7 +97,7 @@ def _restore_params(ckpt_dir: str, step: int, params_target: Any) -> Any:
     step and rng are not read). Errors become CheckpointError naming the path."""
     import orbax.checkpoint as ocp
 
-    from jaxgrpo.checkpoint import abstract_like
+    from jaxgrpo.checkpoint import abstract_like, describe_error
 
     path = os.path.join(ckpt_dir, str(step))
     abstract = {"params": abstract_like(params_target)}
@@ -111,18 +111,18 @@ def _restore_params(ckpt_dir: str, step: int, params_target: Any) -> Any:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"checkpoint {path} does not match the model its config.json builds (different "
-            f"model or config?): {type(e).__name__}: {str(e)[:500]}") from e
+            f"model or config?): {describe_error(e)}") from e
     except Exception as e:  # corrupt / truncated files surface as many error types
         raise CheckpointError(f"checkpoint {path} could not be read (corrupt or truncated?): "
-                              f"{type(e).__name__}: {str(e)[:500]}") from e
+                              f"{describe_error(e)}") from e
     finally:
         mgr.close()
     params = out.state["params"]
     got, want = jax.tree.structure(params), jax.tree.structure(params_target)
     if got != want:
         raise CheckpointError(f"checkpoint {path}: saved params have a different structure than "
-                              f"the model its config.json builds:\n  saved: {got}\n  "
-                              f"expected: {want}")
+                              f"the model its config.json builds: saved {got}, "
+                              f"expected {want}")
     return params
 
 
