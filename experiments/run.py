@@ -15,8 +15,9 @@ Exit codes (``jaxgrpo.errors``):
 * 0  -- finished: all ``config.steps`` trained, final evaluation and summary.json written.
 * 75 -- stopped by SIGTERM / SIGINT (or preempted) after saving a checkpoint; run the same
   command again to resume. (75 = EX_TEMPFAIL, "try again later", so a scheduler can requeue.)
-* 2  -- a config or input error (bad key or value, missing data file or --config file, a run
-  directory that cannot be resumed with this config): one line on stderr, nothing trained.
+* 2  -- a config or input error (bad key or value, missing data file or --config file, an
+  unreadable model.path, a run directory that cannot be resumed with this config): one line on
+  stderr, nothing trained.
 * 1  -- any other error (a corrupt checkpoint, non-finite metrics, ...): one line on stderr for
   the errors jaxgrpo raises itself, a traceback for anything unexpected.
 """
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     config = parse_config(argv)
     from jaxgrpo.checkpoint import CheckpointError
     from jaxgrpo.loop import Trainer
+    from jaxgrpo.models.loading import CheckpointError as ModelFileError
 
     try:
         trainer = Trainer(config)
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
             out = trainer.train()
         finally:
             trainer.close()
-    except errors.ConfigError as e:  # found by the run directory checks
+    except (errors.ConfigError, ModelFileError) as e:  # run-dir checks; unreadable model.path
         print(f"config error: {_one_line(e)}", file=sys.stderr)
         return errors.EXIT_CONFIG_ERROR
     except (CheckpointError, FloatingPointError) as e:

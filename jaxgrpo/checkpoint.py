@@ -40,11 +40,10 @@ def restore_errors(path: str, mismatch: str):
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} {mismatch}: {type(e).__name__}: "
-                              f"{str(e)[:500]}") from e
+        raise CheckpointError(f"checkpoint {path} {mismatch}: {describe_error(e)}") from e
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} could not be read (corrupt or truncated?): "
-                              f"{type(e).__name__}: {str(e)[:500]}") from e
+                              f"{describe_error(e)}") from e
 
 
 def check_structure(path: str, got_tree: Any, want_tree: Any, what: str) -> None:

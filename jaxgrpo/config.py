@@ -34,8 +34,11 @@ from jaxgrpo.models.decoder import REMAT_POLICIES
 from jaxgrpo.data import TEMPLATES
 from jaxgrpo.env import DATA_SOURCES, FINE_SCORES
 from jaxgrpo.errors import ConfigError
-from jaxgrpo.rewards.extract import SOURCES as ANSWER_SOURCES
+from jaxgrpo.rewards.extract import _EXTRACTORS
 from jaxgrpo.rewards.functions import FORMAT_STYLES
+
+# Every answer-extraction source extract_answer knows (its SOURCES is only the default order).
+ANSWER_SOURCES = tuple(_EXTRACTORS)
 
 # Choices checked by validate(), read from the modules that own them. The three without an
 # owning tuple are decided in files that import this one (loop.load_policy for the dtype,

@@ -100,8 +100,11 @@ def test_2_safe_changes_resume_and_are_recorded(trained):
     run, c = trained(**{"eval.num_prompts": 1, "log.samples_every": 2, "steps": 5})
     rd = rdir.prepare(c)
     assert not rd.fresh
+    moved = (rd.changes.pop("run_dir")[1], run)  # a copy of the run: its directory moved
+    assert moved[0] == moved[1]
     assert rd.changes == {"eval.num_prompts": (2, 1), "log.samples_every": (1, 2),
                           "steps": (3, 5)}
+    rd.changes["run_dir"] = ("old", run)
     said = []
     rdir.record_changes(rd, 2, log=said.append)
     (row,) = _rows(os.path.join(run, "config_changes.jsonl"))

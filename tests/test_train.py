@@ -87,9 +87,18 @@ def test_incompatible_checkpoint_is_reported(tiny_llama_dir, tiny_run_config, ti
     t = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "run"))
     t.train(stop_at=1)
     t.close()
-    other = Trainer(tiny_run_config(tiny_qwen2_dir, tmp_path / "run"))  # another model shape
+    from jaxgrpo.checkpoint import Checkpointer
+    from jaxgrpo.errors import ConfigError
+
+    # Resuming the run with another model is refused before anything is built (jaxgrpo.run_dir)
+    with pytest.raises(ConfigError, match="model.path"):
+        Trainer(tiny_run_config(tiny_qwen2_dir, tmp_path / "run"))
+    # and the checkpoint itself refuses a state of another shape.
+    other = Trainer(tiny_run_config(tiny_qwen2_dir, tmp_path / "other"))  # another model shape
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
     with pytest.raises(CheckpointError, match="incompatible|structure"):
-        other.train()
+        ckpt.restore(other.state)
+    ckpt.close()
     other.close()
 
 
@@ -272,8 +281,9 @@ def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tiny_llama_dir, tiny_run_config, tmp_path):
-    """`python -m experiments.run` under SIGTERM: finishes the step, saves a checkpoint, exits 0
-    (resuming from such a checkpoint is test_resume_gives_the_uninterrupted_run)."""
+    """`python -m experiments.run` under SIGTERM: finishes the step, saves a checkpoint, exits
+    with EXIT_STOPPED = 75 (resuming from such a checkpoint is
+    test_resume_gives_the_uninterrupted_run)."""
     import signal
     import time
 
@@ -296,7 +306,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tiny_llama_dir, tiny_run_config, t
     assert proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 75, out[-3000:]  # jaxgrpo.errors.EXIT_STOPPED
     assert "saving a checkpoint" in out
     steps = [int(s) for s in os.listdir(run_dir / "checkpoints")]
     assert len(steps) == 1 and 1 <= steps[0] < 200

@@ -95,7 +95,7 @@ def paper_dra_config(name: str, baseline: str):
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.eval.every = 50
-    c.eval.num_prompts = 500
+    c.eval.num_prompts = 64  # all held-out rows (data.eval_size); benchmarks: experiments/evaluate.py
     c.eval.num_samples = 1
     c.eval.ks = "1"
     c.eval.temperature = 0.6
