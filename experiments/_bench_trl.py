@@ -11,7 +11,7 @@ T_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
+
 import re  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402

@@ -41,7 +41,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import ml_collections as mc
 
