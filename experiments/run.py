@@ -90,21 +90,27 @@ def main(argv=None) -> int:
         config = parse_config(rest, inputs=False) if len(rest) > 1 else None
         print(__doc__.strip() + "\n\n" + describe_config(config))
         return errors.EXIT_OK
+    # Multi-host (SLURM, Open MPI, TPU pod slices, JAX_COORDINATOR_ADDRESS): initialise JAX's
+    # distributed runtime before anything touches a backend; a no-op on one machine.
+    from jaxgrpo.sharding import initialize_distributed
+    initialize_distributed()
     config = parse_config(argv)
-    from jaxgrpo.checkpoint import CheckpointError
     from jaxgrpo.loop import Trainer
-    from jaxgrpo.models.loading import CheckpointError as ModelFileError
 
-    try:
+    try:  # building the run: a bad input (config value, data file, model file, run directory)
         trainer = Trainer(config)
+    except (errors.ConfigError, errors.CheckpointError) as e:
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        return errors.EXIT_CONFIG_ERROR
+    try:  # training: a corrupt checkpoint to resume from, non-finite metrics
         try:
             out = trainer.train()
         finally:
             trainer.close()
-    except (errors.ConfigError, ModelFileError) as e:  # run-dir checks; unreadable model.path
+    except errors.ConfigError as e:  # found at the first step (e.g. dynamic sampling)
         print(f"config error: {_one_line(e)}", file=sys.stderr)
         return errors.EXIT_CONFIG_ERROR
-    except (CheckpointError, FloatingPointError) as e:
+    except (errors.CheckpointError, FloatingPointError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return errors.EXIT_ERROR
     if trainer.stopped_early:

@@ -247,13 +247,15 @@ class Step:
                            self.put_batch(pmask), key)                                # sample
         out = jax.block_until_ready(out)
         t1 = time.perf_counter()
-        ctoks, cmask = np.asarray(out.completion_tokens), np.asarray(out.completion_mask)
+        # to_host: a plain copy on one host; gathers the other hosts' rows on several.
+        ctoks, cmask, lps, trunc = shd.to_host((out.completion_tokens, out.completion_mask,
+                                                out.logprobs, out.truncated))
         texts = decode_completions(self.tokenizer, ctoks, cmask)
         rep_rows = [r for r in rows for _ in range(g)]
         fine_needed = "fine_scores" in self.needs
         scored = self.env.reward(                                                     # reward
             texts, rep_rows, lengths=cmask.sum(-1), tokens=ctoks, mask=cmask,
-            logprobs=np.asarray(out.logprobs) if fine_needed else None)
+            logprobs=lps if fine_needed else None)
         t2 = time.perf_counter()
         emb = (self.embed(params, texts, ctoks, cmask) if "embeddings" in self.needs
                else None)                                                             # embed
@@ -269,7 +271,7 @@ class Step:
         t3 = time.perf_counter()
         info = dict(texts=texts, rows=rep_rows, rewards=scored.rewards,
                     components=scored.components, stats=scored.stats, prompts_truncated=n_trunc,
-                    n_tokens=int(cmask.sum()), truncated=float(np.mean(np.asarray(out.truncated))),
+                    n_tokens=int(cmask.sum()), truncated=float(np.mean(trunc)),
                     times={"time/sample": t1 - t0, "time/reward": t2 - t1, "time/embed": t3 - t2})
         return ro, info
 
