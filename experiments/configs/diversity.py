@@ -15,8 +15,14 @@ canonical forms ("3+5" == "5+3"). Held-out rows come from generator seed ``seed 
 
 Hardware: one 2-core CPU (shared), SmolLM2-135M-Instruct (packaged), float32.
 
-Measured (base model, step-0 evaluation; numbers in NOTES_README.md): see BASE_MEASURED.
-Trained methods: not yet run (the full comparison is 6 methods x 3 seeds; see NOTES_README.md).
+Measured, base model only (SmolLM2-135M-Instruct, temperature 1, 24 new tokens, the first 16
+held-out rows of seed 0 x 8 samples -- NOT the 64 x 32 of eval.*, which did not finish on the
+shared CPU): pass@1 0.094, pass@2 0.167, pass@4 0.276, pass@8 0.438; 7 of 16 prompts solved,
+distinct correct 0.44 per prompt (1.0 per solved prompt, top-solution share 1.0), token entropy
+2.07 nats; 469 s wall at load ~16 on 2 cores.
+Trained methods: not yet run. steps = 200 is a choice, not measured: compare_methods' GRPO went
+0.22 -> 0.78 accuracy in 15 steps on addition, so 200 steps with an evaluation every 25 should
+show whether pass@1 plateaus; a pilot (--methods GRPO --seeds 0) must confirm it.
 """
 import importlib
 
@@ -28,8 +34,6 @@ METHOD_MODULES = ("grpo", "dr_grpo", "dra_grpo", "dra_dr_grpo", "dagrpo", "progr
 # prompt (target // 2), so distinct correct answers can grow well beyond 1.
 TASK_KWARGS = '{"terms": 2, "min_target": 4, "max_target": 20}'
 PROMPT_FORMAT = "{question}\nExample: 1 + 4 = 5."
-
-BASE_MEASURED = "not yet run"
 
 
 def get_config(method: str = "grpo"):
