@@ -96,7 +96,13 @@ class Trainer:
             adapters = init_adapters(params, lora, jax.random.key(c.seed))
             params = shd.shard_state(adapters, self.mesh)
         state = init_train_state(params, self.tx, c.seed)
-        state = state.replace(opt_state=shd.shard_optimizer_state(state.opt_state, self.mesh))
+        # Every leaf on the mesh from the start, laid out as the update returns it (step and rng
+        # replicated): the sampler and the update then see the same input shardings at every
+        # step and compile once (an uncommitted rng key at step 1 recompiled both at step 2).
+        rep = shd.replicated(self.mesh)
+        state = state.replace(opt_state=shd.shard_optimizer_state(state.opt_state, self.mesh),
+                              step=jax.device_put(state.step, rep),
+                              rng=jax.device_put(state.rng, rep))
         self.state = state
         ref_params = (jax.tree.map(jnp.copy, params) if c.loss.beta > 0 and lora is None
                       else None)

@@ -382,3 +382,32 @@ def test_dynamic_sampling_that_can_never_fill_names_the_keys(tiny_llama_dir, tin
         from jaxgrpo.config import validate
         validate(tiny_run_config(tiny_llama_dir, tmp_path / "r2", **{
             "train.dynamic_sampling": True, "train.fused": True}))
+
+
+def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tmp_path):
+    """The Trainer's step compiles its sampler and update once: steps 2 and 3 compile nothing
+    (the initial state is laid out as the update returns it, rng and step included)."""
+    import logging
+
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path)
+    records = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling "):
+                records.append(record.getMessage().split(" with ")[0])
+
+    handler = Catch(logging.WARNING)
+    logging.getLogger("jax").addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        t.train_step(0)
+        assert any("sampler" in r for r in records) and any("update" in r for r in records)
+        records.clear()
+        t.train_step(1)
+        t.train_step(2)
+        assert records == [], records
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logging.getLogger("jax").removeHandler(handler)
+        t.close()
