@@ -10,6 +10,10 @@ at start with one line naming it, before any model is loaded (``jaxgrpo.config.v
 ``<run_dir>/config.json``; running again with the same ``run_dir`` resumes the run (see
 ``jaxgrpo.run_dir`` for what a resume may change).
 
+Compiled programs are cached across runs (JAX's persistent compilation cache, in
+``~/.cache/jaxgrpo/xla``; ``JAXGRPO_COMPILATION_CACHE=<dir>`` moves it, ``=0`` turns it off), so a
+second run of the same config skips most of its compilation.
+
 Exit codes (``jaxgrpo.errors``):
 
 * 0  -- finished: all ``config.steps`` trained, final evaluation and summary.json written.
@@ -77,6 +81,22 @@ def parse_config(argv, *, inputs: bool = True):
     return config
 
 
+def enable_compilation_cache(env=os.environ) -> str:
+    """JAX's persistent compilation cache for repeated runs of the same config: a second run
+    loads the sampler's and the update's executables instead of compiling them. The directory
+    is ``$JAXGRPO_COMPILATION_CACHE`` (default ``~/.cache/jaxgrpo/xla``); set it to ``0`` or
+    ``off`` to disable. Returns the directory ("" when off)."""
+    import jax
+
+    path = env.get("JAXGRPO_COMPILATION_CACHE", os.path.join("~", ".cache", "jaxgrpo", "xla"))
+    if path.lower() in ("0", "off", "false", "no", ""):
+        return ""
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def main(argv=None) -> int:
     from jaxgrpo import run_dir
 
@@ -94,6 +114,7 @@ def main(argv=None) -> int:
     # distributed runtime before anything touches a backend; a no-op on one machine.
     from jaxgrpo.sharding import initialize_distributed
     initialize_distributed()
+    enable_compilation_cache()
     config = parse_config(argv)
     from jaxgrpo.loop import Trainer
 
