@@ -31,7 +31,7 @@ from jaxgrpo.advantages.dagrpo import ANCHOR_TRIGGERS
 from jaxgrpo.advantages.registry import available_transforms, get_transform
 from jaxgrpo.models.attention import ATTENTION_IMPLS
 from jaxgrpo.models.decoder import REMAT_POLICIES
-from jaxgrpo.data import TEMPLATES
+from jaxgrpo.data import TEMPLATES, split_names  # split_names: re-exported
 from jaxgrpo.env import DATA_SOURCES, FINE_SCORES
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.rewards.extract import _EXTRACTORS
@@ -329,10 +329,6 @@ def base_config() -> mc.ConfigDict:
     c.checkpoint.fallback = False  # a corrupt latest checkpoint: resume from the newest intact one
     c.lock()
     return c
-
-
-def split_names(s: str) -> tuple:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
 # ----------------------------------------------------------------------------- docs and --help

@@ -16,6 +16,11 @@ import numpy as np
 TEMPLATES = ("chat", "plain")  # config.data.template: the tokenizer's chat template, or none
 
 
+def split_names(s: str) -> tuple:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: a comma-separated config value as names."""
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
 def render_prompt(tokenizer, question: str, *, template: str, prompt_format: str,
                   system_prompt: str = "") -> str:
     """The prompt text for one question: ``prompt_format`` filled in, then the tokenizer's chat

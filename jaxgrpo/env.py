@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgrpo.data import split_names
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.rewards.extract import extract_answer
 from jaxgrpo.rewards.functions import RewardSpec, make_reward_fn
@@ -192,8 +193,6 @@ def build_env(c, tokenizer=None, eos_id: Optional[int] = None) -> Env:
     if c.rewards.verifier not in VERIFIERS:
         raise ConfigError(f"config.rewards.verifier={c.rewards.verifier!r} is not one of "
                           f"{VERIFIERS}")
-    from jaxgrpo.config import split_names  # (config imports this module's choice tuples)
-
     specs = [RewardSpec("accuracy", float(c.rewards.accuracy))]
     if c.rewards.format:
         specs.append(RewardSpec("format", float(c.rewards.format),
