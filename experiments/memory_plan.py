@@ -219,18 +219,15 @@ def model_factory(c, cfg):
 
 
 def sampling_config(c, cfg):
-    """The ``SamplingConfig`` the host loop builds, plus same-named ``config.sampling`` keys and
-    ``train.logits_chunk`` (if the config has it) as the prompt log-prob chunk."""
-    from jaxgrpo.sampling import SamplingConfig
+    """The ``SamplingConfig`` the training step builds (``jaxgrpo.step.sampling_config``: the
+    config's sampling keys, ``train.logits_chunk`` as the prompt log-prob chunk, the prompt
+    log-prob pass only when the advantage chain reads it)."""
+    from jaxgrpo.step import rollout_needs, sampling_config as step_sampling_config
 
-    fields = {f.name for f in dataclasses.fields(SamplingConfig)}
-    kw = {k: c.sampling[k] for k in c.sampling.keys() if k in fields}
-    kw.update(num_samples=c.sampling.num_generations,
-              eos_token_ids=tuple(cfg.eos_token_ids) or (0,),
-              pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0)
-    if "prompt_logprobs_chunk" not in kw and "logits_chunk" in c.train and c.train.logits_chunk:
-        kw["prompt_logprobs_chunk"] = int(c.train.logits_chunk)
-    return SamplingConfig(**kw)
+    return step_sampling_config(
+        c, tuple(cfg.eos_token_ids) or (0,),
+        cfg.pad_token_id if cfg.pad_token_id is not None else 0,
+        prompt_logprobs="prompt_logprobs" in rollout_needs(c))
 
 
 # ------------------------------------------------------------------------------ abstract args
@@ -547,8 +544,10 @@ def child_main(argv):
     from jaxgrpo import sharding as shd
     from jaxgrpo.config import validate
 
+    # inputs=False: the plan reads no data and builds the model from shapes (model.path may be
+    # a path on the cluster, or absent: the shipped shape is used).
     c = parse_config(["memory_plan", *([f"--config={args.config}"] if args.config else []),
-                      *rest])
+                      *rest], inputs=False)
     group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
     n = c.train.prompts_per_step * group
     d, f, t = sizes
