@@ -272,13 +272,13 @@ def test_6_non_finite_metric_counts_steps_like_the_files(trained):
 
     run, c = trained()
     t = Trainer(c)
-    real = t.update
+    real = t.step.update  # the step's jitted update (jaxgrpo.step)
 
     def poisoned(*args):
         state, m = real(*args)
         return state, {**m, "loss": jnp.float32(np.nan)}
 
-    t.update = poisoned
+    t.step.update = poisoned
     try:
         with pytest.raises(FloatingPointError, match=r"at step 3: \['loss'\]"):
             t.train()  # resumes at 2; the step it runs is the third
