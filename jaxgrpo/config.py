@@ -651,18 +651,29 @@ def check_inputs(c: mc.ConfigDict) -> None:
 
 
 def check_task(name: str, task_kwargs: str, seed: int) -> None:
-    """The reasoning-gym task exists and accepts ``task_kwargs`` (builds a 1-row dataset)."""
+    """The task exists (one of ours, ``jaxgrpo.rewards.tasks.OWN_TASKS``, or a reasoning-gym
+    task) and accepts ``task_kwargs`` (builds a 1-row dataset)."""
     import difflib
 
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
+    from jaxgrpo.rewards.tasks import OWN_TASKS, make_task
+
+    kwargs = json.loads(task_kwargs) if task_kwargs else {}
+    if name in OWN_TASKS:
+        try:
+            make_task(name, seed=seed, size=1, **kwargs)
+        except (TypeError, ValueError) as e:
+            _fail("data.task_kwargs", task_kwargs,
+                  f"rejected by task {name!r}: {' '.join(str(e).split())[:300]}")
+        return
     if name not in DATASETS:
         near = difflib.get_close_matches(name, sorted(DATASETS), n=3)
         hint = f"; did you mean {' / '.join(near)}?" if near else ""
         _fail("data.task", name, f"is not a reasoning-gym task ({len(DATASETS)} known, e.g. "
-                                 f"basic_arithmetic, countdown, gsm_symbolic){hint}")
-    kwargs = json.loads(task_kwargs) if task_kwargs else {}
+                                 f"basic_arithmetic, countdown, gsm_symbolic; ours: "
+                                 f"{', '.join(OWN_TASKS)}){hint}")
     try:
         reasoning_gym.create_dataset(name, seed=seed, size=1, **kwargs)
     except Exception as e:  # a bad option: the generator's own message
