@@ -1,5 +1,6 @@
 """Diversity testbed (issue 12): one method on ``sum_to_target``, a task with many correct answers.
 
+Command:
     python -m experiments.run --config experiments/configs/diversity.py:grpo
     python -m experiments.run --config experiments/configs/diversity.py:dra_grpo --config.seed=1
     python -m experiments.tables.diversity          # every method x seeds 0,1,2, table + plots
@@ -15,7 +16,7 @@ canonical forms ("3+5" == "5+3"). Held-out rows come from generator seed ``seed 
 
 Hardware: one 2-core CPU (shared), SmolLM2-135M-Instruct (packaged), float32.
 
-Measured, base model only (SmolLM2-135M-Instruct, temperature 1, 24 new tokens, the first 16
+Expected (measured), base model only (SmolLM2-135M-Instruct, temperature 1, 24 new tokens, the first 16
 held-out rows of seed 0 x 8 samples -- NOT the 64 x 32 of eval.*, which did not finish on the
 shared CPU): pass@1 0.094, pass@2 0.167, pass@4 0.276, pass@8 0.438; 7 of 16 prompts solved,
 distinct correct 0.44 per prompt (1.0 per solved prompt, top-solution share 1.0), token entropy
