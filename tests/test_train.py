@@ -523,7 +523,7 @@ def test_load_policy_reads_param_and_compute_dtypes(tiny_llama_dir):
     for random_layers in (0, 1):  # the checkpoint's weights, and a random decoder of its vocab
         c.model.random_init_layers = random_layers
         model, _ = load_policy(validate(c))
-        kernel = model.layers[0].self_attn.q_proj.kernel[...]
+        kernel = model.layers.self_attn.q_proj.kernel[...]  # stacked [L, E, H*D]
         assert kernel.dtype == jnp.float32 and model.dtype == jnp.bfloat16
         hidden, _ = model.hidden_states(jnp.ones((1, 3), jnp.int32))
         assert hidden.dtype == jnp.bfloat16
