@@ -91,7 +91,7 @@ def run(mesh, counter, steps=3):
                        "update_logged": counter.count("jit(update)"),
                        "sampler_cache": sampler._cache_size() - sampler_cache0,
                        "update_cache": update._cache_size()})
-    q_spec = str(getattr(state.params["layers"][0]["self_attn"]["q_proj"]["kernel"].sharding,
+    q_spec = str(getattr(state.params["layers"]["self_attn"]["q_proj"]["kernel"].sharding,
                          "spec", None))
     return {"counts": counts, "metrics": metrics, "q_spec": q_spec}
 
