@@ -52,6 +52,20 @@ def method_config(module: str, args, seed: int, out: str):
     return c
 
 
+def parse_runs(parser, args, known) -> tuple:
+    """(methods, seeds) from ``--methods`` / ``--seeds`` (an unknown method is a parser error
+    listing ``known``); ``--report`` implies ``--quiet``; creates ``--out``."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(known)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.report:
+        args.quiet = True
+    os.makedirs(args.out, exist_ok=True)
+    return methods, seeds
+
+
 def run_or_reuse(c, report: bool = False, resume: bool = False, label: str = ""):
     """The finished run of config ``c`` in ``c.run_dir``: reused if its ``summary.json``
     exists, else trained now (``report=True``: not trained, None returned). A run directory
@@ -105,14 +119,7 @@ def main(argv=None):
     if args.quick:
         args.steps, args.seeds, args.eval_prompts = 2, "0", 8
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if args.report:
-        args.quiet = True
-    os.makedirs(args.out, exist_ok=True)
+    methods, seeds = parse_runs(p, args, METHODS)
     results = {}  # method -> list of (before, after) eval dicts
     for name in methods:
         for seed in seeds:

@@ -35,7 +35,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from experiments.tables.compare_methods import run_or_reuse
+from experiments.tables.compare_methods import parse_runs, run_or_reuse
 
 METHODS = {
     "GRPO": "grpo",
@@ -246,14 +246,7 @@ def main(argv=None):
     if args.quick:
         args.steps, args.eval_every, args.seeds = 2, 1, "0"
         args.eval_prompts, args.num_samples = 8, 4
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if args.report:
-        args.quiet = True
-    os.makedirs(args.out, exist_ok=True)
+    methods, seeds = parse_runs(p, args, METHODS)
 
     curves: Dict[str, Dict[int, Dict[int, dict]]] = {}  # method -> seed -> step -> eval
     walls = {}
