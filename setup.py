@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
 ]
 TEST_REQUIRES = [
     "pytest==9.2.0",
+    "pytest-xdist==3.8.0",  # the suite runs on 2 workers (pytest.ini addopts)
     "hypothesis==6.170.15",
     "torch==2.13.0",  # the numerical oracle (transformers' PyTorch models); tests only
     "peft==0.21.2",  # LoRA oracle; tests only

@@ -358,7 +358,6 @@ def policy_loss(
     else:
         dual = jnp.zeros_like(onpol_tok)
     rstats = _masked_stats(sg_rho, onpol_tok)
-    astats = _masked_stats(a, mask)
     p_anchor = jnp.exp(jax.lax.stop_gradient(logprobs).astype(jnp.float32))
     metrics.update({
         "pg_loss": jax.lax.stop_gradient(pg_loss),
@@ -370,10 +369,6 @@ def policy_loss(
         "ratio_min": rstats["min"],
         "ratio_mean": rstats["mean"],
         "ratio_max": rstats["max"],
-        "adv_mean": astats["mean"],
-        "adv_std": astats["std"],
-        "adv_min": astats["min"],
-        "adv_max": astats["max"],
         "anchor_token_frac": jnp.sum(anchor_tok) / jnp.maximum(jnp.sum(mask), 1),
         "anchor_prob_mean": _masked_stats(p_anchor, anchor_tok)["mean"],
         "num_tokens": jnp.sum(mask).astype(jnp.float32),

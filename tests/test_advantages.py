@@ -621,9 +621,14 @@ def test_registry_dra_then_grpo_then_progrpo():
     ref = np_arm(np_grpo(tilde, eps=1e-6), correct, ca, cq, alpha=0.5)
     np.testing.assert_allclose(adv, ref, rtol=1e-4, atol=1e-5)
     assert adv.shape == (3, 4)
-    for k in ("dra/weight_mean", "grpo/frac_zero_spread_groups", "progrpo/correction_mean",
-              "adv/abs_mean"):
+    for k in ("dra/weight_mean", "grpo/frac_zero_spread_groups", "progrpo/correction_mean"):
         assert k in diag
+    # The final advantages' statistics, once, over members (float64 reference).
+    a64 = np.asarray(ref, np.float64).ravel()
+    for k, want in (("mean", a64.mean()), ("abs_mean", np.abs(a64).mean()), ("std", a64.std()),
+                    ("min", a64.min()), ("max", a64.max())):
+        np.testing.assert_allclose(diag[f"adv/{k}"], want, rtol=1e-4, atol=1e-5)
+    assert [k for k in diag if "adv_" in k or k.endswith("/adv_mean")] == []
     for v in diag.values():
         assert isinstance(v, jax.Array) and v.shape == ()
 

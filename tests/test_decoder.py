@@ -100,6 +100,7 @@ def _data(vocab):
     return prompts, pmask, comps, cmask
 
 
+@pytest.mark.slow
 def test_every_remat_policy_gives_the_same_loss_and_gradients():
     model = Decoder(_cfg(3), rngs=nnx.Rngs(0))
     data = _data(64)

@@ -194,8 +194,7 @@ def test_value_and_metrics(variant):
     np.testing.assert_allclose(met["ratio_mean"], rho[m].mean(), rtol=1e-5)
     np.testing.assert_allclose(met["kl_mean"], kl[m].mean(), rtol=1e-4)
     np.testing.assert_allclose(met["entropy_mean"], np.abs(np.asarray(lp))[m].mean(), rtol=1e-5)
-    np.testing.assert_allclose(met["adv_mean"], a[m].mean(), rtol=1e-5)
-    np.testing.assert_allclose(met["adv_max"], a[m].max(), rtol=1e-6)
+    assert not any(k.startswith("adv") for k in met), "advantage statistics belong to the chain"
     assert float(met["clip_frac_low"]) > 0 and float(met["clip_frac_high"]) > 0
     for v in met.values():
         assert isinstance(v, jax.Array) and v.shape == () and v.dtype == jnp.float32

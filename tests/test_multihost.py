@@ -23,7 +23,7 @@ TIMEOUT = 900
 
 def _env(devices: int):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
     return env
 

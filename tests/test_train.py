@@ -149,7 +149,8 @@ def _random_rollout(p=2, g=4, tp=6, tc=5, seed=0, vocab=64):
         member_mask=jnp.ones((p, g), bool), is_anchor=jnp.zeros((p, g), bool))
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("agg", ["token-mean", pytest.param("seq-mean-token-mean", marks=pytest.mark.slow),
+                                 pytest.param("seq-mean-token-sum-norm", marks=pytest.mark.slow)])
 def test_grad_accumulation_does_not_change_the_update(agg):
     """grad_accum = 1, 2, 4 micro-batches give the same loss and gradient (global normalisers).
 
@@ -250,6 +251,7 @@ def test_every_experiment_config_validates():
         assert "Command" in doc and "Hardware" in doc and "Expected" in doc, n
 
 
+@pytest.mark.slow
 def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path):
     """The same config on 8 fake CPU devices (data 2 x fsdp 2 x tensor 2) gives the same
     metrics as on one device (the flag is set only in the subprocess)."""
@@ -265,7 +267,7 @@ def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path)
     flat = _flat(c.to_dict())
     for k in ("model.path", "run_dir", "mesh.data", "mesh.fsdp", "mesh.tensor"):
         flat.pop(k)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_train_mesh_worker.py"),
                         tiny_llama_dir, str(tmp_path / "mesh"), "2", "2", "2", json.dumps(flat)],
@@ -280,6 +282,7 @@ def test_same_run_on_an_8_device_mesh(tiny_llama_dir, tiny_run_config, tmp_path)
                                        err_msg=f"step {step} {key}")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(tiny_llama_dir, tiny_run_config, tmp_path):
     """`python -m experiments.run` under SIGTERM: finishes the step, saves a checkpoint, exits
     with EXIT_STOPPED = 75 (resuming from such a checkpoint is
@@ -325,10 +328,12 @@ def _flat(d, prefix=""):
 
 @pytest.mark.parametrize("chain", [
     {"advantage.reward_transforms": "dra"},  # packaged MiniLM encoder
-    {"advantage.reward_transforms": "dra", "embedding.model": "policy"},
-    {"advantage.baseline": "dagrpo", "anchors.enabled": True, "anchors.trigger": "always"},
-    {"advantage.baseline": "dr_grpo", "advantage.advantage_transforms": "progrpo",
-     "loss.agg_mode": "seq-mean-token-sum-norm"},
+    pytest.param({"advantage.reward_transforms": "dra", "embedding.model": "policy"},
+                 marks=pytest.mark.slow),
+    pytest.param({"advantage.baseline": "dagrpo", "anchors.enabled": True, "anchors.trigger": "always"},
+                 marks=pytest.mark.slow),
+    pytest.param({"advantage.baseline": "dr_grpo", "advantage.advantage_transforms": "progrpo",
+                  "loss.agg_mode": "seq-mean-token-sum-norm"}, marks=pytest.mark.slow),
 ])
 def test_each_method_chain_trains_in_the_loop(tiny_llama_dir, tiny_run_config, tmp_path, chain):
     """DRA (both embedders), DaGRPO with anchors and ProGRPO run through the host loop and
@@ -394,6 +399,7 @@ def _other_params(seed=1):
     return split_model(Decoder(cfg, rngs=nnx.Rngs(seed)))[1]
 
 
+@pytest.mark.slow
 def test_reference_pass_per_micro_batch_and_chunked_head_keep_the_update():
     """beta > 0 with a reference policy unlike the policy: the reference log-probs computed per
     (strided) micro-batch with a time-chunked LM head (chunks 3 and 2 do not divide Tc = 5)
@@ -465,6 +471,7 @@ def _changed(before, after):
     return float(np.mean(a != b)), float(np.linalg.norm(a - b) / np.linalg.norm(b)), a - b
 
 
+@pytest.mark.slow
 def test_fp32_master_weights_with_bf16_compute_train_at_lr_1e_6():
     """10 AdamW steps at lr 1e-6: float32 parameters with bfloat16 compute change (almost) every
     weight that has a gradient, by the relative amount and in the direction of an all-float32
@@ -550,12 +557,13 @@ def test_micro_batch_the_mesh_or_the_group_cannot_divide_is_refused():
 # -------------------------------------------------------- no recompilation after the first step
 
 
+@pytest.mark.slow  # two subprocess runs on 2-device meshes (~80 s)
 def test_no_recompilation_after_the_first_step_on_2_device_meshes():
     """3 host-loop steps (sampler, then update with beta > 0, 2 micro-batches, chunked head) on
     fsdp, data and tensor meshes of 2 fake devices compile the sampler and the update once each
     (counted from jax_log_compiles and from the jit caches) and give the metrics of the run
     without a mesh; a micro-batch the mesh cannot divide is refused naming the keys."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_compile_count_worker.py")],

@@ -170,13 +170,11 @@ def dagrpo(
     m = member.astype(jnp.float32)
     nm = jnp.maximum(jnp.sum(m), 1.0)
     npairs = jnp.sum(pair)
-    a = adv.astype(jnp.float32)
     kept_any = jnp.any(keep, axis=2)
     diag = {
         "frac_pairs_masked": _common.scalar(
             jnp.where(npairs > 0, 1.0 - jnp.sum(keep) / jnp.maximum(npairs, 1), 0.0)),
         "frac_members_all_masked": _common.scalar(jnp.sum(m * ~kept_any) / nm),
-        "adv_abs_mean": _common.scalar(jnp.sum(jnp.abs(a) * m) / nm),
         "frac_anchor_members": _common.scalar(
             0.0 if is_anchor is None else jnp.sum(is_anchor.astype(bool) & member) / nm),
     }

@@ -71,14 +71,11 @@ def _group_advantages(rewards, member_mask, *, center, scale, std_ddof, eps, zer
 
 def _baseline_diagnostics(adv: jax.Array, member: jax.Array, zero_spread: jax.Array,
                           rewards: jax.Array) -> Dict[str, jax.Array]:
-    """Scalar diagnostics shared by the baselines."""
-    m = member.astype(jnp.float32)
-    nm = jnp.maximum(jnp.sum(m), 1.0)
-    a = adv.astype(jnp.float32)
+    """Scalar diagnostics shared by the baselines (the advantages' own statistics are reported
+    once, by the chain: ``adv/*`` in ``registry.make_advantage_fn``)."""
+    del adv, member
     return {
         "frac_zero_spread_groups": _common.scalar(jnp.mean(zero_spread.astype(jnp.float32))),
-        "adv_abs_mean": _common.scalar(jnp.sum(jnp.abs(a) * m) / nm),
-        "adv_mean": _common.scalar(jnp.sum(a * m) / nm),
         "frac_nonfinite_rewards": _common.scalar(
             jnp.mean((~jnp.isfinite(rewards)).astype(jnp.float32))),
     }

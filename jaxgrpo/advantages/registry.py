@@ -240,7 +240,9 @@ def make_advantage_fn(
 
     Returns:
       A pure function ``rollout -> (advantages [P, G], diagnostics)``. Diagnostic keys are
-      ``"<transform>/<name>"`` plus ``"adv/abs_mean"``, ``"adv/mean"`` over members.
+      ``"<transform>/<name>"`` plus the final advantages' statistics over group members, each
+      reported once, here: ``"adv/mean"``, ``"adv/abs_mean"``, ``"adv/std"``, ``"adv/min"``,
+      ``"adv/max"`` (one value per completion, not token-weighted).
 
     Raises:
       ValueError: unknown transform name, a transform of the wrong kind, a name used twice,
@@ -270,8 +272,14 @@ def make_advantage_fn(
         m = rollout.member_mask.astype(jnp.float32)
         nm = jnp.maximum(jnp.sum(m), 1.0)
         a = adv.astype(jnp.float32)
+        mean = jnp.sum(a * m) / nm
+        diag["adv/mean"] = mean
         diag["adv/abs_mean"] = jnp.sum(jnp.abs(a) * m) / nm
-        diag["adv/mean"] = jnp.sum(a * m) / nm
+        diag["adv/std"] = jnp.sqrt(jnp.sum(jnp.square(a - mean) * m) / nm)
+        big = jnp.finfo(jnp.float32).max
+        any_m = jnp.sum(m) > 0
+        diag["adv/min"] = jnp.where(any_m, jnp.min(jnp.where(m > 0, a, big)), 0.0)
+        diag["adv/max"] = jnp.where(any_m, jnp.max(jnp.where(m > 0, a, -big)), 0.0)
         return adv, diag
 
     return advantage_fn
