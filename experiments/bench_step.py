@@ -1,15 +1,17 @@
 """Whole GRPO steps, side by side: jaxgrpo against TRL's GRPOTrainer (and Tunix when installed).
 
 Same model directory (converted once, HF safetensors), same prompts, G = 8 completions of each of
-4 prompts, 128 completion tokens forced in both (EOS ignored: jaxgrpo `sampling.ignore_eos`,
-TRL `generation_kwargs={"min_new_tokens": 128}`), temperature 1, beta = 0, AdamW at lr 1e-6
-(β2 0.99, grad-norm clip 1, constant schedule), fp32 on the CPU, the same reward rule (last
-number of the completion equals the answer). Each framework runs in its own process, one after
+4 prompts, 128 completion tokens forced in all (EOS ignored: jaxgrpo `sampling.ignore_eos`,
+TRL `generation_kwargs={"min_new_tokens": 128}`, Tunix `RolloutConfig(eos_tokens=[-1])`, a stop
+id that is never sampled: see experiments/_bench_tunix.py), temperature 1, beta = 0, AdamW at
+lr 1e-6 (β2 0.99, grad-norm clip 1, constant schedule), fp32 on the CPU, the same reward rule
+(last number of the completion equals the answer). Each framework runs in its own process, one after
 the other (never together), so peak RSS is its own.
 
     bash experiments/bootstrap.sh bench        # a separate venv (.venv-bench) with torch + TRL
     python -m experiments.bench_step --model tiny --steps 6
     python -m experiments.bench_step --model smollm2 --steps 6
+    python -m experiments.bench_step --peers jaxgrpo,trl,tunix   # --tunix-python: google-tunix
 
 Per framework it prints seconds per step (median of the steps after the first two: warm-up and
 compilation), time to first step (process start to the end of step 1: imports, load, compile),
@@ -109,6 +111,9 @@ def main(argv=None):
     ap.add_argument("--peers", default="jaxgrpo,trl", help="comma-separated: jaxgrpo, trl, tunix")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
                     help="the PyTorch/TRL venv's python (bash experiments/bootstrap.sh bench)")
+    ap.add_argument("--tunix-python", default=os.path.join(ROOT, ".venv-tunix", "bin", "python"),
+                    help="a python with google-tunix installed (bash experiments/bootstrap.sh "
+                         "tunix; experiments/_bench_tunix.py)")
     ap.add_argument("--out", default="", help="also write the table and raw records here (.md)")
     a = ap.parse_args(argv)
 
@@ -125,8 +130,13 @@ def main(argv=None):
                 raise SystemExit(f"--bench-python {a.bench_python} not found: run "
                                  "`bash experiments/bootstrap.sh bench` first")
             recs.append(run_child([a.bench_python, "experiments/_bench_trl.py", *common]))
+        elif peer == "tunix":
+            if not os.path.exists(a.tunix_python):
+                raise SystemExit(f"--tunix-python {a.tunix_python} not found: run "
+                                 "`bash experiments/bootstrap.sh tunix` first")
+            recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common]))
         else:
-            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, trl)")
+            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, trl, tunix)")
     rows = [summarise(r) for r in recs]
     ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
     lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "

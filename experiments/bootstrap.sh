@@ -3,15 +3,17 @@
 #   bash experiments/bootstrap.sh        # runtime only
 #   bash experiments/bootstrap.sh test   # runtime + test oracle (torch CPU build, pytest, ...)
 #   bash experiments/bootstrap.sh bench  # runtime + a separate .venv-bench with the peers (TRL)
+#   bash experiments/bootstrap.sh tunix  # runtime + a separate .venv-tunix (google-tunix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ "${1:-}" = "bench" ]; then
+if [ "${1:-}" = "bench" ] || [ "${1:-}" = "tunix" ]; then
   bash "$0"
-  [ -x .venv-bench/bin/python ] || "$PY" -m venv .venv-bench
-  if [ ! -f .venv-bench/.installed ] || [ experiments/requirements-bench.txt -nt .venv-bench/.installed ]; then
-    .venv-bench/bin/python -m pip install -q -r experiments/requirements-bench.txt
-    touch .venv-bench/.installed
+  venv=".venv-$1"; req="experiments/requirements-$1.txt"
+  [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+  if [ ! -f "$venv/.installed" ] || [ "$req" -nt "$venv/.installed" ]; then
+    "$venv/bin/python" -m pip install -q -r "$req"
+    touch "$venv/.installed"
   fi
   exit 0
 fi

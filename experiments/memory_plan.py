@@ -264,8 +264,9 @@ def _field_shardings(value, mesh, notes, name):
 
 
 def abstract_update_args(c, factory, mesh, group_size):
-    """(state, rollout, ref_params, advantages, graphdef, rest, notes): ShapeDtypeStructs with
-    NamedShardings on ``mesh``, the arguments of ``update`` as ``jaxgrpo.loop.Trainer`` calls it."""
+    """(state, rollout, ref_params, graphdef, rest, tx, notes): ShapeDtypeStructs with
+    NamedShardings on ``mesh``, the arguments of ``update`` as ``jaxgrpo.step`` calls it (the
+    advantages are computed inside the update, from the rollout's extras for the chain)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -298,14 +299,36 @@ def abstract_update_args(c, factory, mesh, group_size):
     def arr(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=bs)
 
+    # The extras the step assembles for this chain (jaxgrpo.step.rollout_needs), as it does.
+    from jaxgrpo.step import rollout_needs
+    need = rollout_needs(c)
+    extras = {}
+    if "embeddings" in need:
+        extras["embeddings"] = arr((p, g, _embedding_dim(c, abstract)), jnp.float32)
+    if "fine_scores" in need:
+        extras["fine_scores"] = arr((p, g), jnp.float32)
+    if "question_mask" in need:
+        extras["question_mask"] = arr((p, tp), jnp.bool_)
+    if c.loss.mask_truncated_completions:
+        extras["truncated"] = arr((p, g), jnp.bool_)
     rollout = Rollout(
         prompt_tokens=arr((p, tp), jnp.int32), prompt_mask=arr((p, tp), jnp.bool_),
         completion_tokens=arr((p, g, tc), jnp.int32), completion_mask=arr((p, g, tc), jnp.bool_),
         logprobs=arr((p, g, tc), jnp.float32), prompt_logprobs=arr((p, tp), jnp.float32),
         rewards=arr((p, g), jnp.float32), correct=arr((p, g), jnp.bool_),
-        member_mask=arr((p, g), jnp.bool_), is_anchor=arr((p, g), jnp.bool_))
-    adv = arr((p, g), jnp.float32)
-    return state, rollout, ref, adv, graphdef, rest, tx, notes
+        member_mask=arr((p, g), jnp.bool_), is_anchor=arr((p, g), jnp.bool_), **extras)
+    return state, rollout, ref, graphdef, rest, tx, notes
+
+
+def _embedding_dim(c, abstract_model) -> int:
+    """D of rollout.embeddings: the policy's hidden size (embedding.model='policy') or the
+    sentence encoder's (config.json of embedding.encoder_path; the packaged MiniLM: 384)."""
+    if c.embedding.model == "policy":
+        return abstract_model.config.hidden_size
+    if c.embedding.encoder_path:
+        with open(os.path.join(c.embedding.encoder_path, "config.json")) as f:
+            return int(json.load(f)["hidden_size"])
+    return 384  # all-MiniLM-L6-v2
 
 
 def abstract_sampler_args(c, state, rest, mesh):
@@ -395,12 +418,12 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
     full = {}
     for layers in sorted(set(depths) | {full_depth}):
         compiled_here = layers in depths
-        state, ro, ref, adv, graphdef, rest, tx, notes = abstract_update_args(
+        state, ro, ref, graphdef, rest, tx, notes = abstract_update_args(
             c, factory(layers), mesh, group)
         sizes = dict(params=_bytes_per_device(state.params),
                      opt_state=_bytes_per_device(state.opt_state),
                      ref_params=_bytes_per_device(ref) if ref is not None else 0,
-                     rollout=_bytes_per_device((ro, adv)),
+                     rollout=_bytes_per_device(ro),
                      other_state=_bytes_per_device([getattr(state, k.name) for k in
                                                     dataclasses.fields(state)
                                                     if k.name not in ("params", "opt_state")]))
@@ -415,7 +438,7 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
         if not skip_update:
             print(f"  [{backend}] compiling update at {layers} layer(s) ...", flush=True)
             update = make_update_fn(c, graphdef, rest, tx)
-            res["update"][layers] = compile_memory(update, (state, ro, ref, adv))
+            res["update"][layers] = compile_memory(update, (state, ro, ref))
             r = res["update"][layers]
             print(f"  [{backend}]   lowered in {r['lower_s']:.1f} s, compiled in "
                   f"{r['compile_s']:.1f} s" + ("" if r["fits"] else
@@ -548,6 +571,10 @@ def child_main(argv):
     # a path on the cluster, or absent: the shipped shape is used).
     c = parse_config(["memory_plan", *([f"--config={args.config}"] if args.config else []),
                       *rest], inputs=False)
+    if c.lora.rank > 0:
+        raise SystemExit("memory_plan: config.lora.rank > 0 is not planned (the plan lays out a "
+                         "full-parameter TrainState); plan with --config.lora.rank=0 for an upper "
+                         "bound of the update's memory")
     group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
     n = c.train.prompts_per_step * group
     d, f, t = sizes

@@ -54,11 +54,15 @@ class MetricsLogger:
     """Writes ``<run_dir>/metrics.jsonl`` records ``{"step", "kind", **metrics}``; mirrors the
     numbers to TensorBoard (``<run_dir>/tb``) and to W&B when configured."""
 
-    def __init__(self, run_dir: str, tensorboard: bool, wandb_config: Optional[dict] = None):
+    def __init__(self, run_dir: str, tensorboard: bool, wandb_config: Optional[dict] = None,
+                 enabled: bool = True):
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        self._f = open(self.path, "a")
+        self.enabled = enabled  # False: a multi-host run's other processes (process 0 writes)
+        self._f = open(self.path, "a") if enabled else None
         self._tb = None
         self._wandb = None
+        if not enabled:
+            return
         if wandb_config is not None:
             try:
                 import wandb
@@ -77,6 +81,8 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, step: int, metrics: Dict[str, Any], kind: str = "train"):
+        if not self.enabled:
+            return
         rec = {"step": step, "kind": kind, **{k: to_python(v) for k, v in metrics.items()}}
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
@@ -91,7 +97,8 @@ class MetricsLogger:
             self._wandb.log(numbers, step=step)
 
     def close(self):
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
         if self._tb is not None:
             self._tb[0].close()
         if self._wandb is not None:

@@ -77,7 +77,14 @@ class Trainer:
         c = validate(config, inputs=True)  # [run_dir hook] input checks before anything heavy
         self.c = c
         self.progress = rdir.Progress(c.log.progress)  # [run_dir hook]
-        self.run = rdir.prepare(c)  # [run_dir hook] fresh: writes config.json; resume: compares
+        # Host files (config.json, metrics, samples, evaluations, summary) are written by
+        # process 0 only; checkpoints by every process together (orbax). Every process decides
+        # fresh / resume from the directory as it is before process 0 writes into it.
+        self.writer = shd.is_primary_process()
+        self.run = rdir.inspect(c)  # [run_dir hook] fresh, or resume after comparing configs
+        shd.sync_processes("jaxgrpo:run_dir_inspected")
+        if self.writer:
+            rdir.write_config(self.run, c)
         self.run_dir = self.run.path
         self.mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
         self.progress(f"loading the model ({c.model.path or 'packaged default'})")  # [run_dir hook]
@@ -116,7 +123,7 @@ class Trainer:
                               frozen=self.frozen)
         self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep)
         self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
-                                    c.to_dict() if c.log.wandb else None)
+                                    c.to_dict() if c.log.wandb else None, enabled=self.writer)
         self.window = MetricsWindow(c.log.every)
         self._encoder = None  # the sentence encoder of eval.embed_correct, loaded on first use
         self.history: List[dict] = []
@@ -147,9 +154,10 @@ class Trainer:
             key=jax.random.key(c.seed + 1))  # same eval key every time: comparable numbers
         metrics = res["metrics"]
         self.logger.log(step, metrics, kind="eval")
-        with open(os.path.join(self.run_dir, f"eval_step{step}.jsonl"), "w") as f:
-            for rec in res["records"]:
-                f.write(json.dumps(rec) + "\n")
+        if self.writer:
+            with open(os.path.join(self.run_dir, f"eval_step{step}.jsonl"), "w") as f:
+                for rec in res["records"]:
+                    f.write(json.dumps(rec) + "\n")
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -181,7 +189,7 @@ class Trainer:
             raise FloatingPointError(
                 f"non-finite metrics at step {step + 1}: {bad}; the last checkpoint in "
                 f"{self.ckpt.directory} is intact (step {self.ckpt.latest_step()})")
-        if c.log.samples_every and step % c.log.samples_every == 0:
+        if self.writer and c.log.samples_every and step % c.log.samples_every == 0:
             with open(os.path.join(self.run_dir, "samples.jsonl"), "a") as f:
                 for text, row, r in zip(info["texts"], info["rows"], info["rewards"]):
                     f.write(json.dumps({"step": step + 1, "question": row["question"],
@@ -200,8 +208,9 @@ class Trainer:
     def _train(self, stop_at: Optional[int]) -> str:
         c = self.c
         start = self.maybe_restore()
-        rdir.rewind(self.run_dir, start, redo_eval=start == 0 or start >= c.steps)  # [run_dir hook]
-        rdir.record_changes(self.run, start)  # [run_dir hook]
+        if self.writer:
+            rdir.rewind(self.run_dir, start, redo_eval=start == 0 or start >= c.steps)  # [run_dir hook]
+            rdir.record_changes(self.run, start)  # [run_dir hook]
         evals = {}
         if start == 0:
             self.progress("evaluating before training")  # [run_dir hook]
@@ -236,7 +245,8 @@ class Trainer:
                 self.save(step)
             self.progress(f"evaluating after step {step}")  # [run_dir hook]
             evals[step] = self.evaluate(step)
-            self.write_summary(evals)
+            if self.writer:
+                self.write_summary(evals)
         self.ckpt.close()
         self.logger.close()
         return self.run_dir

@@ -134,21 +134,39 @@ def _listing(path: str, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + extra
 
 
-def prepare(c: mc.ConfigDict) -> RunDir:
+def prepare(c: mc.ConfigDict, *, write: bool = True) -> RunDir:
     """Decides, before anything heavy, whether ``c`` starts a fresh run or resumes one, and
     refuses what would mix or change a run (ConfigError, one line naming the directory and the
-    keys). A fresh run gets its config.json here; a resume leaves config.json as it is."""
+    keys). A fresh run gets its config.json here (with ``write``); a resume leaves config.json
+    as it is. ``write=False`` only decides (reads the directory, writes nothing): the other
+    processes of a multi-host run, which all decide from the same directory before process 0
+    writes (``inspect`` then ``write_config``)."""
+    rd = inspect(c)
+    if write:
+        write_config(rd, c)
+    return rd
+
+
+def write_config(rd: RunDir, c: mc.ConfigDict) -> None:
+    """A fresh run's config.json (atomically: never half-written); nothing for a resume."""
+    if not rd.fresh:
+        return
+    os.makedirs(rd.path, exist_ok=True)
+    tmp = os.path.join(rd.path, CONFIG + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(c.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(rd.path, CONFIG))
+
+
+def inspect(c: mc.ConfigDict) -> RunDir:
+    """``prepare``'s decision alone: fresh or resume (with the safe changes), or ConfigError.
+    Reads the run directory; writes nothing."""
     path = resolve_path(c)
     if os.path.isfile(path):
         raise ConfigError(f"config.run_dir={path!r} is a file, not a directory")
     entries = ([n for n in os.listdir(path) if not n.startswith(".")]
                if os.path.isdir(path) else [])
     if not entries:
-        os.makedirs(path, exist_ok=True)
-        tmp = os.path.join(path, CONFIG + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(c.to_json_best_effort(indent=2))
-        os.replace(tmp, os.path.join(path, CONFIG))  # never a half-written config.json
         return RunDir(path, fresh=True)
     if not c.checkpoint.resume:
         raise ConfigError(

@@ -278,6 +278,20 @@ class Fallback:
     kept: Tuple[str, ...]  # the axes actually used (a divisible prefix of ``axes``; may be ())
 
 
+def is_primary_process() -> bool:
+    """Process 0 of a multi-host run (always True with one process): the one that writes host
+    files (metrics, samples, evaluations, config.json)."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host run (``multihost_utils.sync_global_devices``);
+    nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def path_to_str(path: Sequence[Any]) -> str:
     """A ``jax.tree_util`` key path as ``'a/b/0/c'``.
 

@@ -20,7 +20,9 @@ SHAPE = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidde
              num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=128,
              tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
 OVERRIDES = ["--config.train.prompts_per_step=2", "--config.sampling.max_new_tokens=8",
-             "--config.data.max_prompt_tokens=8", "--config.loss.beta=0.04"]
+             "--config.data.max_prompt_tokens=8", "--config.loss.beta=0.04",
+             # DRA, as the paper configs: the update reads rollout.embeddings [P, G, D]
+             "--config.advantage.reward_transforms=dra", "--config.embedding.model=policy"]
 
 
 def _env(devices=None):
@@ -151,10 +153,11 @@ def _direct(shape_path):
         prompt_logprobs=np.zeros((p, tp), np.float32),
         rewards=r.uniform(0, 1, (p, g)).astype(np.float32), correct=np.ones((p, g), bool),
         member_mask=np.ones((p, g), bool), is_anchor=np.zeros((p, g), bool))
+    emb = r.normal(size=(p, g, cfg.hidden_size)).astype(np.float32)
+    host["embeddings"] = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
     ro = Rollout(**shd.shard_batch(host, mesh))
-    adv = shd.shard_batch(r.normal(size=(p, g)).astype(np.float32), mesh)
     update = train_lib.make_update_fn(c, graphdef, rest, tx)
-    ma = update.lower(state, ro, ref, adv).compile().memory_analysis()
+    ma = update.lower(state, ro, ref).compile().memory_analysis()
     per_dev = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(params))
     print(json.dumps(dict(argument=ma.argument_size_in_bytes, temp=ma.temp_size_in_bytes,
                           output=ma.output_size_in_bytes, params=per_dev)))

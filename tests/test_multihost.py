@@ -122,3 +122,33 @@ def test_checkpoint_saves_and_restores_across_two_processes(runs):
         np.testing.assert_array_equal(restored[k], saved[k], err_msg=k)
     assert single["cross_restore_sharding_same"]
     assert single["cross_restore_meta"] == {"step": 2, "data_position": 8}
+
+
+def test_only_process_0_writes_host_files(tiny_llama_dir, tiny_run_config, tmp_path, monkeypatch):
+    """A Trainer that is not process 0 trains and checkpoints (orbax: every process) but writes
+    no host file: no config.json, metrics, samples, evaluations or summary (process 0 does)."""
+    import jaxgrpo.sharding as shd
+    from jaxgrpo.loop import Trainer
+
+    monkeypatch.setattr(shd, "is_primary_process", lambda: False)
+    c = tiny_run_config(tiny_llama_dir, tmp_path / "run", steps=2, **{"checkpoint.every": 1,
+                                                                      "log.samples_every": 1})
+    t = Trainer(c)
+    try:
+        assert t.writer is False
+        run_dir = t.train()
+    finally:
+        t.close()
+    assert int(t.state.step) == 2 and len(t.history) == 2
+    assert sorted(os.listdir(run_dir)) == ["checkpoints"], os.listdir(run_dir)
+
+    monkeypatch.setattr(shd, "is_primary_process", lambda: True)  # process 0: all the files
+    c = tiny_run_config(tiny_llama_dir, tmp_path / "run0", steps=2, **{"log.samples_every": 1})
+    t = Trainer(c)
+    try:
+        run_dir = t.train()
+    finally:
+        t.close()
+    names = set(os.listdir(run_dir))
+    assert {"config.json", "metrics.jsonl", "samples.jsonl", "summary.json",
+            "eval_step0.jsonl", "eval_step2.jsonl"} <= names, names
