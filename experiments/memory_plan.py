@@ -631,8 +631,12 @@ def child_main(argv):
     u = final["result"]["update"]
     what = ("extrapolated to %d layers" % full_depth if u["extrapolated"]
             else "measured at %d layers" % u["layers"])
-    print(f"\nupdate.argument_bytes={int(u['arguments'])}")
-    print(f"update.temp_bytes={int(u['temp'])}")
+    # A refused TPU compile reports no memory_analysis: its arguments come from the shapes, its
+    # temporaries from the compiler's message (as printed in the table).
+    if u["arguments"] is not None:
+        print(f"\nupdate.argument_bytes={int(u['arguments'])}")
+    if u["temp"] is not None:
+        print(f"update.temp_bytes={int(u['temp'])}")
     print(f"# peak_gb_per_device: update arguments + temporaries, {final['backend']}, {what}"
           + ("" if u["fits"] else ", DOES NOT FIT (the compiler refused it)"))
     print(f"peak_gb_per_device={u['peak'] / GB:.6g}")

@@ -84,6 +84,10 @@ def paper_dra_config(name: str, baseline: str):
     # device) also fits the rules; 12 rows do not divide over 8 devices.
     c.train.grad_accum = 2
     c.train.logits_chunk = 512  # [rows, 512, 151936] f32 logits at a time, not [rows, 3584, ...]
+    # Recompute each layer in the backward pass: without it the 28 layers' saved activations
+    # do not fit (XLA:TPU v5p-8, 3 rows/device: 148.7 GB of temporaries refused; with "full":
+    # 17.4 GB per device; experiments/memory_plan.py, README "Memory plan").
+    c.model.remat = "full"
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"
     c.optim.min_lr_ratio = 0.1  # HF lr_scheduler_type cosine_with_min_lr, min_lr_rate 0.1
