@@ -3,9 +3,9 @@ weights.
 
     python -m experiments.memory_plan --config experiments/configs/dra_paper.py --mesh 1,4,1
     python -m experiments.memory_plan --config experiments/configs/dra_paper.py --mesh 1,8,1 \\
-        --layers 2 --rows-per-device 1            # compile 1 and 2 layers, extrapolate to 28
+        --layers 2 --rows-per-device 3            # compile 1 and 2 layers, extrapolate to 28
     python -m experiments.memory_plan --config experiments/configs/dra_paper.py --mesh 1,4,1 \\
-        --tpu v5p-8                               # also XLA:TPU (needs the libtpu wheel)
+        --rows-per-device 3 --tpu v5p-8           # also XLA:TPU (needs the libtpu wheel)
 
 Any ``--config.<key>=<value>`` override of ``experiments.run`` works. What it does:
 
