@@ -56,14 +56,9 @@ def bench_config(a, run_dir: str):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--prompts", required=True)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--prompts-per-step", type=int, default=4)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-6)
+    from experiments._bench_args import child_parser
+
+    ap = child_parser()
     ap.add_argument("--set", action="append", help="extra config key=value (repeatable)")
     a = ap.parse_args()
 

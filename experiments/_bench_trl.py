@@ -9,7 +9,6 @@ import time
 
 T_START = time.perf_counter()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 
 import re  # noqa: E402
@@ -18,14 +17,9 @@ import tempfile  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--prompts", required=True, help="JSONL with question / answer fields")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--prompts-per-step", type=int, default=4)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-6)
+    from _bench_args import child_parser  # experiments/ is sys.path[0] for a script
+
+    ap = child_parser()
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
 
