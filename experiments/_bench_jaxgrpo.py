@@ -9,7 +9,6 @@ import time
 
 T_START = time.perf_counter()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402
