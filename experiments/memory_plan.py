@@ -322,13 +322,14 @@ def abstract_update_args(c, factory, mesh, group_size):
 
 def _embedding_dim(c, abstract_model) -> int:
     """D of rollout.embeddings: the policy's hidden size (embedding.model='policy') or the
-    sentence encoder's (config.json of embedding.encoder_path; the packaged MiniLM: 384)."""
+    sentence encoder's (config.json of embedding.encoder_path, or of the packaged MiniLM)."""
+    from jaxgrpo.models.encoder import default_encoder_path
+
     if c.embedding.model == "policy":
         return abstract_model.config.hidden_size
-    if c.embedding.encoder_path:
-        with open(os.path.join(c.embedding.encoder_path, "config.json")) as f:
-            return int(json.load(f)["hidden_size"])
-    return 384  # all-MiniLM-L6-v2
+    path = c.embedding.encoder_path or str(default_encoder_path())
+    with open(os.path.join(path, "config.json")) as f:
+        return int(json.load(f)["hidden_size"])
 
 
 def abstract_sampler_args(c, state, rest, mesh):

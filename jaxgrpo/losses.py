@@ -33,6 +33,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxgrpo.metrics import masked_stats
+
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "bnpo", "dapo")
 DEFAULT_AGG_MODE = "token-mean"  # also config.loss.agg_mode's default (verl's default)
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -240,21 +242,6 @@ def aggregate_loss(
     return jnp.sum(x) / (nseq * jnp.asarray(lmax, jnp.float32))
 
 
-def _masked_stats(x: jax.Array, mask: jax.Array) -> Dict[str, jax.Array]:
-    m = mask.astype(jnp.float32)
-    n = jnp.sum(m)
-    nn = jnp.maximum(n, 1.0)
-    mean = jnp.sum(x * m) / nn
-    var = jnp.sum(((x - mean) ** 2) * m) / nn
-    has = n > 0
-    return {
-        "mean": jnp.where(has, mean, 0.0),
-        "std": jnp.where(has, jnp.sqrt(var), 0.0),
-        "min": jnp.where(has, jnp.min(jnp.where(mask, x, jnp.inf)), 0.0),
-        "max": jnp.where(has, jnp.max(jnp.where(mask, x, -jnp.inf)), 0.0),
-    }
-
-
 def policy_loss(
     logprobs: jax.Array,
     old_logprobs: jax.Array,
@@ -344,7 +331,7 @@ def policy_loss(
         kl = kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator, clamp=kl_clamp,
                         log_ratio_clamp=kl_log_ratio_clamp)
         kl_loss = aggregate_loss(kl, mask, **agg)
-        metrics["kl_mean"] = _masked_stats(jax.lax.stop_gradient(kl), mask)["mean"]
+        metrics["kl_mean"] = masked_stats(jax.lax.stop_gradient(kl), mask)["mean"]
     else:
         kl_loss = jnp.zeros((), jnp.float32)
     loss = pg_loss + beta * kl_loss
@@ -357,7 +344,7 @@ def policy_loss(
         dual = onpol_tok & (a < 0) & (sg_rho > clip_ratio_c)
     else:
         dual = jnp.zeros_like(onpol_tok)
-    rstats = _masked_stats(sg_rho, onpol_tok)
+    rstats = masked_stats(sg_rho, onpol_tok)
     p_anchor = jnp.exp(jax.lax.stop_gradient(logprobs).astype(jnp.float32))
     metrics.update({
         "pg_loss": jax.lax.stop_gradient(pg_loss),
@@ -370,12 +357,12 @@ def policy_loss(
         "ratio_mean": rstats["mean"],
         "ratio_max": rstats["max"],
         "anchor_token_frac": jnp.sum(anchor_tok) / jnp.maximum(jnp.sum(mask), 1),
-        "anchor_prob_mean": _masked_stats(p_anchor, anchor_tok)["mean"],
+        "anchor_prob_mean": masked_stats(p_anchor, anchor_tok)["mean"],
         "num_tokens": jnp.sum(mask).astype(jnp.float32),
     })
     if token_entropy is not None:
         chex.assert_equal_shape([token_entropy, mask])
-        metrics["entropy_mean"] = _masked_stats(
+        metrics["entropy_mean"] = masked_stats(
             jax.lax.stop_gradient(token_entropy).astype(jnp.float32), mask)["mean"]
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return loss, metrics

@@ -2,12 +2,12 @@
 
 pass@k: Chen et al., "Evaluating Large Language Models Trained on Code", arXiv 2107.03374.
 pass_at_k / maj_at_k / distinct_correct / top_correct_share are host-side NumPy helpers;
-mean_pairwise_cosine_distance is jit-able JAX.
+mean_pairwise_cosine_distance and masked_stats are jit-able JAX.
 """
 from __future__ import annotations
 
 import collections
-from typing import Hashable, Optional, Sequence
+from typing import Dict, Hashable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -153,3 +153,21 @@ def mean_pairwise_cosine_distance(embeddings: jax.Array, mask: Optional[jax.Arra
     npairs = jnp.sum(pair, axis=(-1, -2))
     tot = jnp.sum(jnp.where(pair, 1.0 - cos, 0.0), axis=(-1, -2))
     return jnp.where(npairs > 0, tot / jnp.maximum(npairs, 1), fill_value)
+
+
+def masked_stats(x: jax.Array, mask: jax.Array) -> Dict[str, jax.Array]:
+    """Mean, std (population), min and max of ``x`` where ``mask`` is True; all 0 when the mask
+    is empty. Jit-able: the loss's token statistics and the advantage chain's ``adv/*``."""
+    m = mask.astype(jnp.float32)
+    n = jnp.sum(m)
+    nn = jnp.maximum(n, 1.0)
+    mean = jnp.sum(x * m) / nn
+    var = jnp.sum(((x - mean) ** 2) * m) / nn
+    has = n > 0
+    mask = mask.astype(bool)
+    return {
+        "mean": jnp.where(has, mean, 0.0),
+        "std": jnp.where(has, jnp.sqrt(var), 0.0),
+        "min": jnp.where(has, jnp.min(jnp.where(mask, x, jnp.inf)), 0.0),
+        "max": jnp.where(has, jnp.max(jnp.where(mask, x, -jnp.inf)), 0.0),
+    }

@@ -134,16 +134,14 @@ def _listing(path: str, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + extra
 
 
-def prepare(c: mc.ConfigDict, *, write: bool = True) -> RunDir:
+def prepare(c: mc.ConfigDict) -> RunDir:
     """Decides, before anything heavy, whether ``c`` starts a fresh run or resumes one, and
     refuses what would mix or change a run (ConfigError, one line naming the directory and the
-    keys). A fresh run gets its config.json here (with ``write``); a resume leaves config.json
-    as it is. ``write=False`` only decides (reads the directory, writes nothing): the other
-    processes of a multi-host run, which all decide from the same directory before process 0
-    writes (``inspect`` then ``write_config``)."""
+    keys). A fresh run gets its config.json here; a resume leaves config.json as it is. The two
+    halves are ``inspect`` (decides, writes nothing) and ``write_config``: a multi-host run's
+    processes all inspect the directory before process 0 writes into it."""
     rd = inspect(c)
-    if write:
-        write_config(rd, c)
+    write_config(rd, c)
     return rd
 
 

@@ -69,11 +69,9 @@ def _group_advantages(rewards, member_mask, *, center, scale, std_ddof, eps, zer
     return adv, zero_spread[:, 0], member
 
 
-def _baseline_diagnostics(adv: jax.Array, member: jax.Array, zero_spread: jax.Array,
-                          rewards: jax.Array) -> Dict[str, jax.Array]:
+def _baseline_diagnostics(zero_spread: jax.Array, rewards: jax.Array) -> Dict[str, jax.Array]:
     """Scalar diagnostics shared by the baselines (the advantages' own statistics are reported
     once, by the chain: ``adv/*`` in ``registry.make_advantage_fn``)."""
-    del adv, member
     return {
         "frac_zero_spread_groups": _common.scalar(jnp.mean(zero_spread.astype(jnp.float32))),
         "frac_nonfinite_rewards": _common.scalar(
@@ -85,7 +83,7 @@ def _result(rewards, out, return_diagnostics):
     adv, zero_spread, member = out
     if not return_diagnostics:
         return adv
-    return adv, _baseline_diagnostics(adv, member, zero_spread, rewards)
+    return adv, _baseline_diagnostics(zero_spread, rewards)
 
 
 def grpo(

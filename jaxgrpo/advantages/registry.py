@@ -47,6 +47,7 @@ from jaxgrpo.advantages.dra import dra_reweight
 from jaxgrpo.advantages.grpo import dr_grpo, grpo, rloo
 from jaxgrpo.advantages.progrpo import arm_reweight
 from jaxgrpo.advantages.progrpo import required_inputs as _progrpo_needs
+from jaxgrpo.metrics import masked_stats
 from jaxgrpo.rollout import Rollout
 
 KINDS = ("baseline", "reward", "advantage")
@@ -269,17 +270,9 @@ def make_advantage_fn(
             else:
                 adv, d = t(rollout, adv, **opts)
             diag.update({f"{t.name}/{k}": v for k, v in d.items()})
-        m = rollout.member_mask.astype(jnp.float32)
-        nm = jnp.maximum(jnp.sum(m), 1.0)
         a = adv.astype(jnp.float32)
-        mean = jnp.sum(a * m) / nm
-        diag["adv/mean"] = mean
-        diag["adv/abs_mean"] = jnp.sum(jnp.abs(a) * m) / nm
-        diag["adv/std"] = jnp.sqrt(jnp.sum(jnp.square(a - mean) * m) / nm)
-        big = jnp.finfo(jnp.float32).max
-        any_m = jnp.sum(m) > 0
-        diag["adv/min"] = jnp.where(any_m, jnp.min(jnp.where(m > 0, a, big)), 0.0)
-        diag["adv/max"] = jnp.where(any_m, jnp.max(jnp.where(m > 0, a, -big)), 0.0)
+        diag.update({f"adv/{k}": v for k, v in masked_stats(a, rollout.member_mask).items()})
+        diag["adv/abs_mean"] = masked_stats(jnp.abs(a), rollout.member_mask)["mean"]
         return adv, diag
 
     return advantage_fn
