@@ -327,9 +327,13 @@ def _embedding_dim(c, abstract_model) -> int:
 
     if c.embedding.model == "policy":
         return abstract_model.config.hidden_size
-    path = c.embedding.encoder_path or str(default_encoder_path())
-    with open(os.path.join(path, "config.json")) as f:
-        return int(json.load(f)["hidden_size"])
+    path = os.path.join(c.embedding.encoder_path or str(default_encoder_path()), "config.json")
+    try:
+        with open(path) as f:
+            return int(json.load(f)["hidden_size"])
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"memory_plan: config.embedding.encoder_path: cannot read the encoder's "
+                         f"hidden_size from {path} ({e!r})") from None
 
 
 def abstract_sampler_args(c, state, rest, mesh):
