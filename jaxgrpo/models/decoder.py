@@ -25,9 +25,9 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
-from jax.ad_checkpoint import checkpoint_name
 
-from jaxgrpo.models.attention import DEFAULT_ATTENTION, DEFAULT_BLOCK, attention, check_impl
+from jaxgrpo.models.attention import (CACHE_LAYER_NAME, DEFAULT_ATTENTION, DEFAULT_BLOCK,
+                                      attention, cached_attention, check_impl)
 from jaxgrpo.models.config import ModelConfig, rope_inv_freq
 from jaxgrpo.sharding import constrain, ACT_HIDDEN, ACT_HEADS, ACT_MLP, ACT_LOGITS, ACT_CACHE
 
@@ -38,14 +38,14 @@ from jaxgrpo.sharding import constrain, ACT_HIDDEN, ACT_HEADS, ACT_MLP, ACT_LOGI
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 # The layer's slice of a stacked KV cache is always saved under remat: recomputing it needs the
 # whole stacked cache, which the scan would then save once per layer (L x the cache).
-_KV_NAME = "decoder_layer_kv"
+_KV_NAME = CACHE_LAYER_NAME
 
 
 @struct.dataclass
 class KVCache:
     """Stacked key/value cache: ``k``, ``v`` are [L, B, num_kv_heads, S, head_dim].
 
-    One array per kind, scanned with the stacked layers (layer i reads and writes ``k[i]``).
+    One array per kind; scanned layer i reads ``k[i]``, and ``write`` adds all layers' new slots.
     Head-major so that decode-time attention is a batched (b, head) matmul that reads the cache in
     place: with [B, S, H, D] XLA transposed (copied) the whole cache of every layer at every step.
     """
@@ -57,6 +57,12 @@ class KVCache:
     def max_length(self) -> int:
         return self.k.shape[3]
 
+    def write(self, k_new: jax.Array, v_new: jax.Array, slot) -> "KVCache":
+        """Every layer's new keys/values, [L, B, KVH, T, D], at slots [slot, slot + T)."""
+        at = (0, 0, 0, slot, 0)
+        return KVCache(k=jax.lax.dynamic_update_slice(self.k, k_new.astype(self.k.dtype), at),
+                       v=jax.lax.dynamic_update_slice(self.v, v_new.astype(self.v.dtype), at))
+
     def repeat(self, g: int) -> "KVCache":
         """Each batch row repeated ``g`` times, prompt-major (row p*g + j is a copy of row p)."""
         if g == 1:
@@ -66,29 +72,16 @@ class KVCache:
 
 @struct.dataclass
 class LayerKV:
-    """Layer ``index`` of a stacked cache, as one scanned layer sees it.
+    """Layer ``index`` of a stacked cache, as one scanned layer sees it: READ-ONLY.
 
-    ``write`` puts new keys/values into their slots of the STACKED arrays (an in-place update of
-    T slots of one layer), ``read`` returns that layer's [B, KVH, S, D] view; writing into a
-    per-layer copy instead would copy the layer's whole cache at every decode step.
+    A layer's new keys/values are returned by the layer and written into the stack once, after
+    the scan (``KVCache.write``). Writing them into the stack inside the scan made XLA copy the
+    whole [L, ...] stack once per layer at every decode step.
     """
 
     k: jax.Array  # [L, B, KVH, S, D]
     v: jax.Array
     index: jax.Array  # int32 scalar: the layer
-
-    def write(self, k_new: jax.Array, v_new: jax.Array, slot) -> "LayerKV":
-        """k_new, v_new [B, KVH, T, D] written at slots [slot, slot + T) of layer ``index``."""
-        at = (self.index, 0, 0, slot, 0)
-        return LayerKV(k=jax.lax.dynamic_update_slice(self.k, k_new[None].astype(self.k.dtype), at),
-                       v=jax.lax.dynamic_update_slice(self.v, v_new[None].astype(self.v.dtype), at),
-                       index=self.index)
-
-    def read(self) -> Tuple[jax.Array, jax.Array]:
-        """This layer's (k, v), each [B, KVH, S, D]."""
-        k = jax.lax.dynamic_index_in_dim(self.k, self.index, 0, keepdims=False)
-        v = jax.lax.dynamic_index_in_dim(self.v, self.index, 0, keepdims=False)
-        return checkpoint_name(k, _KV_NAME), checkpoint_name(v, _KV_NAME)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype=jnp.float32) -> KVCache:
@@ -142,10 +135,10 @@ class Attention(nnx.Module):
         """x [B, T, E]; key_mask [B, S] bool; query_slots [T] int (slot index of each query).
 
         Without a cache S = T and keys are this call's own. With ``cache_kv`` (a ``LayerKV``: this
-        layer of a stacked [L, B, KVH, S, D] cache) the new keys are written at ``cache_index`` and
-        the cache slots are attended (masked by ``key_mask`` and causality) by
-        ``jaxgrpo.models.attention`` with this module's ``attention`` implementation. Returns
-        (out [B, T, E], the updated ``LayerKV`` or None).
+        layer of a stacked [L, B, KVH, S, D] cache, read-only) the queries attend over the cache
+        slots before ``cache_index`` and over the T new keys, which count as written at
+        ``cache_index`` (``jaxgrpo.models.attention.cached_attention``). Returns (out [B, T, E],
+        the new (k, v) [B, KVH, T, D] for the caller to write, or None).
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -155,14 +148,14 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]: the cache layout
         v = v.transpose(0, 2, 1, 3)
-        new_kv = None
-        if cache_kv is not None:
-            new_kv = cache_kv.write(k, v, cache_index)
-            k, v = new_kv.read()
-        # With a cache only slots < cache_index + T can be attended: "blockwise" stops there.
-        kv_length = None if cache_kv is None else cache_index + t
-        out = attention(q, k, v, key_mask, query_slots, impl=self.attention,
-                        block_size=self.attention_block, kv_length=kv_length)
+        if cache_kv is None:
+            out, new_kv = attention(q, k, v, key_mask, query_slots, impl=self.attention,
+                                    block_size=self.attention_block), None
+        else:
+            out = cached_attention(q, k, v, cache_kv.k, cache_kv.v, cache_kv.index, key_mask,
+                                   cache_index, impl=self.attention,
+                                   block_size=self.attention_block)
+            new_kv = (k, v)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim).astype(x.dtype)), new_kv
 
 
@@ -261,26 +254,31 @@ class Decoder(nnx.Module):
         return constrain(out, ACT_LOGITS) if out.ndim == 3 else out
 
     def _run_layers(self, x, cos, sin, key_mask, query_slots, cache, cache_index):
-        """x [B, T, E] through the L stacked layers (one ``lax.scan``); returns (x, cache)."""
+        """x [B, T, E] through the L stacked layers (one ``lax.scan``); returns (x, cache).
+
+        The stacked cache is a read-only constant of the scan; each layer returns its T new
+        keys/values (scan outputs [L, B, KVH, T, D]), written into the stack in one update after
+        the scan, in place when the cache buffer is donated or loop-carried.
+        """
         graphdef, layer_state = nnx.split(self.layers)
 
-        def body(carry, xs):
-            x, kv = carry
+        def body(x, xs):
             state_i, i = xs
             layer = nnx.merge(graphdef, state_i)
-            lkv = None if kv is None else LayerKV(k=kv[0], v=kv[1], index=i)
-            x, lkv = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index)
-            kv = None if lkv is None else (constrain(lkv.k, ACT_CACHE), constrain(lkv.v, ACT_CACHE))
-            return (constrain(x, ACT_HIDDEN), kv), None
+            lkv = None if cache is None else LayerKV(k=cache.k, v=cache.v, index=i)
+            x, new_kv = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index)
+            return constrain(x, ACT_HIDDEN), new_kv
 
         policy = remat_policy(self.remat)
         if policy is not None:
             # prevent_cse is only needed outside scan (jax.checkpoint docs).
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        kv0 = None if cache is None else (cache.k, cache.v)
-        (x, kv), _ = jax.lax.scan(body, (x, kv0),
-                                  (layer_state, jnp.arange(self.num_layers, dtype=jnp.int32)))
-        return x, (None if kv is None else KVCache(k=kv[0], v=kv[1]))
+        x, new_kv = jax.lax.scan(body, x,
+                                 (layer_state, jnp.arange(self.num_layers, dtype=jnp.int32)))
+        if cache is None:
+            return x, None
+        cache = cache.write(*new_kv, cache_index)
+        return x, KVCache(k=constrain(cache.k, ACT_CACHE), v=constrain(cache.v, ACT_CACHE))
 
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache=None,
                       cache_index=None):
