@@ -124,6 +124,7 @@ RANGES = {
     "train.logits_chunk": ">= 0",
     "lora.rank": ">= 0",
     "train.max_sampling_rounds": ">= 1",
+    "train.completion_buckets": ">= 1",
     "lora.alpha": "> 0",
     "lora.dropout": ">= 0",
     "optim.min_lr_ratio": "[0, 1]",
@@ -283,6 +284,11 @@ def base_config() -> mc.ConfigDict:
     # rewards have zero spread and sample more prompts until the batch is full
     c.train.dynamic_sampling = False
     c.train.max_sampling_rounds = 3  # sampling rounds per step at most (verl max_num_gen_batches)
+    # Before the host path's update, drop completion columns past the batch's longest completion,
+    # rounded up to one of this many widths (max_new_tokens * k / buckets, multiples of 8): the
+    # update then runs on few padding columns, at one compilation per width. 1 = always the
+    # full max_new_tokens (one compilation). The fused step always runs the full width.
+    c.train.completion_buckets = 4
 
     # The optimiser: AdamW with global-norm clipping and a learning-rate schedule.
     c.optim = mc.ConfigDict()

@@ -93,6 +93,33 @@ def mask_truncated_completions(rollout: Rollout) -> Rollout:
     return rollout.replace(completion_mask=rollout.completion_mask & keep[..., None])
 
 
+def completion_width(longest: int, max_new_tokens: int, buckets: int) -> int:
+    """The completion width the update runs at: the smallest of ``buckets`` widths
+    ceil(max_new_tokens * k / buckets) rounded up to a multiple of 8 (k = 1..buckets, the last is
+    ``max_new_tokens`` itself) that holds the ``longest`` completion. ``buckets`` = 1: always
+    ``max_new_tokens``. Few widths means few update compilations (one per width seen)."""
+    if buckets <= 1 or longest >= max_new_tokens:
+        return max_new_tokens
+    for k in range(1, buckets + 1):
+        w = min(-(-(-(-max_new_tokens * k // buckets)) // 8) * 8, max_new_tokens)
+        if w >= longest:
+            return w
+    return max_new_tokens
+
+
+def trim_completions(rollout: Rollout, width: int) -> Rollout:
+    """The rollout with its completion axis cut to ``width`` columns (completion tokens, mask,
+    behaviour and reference log-probs). Exact when no completion is longer than ``width``:
+    the dropped columns are padding the loss masks out (the Dr.GRPO-style constant normaliser
+    reads ``sampling.max_new_tokens``, not the width; ``jaxgrpo.train.make_update_fn``)."""
+    if width >= rollout.completion_tokens.shape[-1]:
+        return rollout
+    cut = lambda a: None if a is None else a[..., :width]
+    return rollout.replace(completion_tokens=cut(rollout.completion_tokens),
+                           completion_mask=cut(rollout.completion_mask),
+                           logprobs=cut(rollout.logprobs), ref_logprobs=cut(rollout.ref_logprobs))
+
+
 def rollout_from_sample(out, rewards, correct, *, fine_scores=None, embeddings=None) -> Rollout:
     """A ``[P, G]`` Rollout from a ``SampleOutput`` (rows p * G + g) and per-row rewards.
 

@@ -50,8 +50,9 @@ from jaxgrpo.advantages import required_inputs
 from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
 from jaxgrpo.errors import ConfigError
-from jaxgrpo.rollout import (Anchors, Rollout, concat_groups, encode_anchors, group_has_spread,
-                             rollout_from_sample, take_groups, with_anchors)
+from jaxgrpo.rollout import (Anchors, Rollout, completion_width, concat_groups, encode_anchors,
+                             group_has_spread, rollout_from_sample, take_groups, trim_completions,
+                             with_anchors)
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (StateShardedJit, TrainState, advantage_chain,
                            advantage_fn_from_config, make_update_fn, policy_params)
@@ -320,7 +321,13 @@ class Step:
         return ro, info
 
     def update(self, state: TrainState, rollout: Rollout):
-        """Stages advantages -> loss -> optax: the jitted pure update (state donated)."""
+        """Stages advantages -> loss -> optax: the jitted pure update (state donated), on the
+        rollout trimmed to the bucketed longest completion (``train.completion_buckets``)."""
+        buckets = self.c.train.completion_buckets
+        if buckets > 1:
+            longest = int(np.max(shd.to_host(jnp.sum(rollout.completion_mask, axis=-1))))
+            rollout = trim_completions(rollout, completion_width(
+                longest, rollout.completion_tokens.shape[-1], buckets))
         return self._update_jit(state, rollout, self.ref_params, self.frozen)
 
     # -- the fused path ----------------------------------------------------------------------

@@ -362,7 +362,9 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
         # Micro-batches of whole groups run each prompt once; otherwise prompts are repeated.
         loss_fn = make_loss_fn(c, graphdef, rest, unit)
         mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, *x.shape[1:]), mbs)
-        max_len = batch["completion_tokens"].shape[-1]
+        # Dr.GRPO's constant normaliser is the generation limit (TRL max_completion_length),
+        # not the array width: the host path trims padding columns (train.completion_buckets).
+        max_len = max(batch["completion_tokens"].shape[-1], c.sampling.max_new_tokens)
         gen_tokens = jnp.sum(batch["completion_mask"])  # for agg_mode="dapo"
 
         def opt_step(carry, mb):

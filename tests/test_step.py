@@ -398,7 +398,8 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
     (the initial state is laid out as the update returns it, rng and step included)."""
     import logging
 
-    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path)
+    # One width: trimming to the longest completion compiles once per bucket seen (tested above).
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{"train.completion_buckets": 1})
     records = []
 
     class Catch(logging.Handler):
@@ -422,4 +423,58 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
     finally:
         jax.config.update("jax_log_compiles", False)
         logging.getLogger("jax").removeHandler(handler)
+        t.close()
+
+
+# ------------------------------------------------------------------------------ padding columns
+
+def test_completion_width_buckets():
+    from jaxgrpo.rollout import completion_width
+    # 48 new tokens, 4 buckets: widths 16, 24, 40, 48 (12k rounded up to multiples of 8)
+    assert [completion_width(n, 48, 4) for n in (1, 16, 17, 24, 25, 40, 41, 48)] == \
+        [16, 16, 24, 24, 40, 40, 48, 48]
+    assert completion_width(3, 48, 1) == 48  # one bucket: never trimmed
+    assert completion_width(3, 8, 4) == 8  # never wider than the limit
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
+def test_trimmed_update_equals_the_full_width_update(tiny_llama_dir, tiny_run_config, tmp_path,
+                                                     agg):
+    """The host step drops completion columns past the longest completion: the same loss,
+    metrics and new parameters as the full-width update (the Dr.GRPO-style normaliser reads
+    sampling.max_new_tokens, not the width), and only at one of the bucketed widths."""
+    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{
+        "sampling.max_new_tokens": 32, "train.completion_buckets": 4, "loss.agg_mode": agg,
+        "rewards.cosine": 0.0, "rewards.format": 0.0})
+    try:
+        rows = t.train_iter.next_batch(t.c.train.prompts_per_step)
+        ro, _ = t.step.collect(t.state, rows)
+        # Completions of 3..11 tokens (the random policy rarely stops): width 16 of 32.
+        lengths = 3 + np.arange(ro.completion_mask.size // 32).reshape(ro.rewards.shape) % 9
+        mask = np.arange(32)[None, None, :] < lengths[..., None]
+        ro = ro.replace(completion_mask=jnp.asarray(mask),
+                        rewards=jnp.asarray(lengths % 3, jnp.float32))
+        widths = []
+        inner = t.step._update_jit
+        t.step._update_jit = lambda s, r, *a: (widths.append(r.completion_tokens.shape[-1]),
+                                               inner(s, r, *a))[1]
+        copy = lambda s: jax.tree.map(lambda a: jnp.array(a, copy=True), s)
+        s_trim, m_trim = t.step.update(copy(t.state), ro)
+        s_full, m_full = inner(copy(t.state), ro, t.step.ref_params, t.step.frozen)
+        assert widths == [16]
+        assert set(m_trim) == set(m_full)
+        for k in m_full:
+            np.testing.assert_allclose(float(m_trim[k]), float(m_full[k]), rtol=1e-5, atol=1e-7,
+                                       err_msg=k)
+        # Adam divides by sqrt(v): entries whose gradient is rounding noise move by up to +-lr
+        # either way, so parameters agree to a small fraction of one step (lr = 1e-2) while
+        # the loss and the gradient norm above agree to float32 rounding.
+        lr = t.c.optim.lr
+        for a, b, p0 in zip(jax.tree.leaves(s_trim.params), jax.tree.leaves(s_full.params),
+                            jax.tree.leaves(t.state.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=0.05 * lr)
+            moved = np.abs(np.asarray(b) - np.asarray(p0))
+            assert moved.max() > 0.5 * lr  # the step really moved them
+        assert float(m_full["grad_norm"]) > 0
+    finally:
         t.close()
