@@ -99,6 +99,8 @@ def run_child(cmd, env=None) -> dict:
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     for line in p.stdout.splitlines():
         if line.startswith("BENCH "):
+            # Printed at once: a later peer that fails or is killed does not lose this record.
+            print(line, flush=True)
             return json.loads(line[len("BENCH "):])
     sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
     raise RuntimeError(f"benchmark child failed (exit {p.returncode}): {' '.join(cmd)}")
