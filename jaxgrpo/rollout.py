@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxgrpo.data import bucket_length
+
 
 @struct.dataclass
 class Rollout:
@@ -100,11 +102,9 @@ def completion_width(longest: int, max_new_tokens: int, buckets: int) -> int:
     ``max_new_tokens``. Few widths means few update compilations (one per width seen)."""
     if buckets <= 1 or longest >= max_new_tokens:
         return max_new_tokens
-    for k in range(1, buckets + 1):
-        w = min(-(-(-(-max_new_tokens * k // buckets)) // 8) * 8, max_new_tokens)
-        if w >= longest:
-            return w
-    return max_new_tokens
+    widths = (min(bucket_length(-(-max_new_tokens * k // buckets), 8), max_new_tokens)
+              for k in range(1, buckets + 1))
+    return next(w for w in widths if w >= longest)  # k = buckets gives max_new_tokens
 
 
 def trim_completions(rollout: Rollout, width: int) -> Rollout:

@@ -113,16 +113,24 @@ def _naive(q, k, v, key_mask, query_slots):
 
 # --------------------------------------------------------------------------- blockwise (flash)
 
-def _block(k, v, key_mask, i, bs):
+def _block(k, v, key_mask, i, bs, layer=None):
     """Key block i: k/v [B, G, bs, D], mask [B, bs], slots [bs], and a [bs] "first time seen" flag.
 
     The start is clamped to S - bs so a partial last block needs no padded copy of the cache;
-    the slots it shares with block i-1 are flagged off so they count once.
+    the slots it shares with block i-1 are flagged off so they count once. With ``layer`` (an
+    int scalar), k/v are a stacked [L, B, G, S, D] cache and the block is sliced from that layer
+    directly, without a copy of the layer.
     """
-    s = k.shape[2]
+    s = k.shape[-2]
     start = jnp.minimum(i * bs, s - bs)
-    kb = jax.lax.dynamic_slice_in_dim(k, start, bs, axis=2)
-    vb = jax.lax.dynamic_slice_in_dim(v, start, bs, axis=2)
+    if layer is None:
+        kb = jax.lax.dynamic_slice_in_dim(k, start, bs, axis=2)
+        vb = jax.lax.dynamic_slice_in_dim(v, start, bs, axis=2)
+    else:
+        _, b, g, _, d = k.shape
+        at = (layer, 0, 0, start, 0)
+        kb = jax.lax.dynamic_slice(k, at, (1, b, g, bs, d))[0]
+        vb = jax.lax.dynamic_slice(v, at, (1, b, g, bs, d))[0]
     mb = jax.lax.dynamic_slice_in_dim(key_mask, start, bs, axis=1)
     slots = start + jnp.arange(bs)
     return start, kb, vb, mb & (slots >= i * bs)[None, :], slots
@@ -294,19 +302,13 @@ def _decode_step_flash(qg, k_new, v_new, cache_k, cache_v, layer, key_mask, cach
                        scale):
     """One query per row: online softmax over the cache blocks before ``cache_index`` (read
     straight from the stacked cache, so nothing but those blocks is touched), then the new key."""
-    b, g, r, t, d = qg.shape
     s = cache_k.shape[3]
     n = (jnp.clip(cache_index, 0, s).astype(jnp.int32) + bs - 1) // bs  # may be 0
 
     def body(i, carry):
-        start = jnp.minimum(i * bs, s - bs)
-        at = (layer, 0, 0, start, 0)
-        kb = jax.lax.dynamic_slice(cache_k, at, (1, b, g, bs, d))[0]
-        vb = jax.lax.dynamic_slice(cache_v, at, (1, b, g, bs, d))[0]
-        mb = jax.lax.dynamic_slice_in_dim(key_mask, start, bs, axis=1)
-        slots = start + jnp.arange(bs)
+        _, kb, vb, mb, slots = _block(cache_k, cache_v, key_mask, i, bs, layer)
         # Every query sits at cache_index or later, so causality is "slot < cache_index".
-        ok = mb & ((slots >= i * bs) & (slots < cache_index))[None, :]
+        ok = mb & (slots < cache_index)[None, :]
         return _online_step(carry, qg, kb, vb, ok[:, None, None, None, :], scale)
 
     carry = jax.lax.fori_loop(0, n, body, _online_init(qg))

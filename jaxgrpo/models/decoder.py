@@ -20,7 +20,7 @@ Two call modes, both pure functions of (params, inputs) once split with ``nnx.sp
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -148,9 +148,10 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]: the cache layout
         v = v.transpose(0, 2, 1, 3)
+        new_kv = None
         if cache_kv is None:
-            out, new_kv = attention(q, k, v, key_mask, query_slots, impl=self.attention,
-                                    block_size=self.attention_block), None
+            out = attention(q, k, v, key_mask, query_slots, impl=self.attention,
+                            block_size=self.attention_block)
         else:
             out = cached_attention(q, k, v, cache_kv.k, cache_kv.v, cache_kv.index, key_mask,
                                    cache_index, impl=self.attention,
