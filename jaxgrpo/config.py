@@ -126,7 +126,7 @@ RANGES = {
     "train.max_sampling_rounds": ">= 1",
     "train.completion_buckets": ">= 1",
     "lora.alpha": "> 0",
-    "lora.dropout": ">= 0",
+    "lora.dropout": "[0, 1)",
     "optim.min_lr_ratio": "[0, 1]",
 }
 
@@ -170,7 +170,7 @@ def base_config() -> mc.ConfigDict:
     # regex searched in each parameter path (e.g. layers/self_attn/q_proj/kernel); default: every
     # linear map of the decoder (PEFT "all-linear" without the LM head)
     c.lora.targets = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)/kernel$"
-    c.lora.dropout = 0.0  # PEFT lora_dropout; only 0 is supported (adapters are merged)
+    c.lora.dropout = 0.0  # PEFT lora_dropout on the adapter input, in the loss (unmerged form)
     c.lora.use_rslora = False  # scale alpha / sqrt(r) (rank-stabilised LoRA, arXiv 2312.03732)
 
     # Prompts and gold answers.
@@ -622,7 +622,7 @@ def validate(c: mc.ConfigDict, *, inputs: bool = False) -> mc.ConfigDict:
         raise ConfigError("config.train.dynamic_sampling=True samples again on the host when "
                           "groups are dropped; it cannot run fused: set config.train.fused=False")
     from jaxgrpo.lora import lora_config
-    lora_config(c)  # LoRA values LoRA cannot take (dropout > 0, a bad regex): ConfigError
+    lora_config(c)  # LoRA values LoRA cannot take (dropout >= 1, a bad regex): ConfigError
     if inputs:
         check_inputs(c)
     return c

@@ -96,14 +96,16 @@ def prompt_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array, *,
                                 return_entropy, chunk_size)
 
 
-def _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask):
+def _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask, lora=None):
     """Hidden states [B, Tc, E] predicting each completion token, with the shared prompt of a
     group run ONCE (rows p*G + g share prompt p).
 
     The prompt pass fills a KV cache of Tp + Tc slots for the P prompts; the cache is repeated G
     times and the completions (minus their last token) attend to it. Same numbers as running
     every row's prompt + completion (causal masks and positions are identical), but the prompt
-    part of the forward and backward passes costs P rows instead of P * G.
+    part of the forward and backward passes costs P rows instead of P * G. With a ``lora``
+    branch the two passes draw their dropout masks from its key folded with 0 and 1 (a prompt's
+    mask is shared by its G completions).
     """
     from jaxgrpo.models.decoder import init_cache
 
@@ -115,7 +117,7 @@ def _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask)
     key_mask = jnp.concatenate([pmask, jnp.zeros((bp, tc), bool)], axis=1)
     h_prompt, cache = model.hidden_states(prompt_tokens, attention_mask=key_mask,
                                           positions=positions_from_mask(pmask), cache=cache,
-                                          cache_index=0)
+                                          cache_index=0, lora=None if lora is None else lora.fold(0))
     first = jnp.repeat(h_prompt[:, -1:], g, axis=0)  # predicts completion token 0
     if tc == 1:
         return first
@@ -125,14 +127,14 @@ def _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask)
     positions = n_prompt[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]
     h_rest, _ = model.hidden_states(completion_tokens[:, :-1].astype(prompt_tokens.dtype),
                                     attention_mask=key_mask, positions=positions, cache=cache,
-                                    cache_index=tp)
+                                    cache_index=tp, lora=None if lora is None else lora.fold(1))
     return jnp.concatenate([first, h_rest], axis=1)
 
 
 def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                         completion_tokens: jax.Array, completion_mask: jax.Array, *,
                         temperature: float = 1.0, return_entropy: bool = False,
-                        chunk_size: Optional[int] = None
+                        chunk_size: Optional[int] = None, lora=None
                         ) -> Union[jax.Array, Tuple[jax.Array, jax.Array]]:
     """Teacher-forced log pi(o_t | q, o_<t) of each completion token.
 
@@ -146,6 +148,8 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
       temperature: the policy is softmax(logits / temperature).
       return_entropy: also return the per-token entropy of that policy.
       chunk_size: optional time chunking of the LM head (memory).
+      lora: an unmerged LoRA branch (``jaxgrpo.lora.LoraBranch``, e.g. with dropout) for the
+        decoder's projections; None: the model's own parameters only.
 
     Returns:
       logprobs float32 [B, Tc], 0 where ``completion_mask`` is False; with ``return_entropy`` a
@@ -157,13 +161,13 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     if bp != b:
         if b % bp:
             raise ValueError(f"prompt rows {bp} do not divide completion rows {b}")
-        h = _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask)
+        h = _grouped_hidden(model, prompt_tokens, prompt_mask, completion_tokens, cmask, lora)
     else:
         ids = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)],
                               axis=1)
         mask = jnp.concatenate([prompt_mask.astype(bool), cmask], axis=1)
         hidden, _ = model.hidden_states(ids, attention_mask=mask,
-                                        positions=positions_from_mask(mask))
+                                        positions=positions_from_mask(mask), lora=lora)
         # Hidden state at position Tp-1+t predicts completion token t: only that slice meets
         # the head.
         h = jax.lax.dynamic_slice_in_dim(hidden, tp - 1, tc, axis=1)

@@ -32,11 +32,12 @@ from jaxgrpo import sharding as shd
 from jaxgrpo.checkpoint import Checkpointer
 from jaxgrpo.config import split_names, validate
 from jaxgrpo.data import PromptIterator
+from jaxgrpo.errors import ConfigError
 from jaxgrpo.env import build_env
 from jaxgrpo.logger import MetricsLogger, MetricsWindow, to_python
 from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 from jaxgrpo.step import make_step
-from jaxgrpo.lora import init_adapters, lora_config
+from jaxgrpo.lora import branch_supported, init_adapters, lora_config
 from jaxgrpo.train import build_optimizer, init_train_state, policy_params, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
@@ -101,6 +102,11 @@ class Trainer:
         self.frozen = params if lora is not None else None
         if lora is not None:
             adapters = init_adapters(params, lora, jax.random.key(c.seed))
+            if lora.dropout > 0 and not branch_supported(adapters):
+                raise ConfigError(
+                    f"config.lora.dropout={lora.dropout} runs the adapters unmerged, which only "
+                    f"the decoder layers' projections support; config.lora.targets="
+                    f"{lora.targets!r} also matches {sorted(set(adapters) - {'layers'})}")
             params = shd.shard_state(adapters, self.mesh)
         state = init_train_state(params, self.tx, c.seed)
         # Every leaf on the mesh from the start, laid out as the update returns it (step and rng

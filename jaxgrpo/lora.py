@@ -16,9 +16,17 @@ Why a parameter transform rather than adapter modules inside the decoder: the up
 partition rules and the scanned layer layout need no LoRA-specific code; gradients reach only the
 adapters (the optimizer state holds only them); the reference policy of the KL term is the base
 itself (``adapters`` off), so no second copy of the weights exists. The cost is one merged kernel
-per matched weight inside the step (a transient, not state). LoRA dropout on the adapter input
-(PEFT ``lora_dropout``) needs the unmerged form ``x W + dropout(x) A B`` and is not supported:
-``LoraConfig`` refuses ``dropout > 0``.
+per matched weight inside the step (a transient, not state).
+
+LoRA dropout (PEFT ``lora_dropout``: ``base(x) + lora_B(lora_A(dropout(x))) * scaling``) cannot
+be merged: the mask depends on the token. With ``dropout > 0`` the training loss runs the
+unmerged form instead: the decoder takes a ``LoraBranch`` (``Decoder(..., lora=branch)``) and
+every adapted projection computes ``x W + scale * (dropout(x) A) B``
+(``linear_with_branch``), with an inverted-dropout mask (kept entries scaled by 1 / (1 - p)) drawn
+independently per layer, per projection and per forward pass from the branch's key. Only
+adapters on the decoder layers' projections can take this path (``branch_supported``). Sampling
+and the KL reference run without dropout (evaluation mode), so with dropout the importance
+ratio at the first update is not exactly 1: the behaviour log-probs are the sampler's.
 
 Adapters are a nested dict mirroring the parameter paths (string keys, so orbax checkpoints
 them as any pytree): ``adapters["layers"]["self_attn"]["q_proj"] == {"lora_a": A, "lora_b": B}``
@@ -35,14 +43,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Dict, List, Tuple
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from flax import struct
+
 from jaxgrpo.sharding import path_to_str
 
 __all__ = ["LoraConfig", "lora_config", "init_adapters", "merge_params", "adapter_paths",
-           "num_adapter_params", "DEFAULT_TARGETS"]
+           "num_adapter_params", "DEFAULT_TARGETS", "LoraBranch", "linear_with_branch",
+           "branch_supported", "dropout_keep_mask"]
 
 # Every linear map of the Qwen2 / Llama decoder (PEFT's ``target_modules="all-linear"`` minus the
 # LM head).
@@ -57,7 +69,8 @@ class LoraConfig:
       rank: r, the adapter rank (PEFT ``r``).
       alpha: PEFT ``lora_alpha``; the update is scaled by alpha / r.
       targets: regex searched in each parameter path; only matching rank >= 2 kernels adapt.
-      dropout: PEFT ``lora_dropout``; only 0.0 is supported (see the module docstring).
+      dropout: PEFT ``lora_dropout`` in [0, 1): dropout on the adapter input in the training
+        loss (the unmerged form; see the module docstring).
       use_rslora: scale alpha / sqrt(r) (rank-stabilised LoRA, arXiv 2312.03732).
     """
 
@@ -70,9 +83,8 @@ class LoraConfig:
     def __post_init__(self):
         if self.rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
-        if self.dropout != 0.0:
-            raise ValueError(f"LoRA dropout={self.dropout} is not supported (adapters are merged "
-                             "into the kernels; dropout needs the unmerged form); use 0.0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         try:
             re.compile(self.targets)
         except re.error as e:
@@ -147,6 +159,77 @@ def merge_params(params, adapters: Dict, cfg: LoraConfig):
         return (w.astype(jnp.float32) + cfg.scale * delta).astype(w.dtype)
 
     return jax.tree_util.tree_map_with_path(merge, params)
+
+
+@struct.dataclass
+class LoraBranch:
+    """The unmerged LoRA branch a ``Decoder`` call adds to its adapted projections.
+
+    ``adapters`` is the subtree of ``init_adapters``' dict for the module being called (the
+    decoder hands each layer its slice of ``adapters["layers"]``, each block its
+    ``["self_attn"]`` / ``["mlp"]``); ``key`` is the dropout key of that module (None: no
+    dropout), ``scale`` is ``LoraConfig.scale`` and ``rate`` is the dropout probability.
+    """
+
+    adapters: Dict
+    key: Optional[jax.Array]
+    scale: float = struct.field(pytree_node=False)
+    rate: float = struct.field(pytree_node=False, default=0.0)
+
+    @classmethod
+    def from_config(cls, adapters: Dict, cfg: LoraConfig, key: Optional[jax.Array] = None):
+        return cls(adapters=adapters, key=key, scale=cfg.scale, rate=cfg.dropout)
+
+    def sub(self, name: str, index=None) -> "Optional[LoraBranch]":
+        """The branch of child module ``name`` (None when no adapter lives under it); its key is
+        this key folded with ``name`` (and ``index``, e.g. the layer)."""
+        if name not in self.adapters:
+            return None
+        return self.replace(adapters=self.adapters[name], key=self._fold(name, index))
+
+    def fold(self, index) -> "LoraBranch":
+        """The same branch with its key folded with ``index`` (e.g. a layer or a pass)."""
+        return self if self.key is None else self.replace(
+            key=jax.random.fold_in(self.key, index))
+
+    def _fold(self, name: str, index=None):
+        if self.key is None:
+            return None
+        key = jax.random.fold_in(self.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+        return key if index is None else jax.random.fold_in(key, index)
+
+
+def dropout_keep_mask(key: jax.Array, shape, rate: float) -> jax.Array:
+    """The inverted-dropout multiplier of ``linear_with_branch``: 1 / (1 - rate) where kept,
+    0 where dropped (Bernoulli(1 - rate) per entry)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return keep.astype(jnp.float32) / (1.0 - rate)
+
+
+def linear_with_branch(linear, x: jax.Array, branch: "Optional[LoraBranch]", name: str):
+    """``linear(x)`` (an ``nnx.Linear``) plus, when ``branch`` holds an adapter ``name``,
+    ``scale * (dropout(x) @ A) @ B`` (PEFT's ``Linear.forward``; the dropout key is the
+    branch's folded with ``name``)."""
+    y = linear(x)
+    if branch is None or name not in branch.adapters:
+        return y
+    ad = branch.adapters[name]
+    h = x
+    if branch.rate > 0 and branch.key is not None:
+        key = branch._fold(name)
+        h = (x * dropout_keep_mask(key, x.shape, branch.rate)).astype(x.dtype)
+    a, b = ad["lora_a"].astype(x.dtype), ad["lora_b"].astype(x.dtype)
+    return y + (branch.scale * ((h @ a) @ b)).astype(y.dtype)
+
+
+def branch_supported(adapters: Dict) -> bool:
+    """Whether every adapter lives on a decoder layer's projection (the only place the unmerged
+    branch is wired: ``layers/{self_attn,mlp}/<proj>``)."""
+    if set(adapters) != {"layers"}:
+        return False
+    return all(block in ("self_attn", "mlp") and all(
+        isinstance(v, dict) and set(v) == {"lora_a", "lora_b"} for v in node.values())
+        for block, node in adapters["layers"].items())
 
 
 def num_adapter_params(adapters: Dict) -> int:

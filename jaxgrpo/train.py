@@ -44,6 +44,9 @@ from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.rollout import Rollout, mask_truncated_completions
 from jaxgrpo.sharding import BATCH_AXES
 
+# Folded into the state's key for LoRA dropout masks (the sampler folds the step alone).
+DROPOUT_SALT = 0x10DA
+
 
 @struct.dataclass
 class TrainState:
@@ -204,22 +207,34 @@ def policy_params(c: mc.ConfigDict, params, frozen=None):
 
 
 def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
-    """``loss_fn(params, batch, norms, frozen=None) -> (loss, metrics)`` for one micro-batch
-    whose rows are whole groups of ``group`` completions (``group=1``: no assumption).
-    ``frozen``: the LoRA base (``policy_params``).
+    """``loss_fn(params, batch, norms, frozen=None, dropout_key=None) -> (loss, metrics)`` for
+    one micro-batch whose rows are whole groups of ``group`` completions (``group=1``: no
+    assumption). ``frozen``: the LoRA base (``policy_params``); with ``lora.dropout > 0`` the
+    adapters run unmerged with dropout keyed by ``dropout_key`` (None: no dropout).
 
     The LM head, log-softmax and entropy run in time chunks of ``train.logits_chunk`` tokens
     (0: one pass), each chunk rematerialised in the backward pass, so at most
     [rows, chunk, V] float32 logits are live."""
+    from jaxgrpo.lora import LoraBranch, lora_config
+
     loss_kwargs = losses.policy_loss_kwargs(c.loss)
     chunk = c.train.logits_chunk or None
+    lora = lora_config(c)
+    unmerged = lora is not None and lora.dropout > 0
 
-    def loss_fn(params, batch, norms, frozen=None):
-        model = nnx.merge(graphdef, policy_params(c, params, frozen), rest)
+    def loss_fn(params, batch, norms, frozen=None, dropout_key=None):
+        if unmerged:  # LoRA dropout: x W + scale * dropout(x) A B inside the decoder
+            if frozen is None:
+                raise ValueError("config.lora.rank > 0: the frozen base parameters are required")
+            model = nnx.merge(graphdef, frozen, rest)
+            branch = LoraBranch.from_config(params, lora, dropout_key)
+        else:
+            model = nnx.merge(graphdef, policy_params(c, params, frozen), rest)
+            branch = None
         logp, entropy = completion_logprobs(
             model, *shared_prompts(batch, group), batch["completion_tokens"],
             batch["completion_mask"], temperature=c.sampling.temperature, return_entropy=True,
-            chunk_size=chunk)
+            chunk_size=chunk, lora=branch)
         return losses.policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
             ref_logprobs=batch.get("ref_logprobs"), is_anchor=batch["is_anchor"],
@@ -330,6 +345,7 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
                                                      for a in BATCH_AXES)
 
     lora = c.lora.rank > 0
+    lora_dropout = lora and float(c.lora.dropout) > 0
 
     def update(state: TrainState, rollout: Rollout, ref_params=None, frozen=None):
         if lora:  # the reference policy is the base: adapters off, no second copy
@@ -366,23 +382,31 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
         # not the array width: the host path trims padding columns (train.completion_buckets).
         max_len = max(batch["completion_tokens"].shape[-1], c.sampling.max_new_tokens)
         gen_tokens = jnp.sum(batch["completion_mask"])  # for agg_mode="dapo"
+        # LoRA dropout: one key per micro-batch forward, a function of (rng, step) only, so a
+        # resumed run draws the same masks. None without dropout.
+        keys = None
+        if lora_dropout:
+            base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), DROPOUT_SALT)
+            keys = jax.random.split(jax.random.fold_in(base, state.step), (mu, n_mb, n_acc))
 
-        def opt_step(carry, mb):
+        def opt_step(carry, xs):
+            mb, mb_keys = xs
             params, opt_state = carry
             norms = dict(global_num_tokens=jnp.sum(mb["completion_mask"]),
                          global_num_seqs=jnp.sum(jnp.any(mb["completion_mask"], axis=-1)),
                          max_completion_length=max_len, num_micro_batches=n_acc,
                          generation_num_tokens=gen_tokens)
 
-            def micro(gsum, micro_batch):
+            def micro(gsum, xs):
+                micro_batch, key = xs
                 micro_batch = constrain_rows(micro_batch, mesh)
                 (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms,
-                                                                         frozen)
+                                                                         frozen, key)
                 # float32 accumulator whatever the parameter dtype: bf16 sums lose small terms.
                 return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), gsum, g), (loss, m)
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            grads, (micro_losses, ms) = jax.lax.scan(micro, zeros, mb)
+            grads, (micro_losses, ms) = jax.lax.scan(micro, zeros, (mb, mb_keys))
             grad_norm = optax.global_norm(grads)
             # The optimizer sees gradients in the parameters' dtype, so its state keeps its
             # dtype across steps (float32 master weights: no cast at all).
@@ -394,11 +418,11 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
             ms["grad_norm"] = grad_norm
             return (params, opt_state), ms
 
-        def iteration(carry, _):
-            return jax.lax.scan(opt_step, carry, mbs)
+        def iteration(carry, it_keys):
+            return jax.lax.scan(opt_step, carry, (mbs, it_keys))
 
         (params, opt_state), ms = jax.lax.scan(iteration, (state.params, state.opt_state),
-                                               None, length=mu)
+                                               keys, length=mu)
         metrics = _reduce_metrics(ms)
         metrics["loss_first"] = ms["loss"][0, 0]
         metrics.update({f"adv/{k}" if "/" not in k else k: v for k, v in adv_diag.items()})

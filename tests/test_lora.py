@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxgrpo.lora import (LoraConfig, adapter_paths, init_adapters, merge_params,
-                          num_adapter_params)
+from jaxgrpo.lora import (LoraBranch, LoraConfig, adapter_paths, branch_supported,
+                          dropout_keep_mask, init_adapters, merge_params, num_adapter_params)
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -20,9 +20,9 @@ TARGETS = {"qv": (["q_proj", "v_proj"], r"self_attn/(q_proj|v_proj)/kernel$"),
                    r"(q|k|v|o|gate|up|down)_proj/kernel$")}
 
 
-def _peft_model(arch, modules, rank, alpha, rslora=False, seed=0):
+def _peft_model(arch, modules, rank, alpha, rslora=False, seed=0, dropout=0.0):
     tm, jm = tiny_pair(arch, seed=seed)
-    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=0.0,
+    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=dropout,
                           use_rslora=rslora)
     pm = peft.get_peft_model(tm, cfg)
     g = torch.Generator().manual_seed(seed + 1)
@@ -162,7 +162,8 @@ def test_bad_targets_and_dropout_are_refused():
     with pytest.raises(ValueError, match="match no kernel"):
         init_adapters(params, LoraConfig(targets="not_a_module"), jax.random.key(0))
     with pytest.raises(ValueError, match="dropout"):
-        LoraConfig(dropout=0.05)
+        LoraConfig(dropout=1.0)
+    assert LoraConfig(dropout=0.05).dropout == 0.05
     with pytest.raises(ValueError, match="regex"):
         LoraConfig(targets="(")
 
@@ -223,5 +224,161 @@ def test_lora_config_errors_name_the_key():
     c = base_config()
     c.lora.rank = 4
     c.lora.dropout = 0.1
+    validate(c)  # dropout runs the unmerged branch
+    c.lora.dropout = 1.0
     with pytest.raises(ValueError, match="config.lora.dropout"):
         validate(c)
+
+
+# ------------------------------------------------------------------ LoRA dropout (unmerged form)
+
+
+class _FixedMask(torch.nn.Module):
+    """PEFT's ``lora_dropout`` module replaced by a given inverted-dropout multiplier."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = torch.as_tensor(np.array(mask, np.float32))
+
+    def forward(self, x):
+        return x * self.mask
+
+
+def _branch_keys(key, n_layers, block, proj):
+    """The dropout key of (layer, block, proj) as the decoder derives it from the branch key."""
+    top = LoraBranch(adapters={"layers": {block: {proj: {}}}}, key=key, scale=1.0, rate=0.5)
+    out = []
+    for i in range(n_layers):
+        lb = top.sub("layers").fold(i).sub(block)
+        out.append(lb._fold(proj))
+    return out
+
+
+@pytest.mark.parametrize("arch,which,rate", [("llama", "all", 0.3), ("qwen2", "qv", 0.0)])
+def test_unmerged_branch_matches_peft_dropout(arch, which, rate):
+    """``x W + scale * dropout(x) A B`` in the decoder (``Decoder(..., lora=LoraBranch)``) against
+    PEFT's ``lora_dropout`` with the same Bernoulli masks: logits and adapter gradients. With
+    rate 0 the unmerged branch is the merged kernel (and PEFT without dropout)."""
+    modules, regex = TARGETS[which]
+    rank, alpha = 4, 8.0
+    pm, jm = _peft_model(arch, modules, rank, alpha, dropout=rate)
+    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
+    cfg = LoraConfig(rank=rank, alpha=alpha, targets=regex, dropout=rate)
+    ad = _copy_adapters(pm, params, cfg)
+    key = jax.random.key(7)
+
+    ids, mask = left_padded_prompts(np.random.RandomState(0), [7, 5, 9], 97)
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    w = np.random.RandomState(1).randn(*ids.shape, 97)
+    n_layers = jm.num_layers
+    c = jm.config
+    widths = {"q_proj": c.hidden_size, "k_proj": c.hidden_size, "v_proj": c.hidden_size,
+              "o_proj": c.num_attention_heads * c.head_dim, "gate_proj": c.hidden_size,
+              "up_proj": c.hidden_size, "down_proj": c.intermediate_size}
+    pm.train()  # PEFT applies lora_dropout in training mode only
+    if rate > 0:
+        drop_fracs = []
+        for name in modules:
+            block = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            for i, k in enumerate(_branch_keys(key, n_layers, block, name)):
+                m = np.asarray(dropout_keep_mask(k, (*ids.shape, widths[name]), rate))
+                drop_fracs.append(np.mean(m == 0))
+                layer = pm.base_model.model.model.layers[i]
+                getattr(getattr(layer, block), name).lora_dropout["default"] = _FixedMask(m)
+        # the masks are Bernoulli(rate) and differ per layer / projection
+        assert abs(np.mean(drop_fracs) - rate) < 0.02 and len(set(drop_fracs)) > 1
+    tids = torch.as_tensor(ids, dtype=torch.long)
+    out = pm(tids, attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)).logits
+    loss = (torch.as_tensor(w) * torch.log_softmax(out.double(), -1)
+            * torch.as_tensor(mask)[..., None]).sum()
+    loss.backward()
+    grads_t = {n: p.grad.double().numpy() for n, p in pm.named_parameters() if "lora_" in n}
+
+    base = nnx.merge(graphdef, params, rest)
+
+    def jloss(adapters):
+        branch = LoraBranch.from_config(adapters, cfg, key)
+        logits = base(jnp.asarray(ids), attention_mask=jnp.asarray(mask), lora=branch)
+        lp = jax.nn.log_softmax(logits, -1)
+        return jnp.sum(jnp.asarray(w, jnp.float32) * lp * jnp.asarray(mask)[..., None]), logits
+
+    (lj, logits), g = jax.value_and_grad(jloss, has_aux=True)(ad)
+    ref = out.detach().double().numpy()
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(float(lj), float(loss.detach()), rtol=1e-4)
+    merged = nnx.merge(graphdef, merge_params(params, ad, cfg), rest)(
+        jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    gap = np.max(np.abs(np.asarray(merged) - np.asarray(logits))[valid])
+    if rate > 0:
+        assert gap > 1e-2  # dropout really changed the function
+    else:
+        assert gap < 1e-4  # unmerged == merged without dropout
+    for name in adapter_paths(params, cfg):
+        parts = name.split("/")
+        node = g
+        for p in parts[:-1]:
+            node = node[p]
+        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+            for i in range(node[ours].shape[0]):
+                gt = grads_t[_peft_key(parts[1], parts[2], i, theirs)].T
+                gj = np.asarray(node[ours][i], np.float64)
+                np.testing.assert_allclose(gj, gt, atol=1e-3 * np.abs(gt).max() + 1e-6,
+                                           rtol=1e-3)
+
+
+def test_dropout_keep_mask_is_inverted_bernoulli():
+    m = np.asarray(dropout_keep_mask(jax.random.key(0), (200_000,), 0.25))
+    assert set(np.unique(m).tolist()) == {0.0, np.float32(1 / 0.75)}
+    assert abs(np.mean(m == 0) - 0.25) < 0.005
+    assert abs(np.mean(m) - 1.0) < 0.01  # E[mask] = 1: unbiased in expectation
+
+
+def test_branch_refuses_adapters_outside_the_layers():
+    _, jm = tiny_pair("qwen2")
+    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
+    cfg = LoraConfig(rank=2, targets=r"(q_proj/kernel|lm_head/kernel)$", dropout=0.1)
+    ad = init_adapters(params, cfg, jax.random.key(0))
+    assert "lm_head" in ad and not branch_supported(ad)
+    assert branch_supported(init_adapters(params, LoraConfig(rank=2), jax.random.key(0)))
+    with pytest.raises(ValueError, match="layers' projections only"):
+        jm(jnp.ones((1, 3), jnp.int32), lora=LoraBranch.from_config(ad, cfg, jax.random.key(1)))
+
+
+def _update_inputs(dropout):
+    from jaxgrpo.config import base_config, validate
+    from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, split_model
+    from tests.test_train import _random_rollout, _tiny_model
+
+    c = base_config()
+    c.train.prompts_per_step, c.sampling.num_generations = 2, 4
+    c.train.grad_accum = 2
+    c.lora.rank, c.lora.alpha, c.lora.dropout = 4, 8.0, dropout
+    c.optim.lr = 1e-2
+    validate(c)
+    graphdef, params, rest = split_model(_tiny_model())
+    adapters = init_adapters(params, LoraConfig(rank=4, alpha=8.0, dropout=dropout),
+                             jax.random.key(0))
+    # B != 0 so the dropout on A's input reaches the loss at the first step
+    adapters = jax.tree.map(lambda x: x + 0.05, adapters)
+    tx = build_optimizer(c)
+    update = make_update_fn(c, graphdef, rest, tx)
+    return update, init_train_state(adapters, tx, 0), _random_rollout(p=2), params
+
+
+def test_update_with_lora_dropout_is_a_function_of_the_state():
+    """The dropout masks come from (state.rng, state.step): the same state gives the same update
+    (so an exact resume stays exact), another step other masks, and dropout 0 is the merged
+    update."""
+    update, state, ro, frozen = _update_inputs(0.2)
+    cp = lambda s: jax.tree.map(jnp.copy, s)
+    s1, m1 = update(cp(state), ro, None, frozen)
+    s2, m2 = update(cp(state), ro, None, frozen)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    s3, m3 = update(cp(state).replace(step=state.step + 1), ro, None, frozen)
+    assert float(m3["loss"]) != float(m1["loss"])
+    update0, state0, _, _ = _update_inputs(0.0)
+    _, m0 = update0(state0, ro, None, frozen)
+    assert float(m0["loss"]) != float(m1["loss"])
+    assert np.isfinite(float(m1["loss"])) and float(m1["grad_norm"]) > 0

@@ -29,6 +29,7 @@ from flax import nnx, struct
 from jaxgrpo.models.attention import (CACHE_LAYER_NAME, DEFAULT_ATTENTION, DEFAULT_BLOCK,
                                       attention, cached_attention, check_impl)
 from jaxgrpo.models.config import ModelConfig, rope_inv_freq
+from jaxgrpo.lora import LoraBranch, branch_supported, linear_with_branch
 from jaxgrpo.sharding import constrain, ACT_HIDDEN, ACT_HEADS, ACT_MLP, ACT_LOGITS, ACT_CACHE
 
 # Rematerialisation policies of the scanned layer body (``Decoder.remat``): "none" saves every
@@ -131,19 +132,22 @@ class Attention(nnx.Module):
         self.o_proj = nnx.Linear(h * d, cfg.hidden_size, use_bias=cfg.o_bias, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = h, kvh, d
 
-    def __call__(self, x, cos, sin, key_mask, query_slots, cache_kv=None, cache_index=None):
+    def __call__(self, x, cos, sin, key_mask, query_slots, cache_kv=None, cache_index=None,
+                 lora: Optional[LoraBranch] = None):
         """x [B, T, E]; key_mask [B, S] bool; query_slots [T] int (slot index of each query).
 
         Without a cache S = T and keys are this call's own. With ``cache_kv`` (a ``LayerKV``: this
         layer of a stacked [L, B, KVH, S, D] cache, read-only) the queries attend over the cache
         slots before ``cache_index`` and over the T new keys, which count as written at
-        ``cache_index`` (``jaxgrpo.models.attention.cached_attention``). Returns (out [B, T, E],
+        ``cache_index`` (``jaxgrpo.models.attention.cached_attention``). ``lora``: this block's
+        unmerged LoRA branch (``jaxgrpo.lora.linear_with_branch``). Returns (out [B, T, E],
         the new (k, v) [B, KVH, T, D] for the caller to write, or None).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        proj = lambda name, inp: linear_with_branch(getattr(self, name), inp, lora, name)
+        q = proj("q_proj", x).reshape(b, t, self.num_heads, self.head_dim)
+        k = proj("k_proj", x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = proj("v_proj", x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k, v = (constrain(a, ACT_HEADS) for a in (q, k, v))  # heads over 'tensor'
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]: the cache layout
@@ -157,7 +161,8 @@ class Attention(nnx.Module):
                                    cache_index, impl=self.attention,
                                    block_size=self.attention_block)
             new_kv = (k, v)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim).astype(x.dtype)), new_kv
+        out = out.reshape(b, t, self.num_heads * self.head_dim).astype(x.dtype)
+        return proj("o_proj", out), new_kv
 
 
 class MLP(nnx.Module):
@@ -167,9 +172,10 @@ class MLP(nnx.Module):
         self.up_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
         self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
 
-    def __call__(self, x):
-        h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ACT_MLP)
-        return self.down_proj(h)
+    def __call__(self, x, lora: Optional[LoraBranch] = None):
+        proj = lambda name, inp: linear_with_branch(getattr(self, name), inp, lora, name)
+        h = constrain(jax.nn.silu(proj("gate_proj", x)) * proj("up_proj", x), ACT_MLP)
+        return proj("down_proj", h)
 
 
 class DecoderLayer(nnx.Module):
@@ -182,11 +188,13 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, **kw)
 
-    def __call__(self, x, cos, sin, key_mask, query_slots, cache_kv=None, cache_index=None):
+    def __call__(self, x, cos, sin, key_mask, query_slots, cache_kv=None, cache_index=None,
+                 lora: Optional[LoraBranch] = None):
+        sub = (lambda name: None) if lora is None else lora.sub
         h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, query_slots,
-                                   cache_kv, cache_index)
+                                   cache_kv, cache_index, lora=sub("self_attn"))
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+        return x + self.mlp(self.post_attention_layernorm(x), lora=sub("mlp")), new_kv
 
 
 def remat_policy(name: str):
@@ -254,36 +262,45 @@ class Decoder(nnx.Module):
             out = jnp.einsum("...e,ev->...v", h, w, preferred_element_type=jnp.float32)
         return constrain(out, ACT_LOGITS) if out.ndim == 3 else out
 
-    def _run_layers(self, x, cos, sin, key_mask, query_slots, cache, cache_index):
+    def _run_layers(self, x, cos, sin, key_mask, query_slots, cache, cache_index, lora=None):
         """x [B, T, E] through the L stacked layers (one ``lax.scan``); returns (x, cache).
 
         The stacked cache is a read-only constant of the scan; each layer returns its T new
         keys/values (scan outputs [L, B, KVH, T, D]), written into the stack in one update after
-        the scan, in place when the cache buffer is donated or loop-carried.
+        the scan, in place when the cache buffer is donated or loop-carried. ``lora``'s stacked
+        ``["layers"]`` adapters are scanned with the layer parameters; each layer's dropout key
+        is the branch's folded with its index.
         """
         graphdef, layer_state = nnx.split(self.layers)
+        if lora is not None and not branch_supported(lora.adapters):
+            raise ValueError("the unmerged LoRA branch (lora dropout) takes adapters on the "
+                             "decoder layers' projections only (layers/self_attn|mlp/<proj>)")
+        layers_branch = None if lora is None else lora.sub("layers")
 
         def body(x, xs):
-            state_i, i = xs
+            state_i, i, adapters_i = xs
             layer = nnx.merge(graphdef, state_i)
             lkv = None if cache is None else LayerKV(k=cache.k, v=cache.v, index=i)
-            x, new_kv = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index)
+            lb = None if layers_branch is None else layers_branch.replace(
+                adapters=adapters_i).fold(i)
+            x, new_kv = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index, lora=lb)
             return constrain(x, ACT_HIDDEN), new_kv
 
         policy = remat_policy(self.remat)
         if policy is not None:
             # prevent_cse is only needed outside scan (jax.checkpoint docs).
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        x, new_kv = jax.lax.scan(body, x,
-                                 (layer_state, jnp.arange(self.num_layers, dtype=jnp.int32)))
+        x, new_kv = jax.lax.scan(body, x, (layer_state, jnp.arange(self.num_layers, dtype=jnp.int32),
+                                           None if lora is None else layers_branch.adapters))
         if cache is None:
             return x, None
         cache = cache.write(*new_kv, cache_index)
         return x, KVCache(k=constrain(cache.k, ACT_CACHE), v=constrain(cache.v, ACT_CACHE))
 
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache=None,
-                      cache_index=None):
-        """Final-norm hidden states [B, T, E] (and the new cache when one is given)."""
+                      cache_index=None, lora: Optional[LoraBranch] = None):
+        """Final-norm hidden states [B, T, E] (and the new cache when one is given). ``lora``:
+        an unmerged LoRA branch over the layers' projections (``jaxgrpo.lora.LoraBranch``)."""
         b, t = input_ids.shape
         if cache is None:
             key_mask = (jnp.ones((b, t), bool) if attention_mask is None
@@ -301,14 +318,16 @@ class Decoder(nnx.Module):
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
         x = constrain(self.embed_tokens(input_ids), ACT_HIDDEN)
-        x, new_cache = self._run_layers(x, cos, sin, key_mask, query_slots, cache, cache_index)
+        x, new_cache = self._run_layers(x, cos, sin, key_mask, query_slots, cache, cache_index,
+                                        lora)
         h = self.norm(x)
         return (h, None) if cache is None else (h, new_cache)
 
     def __call__(self, input_ids, *, attention_mask=None, positions=None, cache=None,
-                 cache_index=None):
+                 cache_index=None, lora: Optional[LoraBranch] = None):
         h, new_cache = self.hidden_states(input_ids, attention_mask=attention_mask,
-                                          positions=positions, cache=cache, cache_index=cache_index)
+                                          positions=positions, cache=cache, cache_index=cache_index,
+                                          lora=lora)
         logits = self.logits_from_hidden(h)
         return logits if cache is None else (logits, new_cache)
 
