@@ -101,9 +101,11 @@ def _leaves(params) -> List[Tuple[str, Any]]:
 
 
 def adapter_paths(params, cfg: LoraConfig) -> List[str]:
-    """Paths of the kernels ``cfg.targets`` selects (rank >= 2), in tree order."""
+    """Paths of the kernels ``cfg.targets`` selects (rank >= 2, named ``kernel``: an embedding
+    table is never adapted, ``merge_params`` would ignore it), in tree order."""
     rx = re.compile(cfg.targets)
-    return [name for name, leaf in _leaves(params) if jnp.ndim(leaf) >= 2 and rx.search(name)]
+    return [name for name, leaf in _leaves(params)
+            if jnp.ndim(leaf) >= 2 and name.endswith("kernel") and rx.search(name)]
 
 
 def _get(tree: Dict, parts: List[str]):

@@ -185,8 +185,9 @@ def test_adapter_specs_follow_kernel_layout():
     assert o["lora_a"] == P(None, "tensor", None) and o["lora_b"] == P(None, None, "fsdp")
 
 
+@pytest.mark.parametrize("dropout", [0.0, pytest.param(0.1, marks=pytest.mark.slow)])
 def test_lora_run_trains_only_adapters_and_restores_merged(tiny_llama_dir, tiny_run_config,
-                                                          tmp_path):
+                                                          tmp_path, dropout):
     """config.lora.rank > 0 through the Trainer: the state (and so the optimizer state and the
     checkpoint) holds only the adapters, the base stays bit-for-bit frozen, the KL reference is
     the base, and a run directory's checkpoint loads back as base + merged adapters."""
@@ -195,7 +196,7 @@ def test_lora_run_trains_only_adapters_and_restores_merged(tiny_llama_dir, tiny_
 
     c = tiny_run_config(tiny_llama_dir, tmp_path / "run", **{
         "lora.rank": 4, "lora.alpha": 8.0, "steps": 2, "checkpoint.every": 1,
-        "loss.beta": 0.1, "optim.lr": 5e-2})
+        "loss.beta": 0.1, "optim.lr": 5e-2, "lora.dropout": dropout})
     t = Trainer(c)
     try:
         base_before = [np.asarray(x) for x in jax.tree.leaves(t.frozen)]
@@ -382,3 +383,19 @@ def test_update_with_lora_dropout_is_a_function_of_the_state():
     _, m0 = update0(state0, ro, None, frozen)
     assert float(m0["loss"]) != float(m1["loss"])
     assert np.isfinite(float(m1["loss"])) and float(m1["grad_norm"]) > 0
+
+
+def test_trainer_refuses_dropout_on_a_kernel_outside_the_layers(tiny_qwen2_dir, tiny_run_config,
+                                                               tmp_path):
+    from jaxgrpo.errors import ConfigError
+    from jaxgrpo.loop import Trainer
+
+    c = tiny_run_config(tiny_qwen2_dir, tmp_path / "run", **{
+        "lora.rank": 2, "lora.dropout": 0.1, "lora.targets": r"(q_proj|lm_head)/kernel$"})
+    with pytest.raises(ConfigError, match=r"config.lora.dropout.*lm_head"):
+        Trainer(c)
+    _, jm = tiny_pair("qwen2")
+    _, params, _ = nnx.split(jm, nnx.Param, ...)
+    # an embedding table is not a kernel: never adapted (merge_params would ignore it)
+    with pytest.raises(ValueError, match="match no kernel"):
+        init_adapters(params, LoraConfig(targets=r"embed_tokens"), jax.random.key(0))
