@@ -255,7 +255,8 @@ def _branch_keys(key, n_layers, block, proj):
     return out
 
 
-@pytest.mark.parametrize("arch,which,rate", [("llama", "all", 0.3), ("qwen2", "qv", 0.0)])
+@pytest.mark.parametrize("arch,which,rate", [
+    ("llama", "all", 0.3), pytest.param("qwen2", "qv", 0.0, marks=pytest.mark.slow)])
 def test_unmerged_branch_matches_peft_dropout(arch, which, rate):
     """``x W + scale * dropout(x) A B`` in the decoder (``Decoder(..., lora=LoraBranch)``) against
     PEFT's ``lora_dropout`` with the same Bernoulli masks: logits and adapter gradients. With
