@@ -24,10 +24,11 @@ distinct correct 0.44 per prompt (1.0 per solved prompt, top-solution share 1.0)
 Measured 2026-12-02 on 32 held-out prompts x 16 samples (seed 0), same settings: base pass@1
 0.033, pass@16 0.188, 6 / 32 solved, 68% of completions cut at 24 tokens. GRPO pilot
 (``python -m experiments.tables.diversity --methods GRPO --seeds 0 --steps 60 --eval_every 20
---eval_prompts 32 --num_samples 16``): step 20 pass@1 0.070, pass@16 0.250, entropy 1.95 -> 1.45
-nats; 51-68 s per step alone on the 2-core CPU (README, "Does diversity survive GRPO?").
+--eval_prompts 32 --num_samples 16``): step 20 pass@1 0.070, pass@16 0.250; step 40 pass@1 0.064,
+pass@16 0.312, 10 / 32 solved, entropy 1.95 -> 1.30 nats; 51-68 s per step alone on the 2-core
+CPU (README, "Does diversity survive GRPO?").
 Trained comparison of the methods: not run (~74 CPU-hours here). steps = 200 is a choice, not
-measured: GRPO had not plateaued by step 20 of the pilot.
+measured: GRPO's pass@16 was still rising at step 40 of the pilot (pass@1 flat since step 20).
 """
 import importlib
 
