@@ -182,23 +182,23 @@ class LoraBranch:
     def from_config(cls, adapters: Dict, cfg: LoraConfig, key: Optional[jax.Array] = None):
         return cls(adapters=adapters, key=key, scale=cfg.scale, rate=cfg.dropout)
 
-    def sub(self, name: str, index=None) -> "Optional[LoraBranch]":
+    def sub(self, name: str) -> "Optional[LoraBranch]":
         """The branch of child module ``name`` (None when no adapter lives under it); its key is
-        this key folded with ``name`` (and ``index``, e.g. the layer)."""
+        this key folded with ``name``."""
         if name not in self.adapters:
             return None
-        return self.replace(adapters=self.adapters[name], key=self._fold(name, index))
+        return self.replace(adapters=self.adapters[name], key=self._fold(name))
 
     def fold(self, index) -> "LoraBranch":
         """The same branch with its key folded with ``index`` (e.g. a layer or a pass)."""
         return self if self.key is None else self.replace(
             key=jax.random.fold_in(self.key, index))
 
-    def _fold(self, name: str, index=None):
+    def _fold(self, name: str):
+        """This key folded with a stable id of ``name`` (None without a key)."""
         if self.key is None:
             return None
-        key = jax.random.fold_in(self.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-        return key if index is None else jax.random.fold_in(key, index)
+        return jax.random.fold_in(self.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def dropout_keep_mask(key: jax.Array, shape, rate: float) -> jax.Array:

@@ -201,9 +201,14 @@ def policy_params(c: mc.ConfigDict, params, frozen=None):
     lora = lora_config(c)
     if lora is None:
         return params
+    return merge_params(_frozen_base(frozen), params, lora)
+
+
+def _frozen_base(frozen):
+    """``frozen``, which a LoRA update needs (the base its adapters apply to)."""
     if frozen is None:
         raise ValueError("config.lora.rank > 0: the frozen base parameters are required")
-    return merge_params(frozen, params, lora)
+    return frozen
 
 
 def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
@@ -224,9 +229,7 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
 
     def loss_fn(params, batch, norms, frozen=None, dropout_key=None):
         if unmerged:  # LoRA dropout: x W + scale * dropout(x) A B inside the decoder
-            if frozen is None:
-                raise ValueError("config.lora.rank > 0: the frozen base parameters are required")
-            model = nnx.merge(graphdef, frozen, rest)
+            model = nnx.merge(graphdef, _frozen_base(frozen), rest)
             branch = LoraBranch.from_config(params, lora, dropout_key)
         else:
             model = nnx.merge(graphdef, policy_params(c, params, frozen), rest)

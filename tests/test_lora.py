@@ -56,43 +56,39 @@ def _copy_adapters(pm, params, cfg):
     return ad
 
 
-@pytest.mark.parametrize("arch,which,rslora", [("qwen2", "qv", False), ("llama", "all", False),
-                                               ("qwen2", "all", True)])
-def test_logits_and_gradients_match_peft(arch, which, rslora):
-    modules, regex = TARGETS[which]
-    rank, alpha = 4, 8.0
-    pm, jm = _peft_model(arch, modules, rank, alpha, rslora)
-    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
-    cfg = LoraConfig(rank=rank, alpha=alpha, targets=regex, use_rslora=rslora)
-    ad = _copy_adapters(pm, params, cfg)
-    assert len(adapter_paths(params, cfg)) == len(modules)  # one stacked kernel per module
-
+def _inputs():
+    """Left-padded token ids [3, 9], their mask, and loss weights w [3, 9, 97]."""
     ids, mask = left_padded_prompts(np.random.RandomState(0), [7, 5, 9], 97)
-    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    w = np.random.RandomState(1).randn(*ids.shape, 97)
+    return ids, mask, np.random.RandomState(1).randn(*ids.shape, 97)
 
-    # PyTorch + PEFT: logits and d(sum(w * log_softmax(logits)))/d(A, B), float64 in the loss.
+
+def _peft_loss_and_grads(pm, ids, mask, w):
+    """PyTorch + PEFT: logits (float64), sum(w * log_softmax(logits)) over valid tokens (float64
+    in the loss), and its gradient with respect to every lora_A / lora_B weight."""
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
     tids = torch.as_tensor(ids, dtype=torch.long)
     out = pm(tids, attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)).logits
     loss = (torch.as_tensor(w) * torch.log_softmax(out.double(), -1)
             * torch.as_tensor(mask)[..., None]).sum()
     loss.backward()
     grads_t = {n: p.grad.double().numpy() for n, p in pm.named_parameters() if "lora_" in n}
+    return out.detach().double().numpy(), float(loss.detach()), grads_t
 
-    def jloss(adapters):
-        model = nnx.merge(graphdef, merge_params(params, adapters, cfg), rest)
-        logits = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-        lp = jax.nn.log_softmax(logits, -1)
-        return jnp.sum(jnp.asarray(w, jnp.float32) * lp * jnp.asarray(mask)[..., None]), logits
 
-    (lj, logits), g = jax.value_and_grad(jloss, has_aux=True)(ad)
-    ref = out.detach().double().numpy()
+def _weighted_logprob_sum(logits, w, mask):
+    """The JAX side of ``_peft_loss_and_grads``' loss."""
+    lp = jax.nn.log_softmax(logits, -1)
+    return jnp.sum(jnp.asarray(w, jnp.float32) * lp * jnp.asarray(mask)[..., None])
+
+
+def _assert_logits_and_loss_match(logits, loss, ref, loss_t, mask):
     valid = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=2e-4, rtol=1e-4)
-    np.testing.assert_allclose(float(lj), float(loss.detach()), rtol=1e-4)
-    # the adapters really changed the function
-    base_logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-    assert np.max(np.abs(np.asarray(base_logits) - ref)[valid]) > 1e-2
+    np.testing.assert_allclose(float(loss), loss_t, rtol=1e-4)
+
+
+def _assert_adapter_grads_match(g, grads_t, params, cfg):
+    """Our adapter gradients (stacked [L, ...]) against PEFT's per-layer lora_A / lora_B ones."""
     for name in adapter_paths(params, cfg):
         parts = name.split("/")
         node = g
@@ -104,6 +100,35 @@ def test_logits_and_gradients_match_peft(arch, which, rslora):
                 gj = np.asarray(node[ours][i], np.float64)
                 np.testing.assert_allclose(gj, gt, atol=1e-3 * np.abs(gt).max() + 1e-6,
                                            rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch,which,rslora", [("qwen2", "qv", False), ("llama", "all", False),
+                                               ("qwen2", "all", True)])
+def test_logits_and_gradients_match_peft(arch, which, rslora):
+    modules, regex = TARGETS[which]
+    rank, alpha = 4, 8.0
+    pm, jm = _peft_model(arch, modules, rank, alpha, rslora)
+    graphdef, params, rest = nnx.split(jm, nnx.Param, ...)
+    cfg = LoraConfig(rank=rank, alpha=alpha, targets=regex, use_rslora=rslora)
+    ad = _copy_adapters(pm, params, cfg)
+    assert len(adapter_paths(params, cfg)) == len(modules)  # one stacked kernel per module
+
+    ids, mask, w = _inputs()
+
+    ref, loss_t, grads_t = _peft_loss_and_grads(pm, ids, mask, w)
+
+    def jloss(adapters):
+        model = nnx.merge(graphdef, merge_params(params, adapters, cfg), rest)
+        logits = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+        return _weighted_logprob_sum(logits, w, mask), logits
+
+    (lj, logits), g = jax.value_and_grad(jloss, has_aux=True)(ad)
+    _assert_logits_and_loss_match(logits, lj, ref, loss_t, mask)
+    valid = mask.astype(bool)
+    # the adapters really changed the function
+    base_logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    assert np.max(np.abs(np.asarray(base_logits) - ref)[valid]) > 1e-2
+    _assert_adapter_grads_match(g, grads_t, params, cfg)
 
 
 def test_init_matches_peft_and_starts_at_base():
@@ -269,9 +294,7 @@ def test_unmerged_branch_matches_peft_dropout(arch, which, rate):
     ad = _copy_adapters(pm, params, cfg)
     key = jax.random.key(7)
 
-    ids, mask = left_padded_prompts(np.random.RandomState(0), [7, 5, 9], 97)
-    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    w = np.random.RandomState(1).randn(*ids.shape, 97)
+    ids, mask, w = _inputs()
     n_layers = jm.num_layers
     c = jm.config
     widths = {"q_proj": c.hidden_size, "k_proj": c.hidden_size, "v_proj": c.hidden_size,
@@ -289,26 +312,18 @@ def test_unmerged_branch_matches_peft_dropout(arch, which, rate):
                 getattr(getattr(layer, block), name).lora_dropout["default"] = _FixedMask(m)
         # the masks are Bernoulli(rate) and differ per layer / projection
         assert abs(np.mean(drop_fracs) - rate) < 0.02 and len(set(drop_fracs)) > 1
-    tids = torch.as_tensor(ids, dtype=torch.long)
-    out = pm(tids, attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)).logits
-    loss = (torch.as_tensor(w) * torch.log_softmax(out.double(), -1)
-            * torch.as_tensor(mask)[..., None]).sum()
-    loss.backward()
-    grads_t = {n: p.grad.double().numpy() for n, p in pm.named_parameters() if "lora_" in n}
+    ref, loss_t, grads_t = _peft_loss_and_grads(pm, ids, mask, w)
 
     base = nnx.merge(graphdef, params, rest)
 
     def jloss(adapters):
         branch = LoraBranch.from_config(adapters, cfg, key)
         logits = base(jnp.asarray(ids), attention_mask=jnp.asarray(mask), lora=branch)
-        lp = jax.nn.log_softmax(logits, -1)
-        return jnp.sum(jnp.asarray(w, jnp.float32) * lp * jnp.asarray(mask)[..., None]), logits
+        return _weighted_logprob_sum(logits, w, mask), logits
 
     (lj, logits), g = jax.value_and_grad(jloss, has_aux=True)(ad)
-    ref = out.detach().double().numpy()
+    _assert_logits_and_loss_match(logits, lj, ref, loss_t, mask)
     valid = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=2e-4, rtol=1e-4)
-    np.testing.assert_allclose(float(lj), float(loss.detach()), rtol=1e-4)
     merged = nnx.merge(graphdef, merge_params(params, ad, cfg), rest)(
         jnp.asarray(ids), attention_mask=jnp.asarray(mask))
     gap = np.max(np.abs(np.asarray(merged) - np.asarray(logits))[valid])
@@ -316,17 +331,7 @@ def test_unmerged_branch_matches_peft_dropout(arch, which, rate):
         assert gap > 1e-2  # dropout really changed the function
     else:
         assert gap < 1e-4  # unmerged == merged without dropout
-    for name in adapter_paths(params, cfg):
-        parts = name.split("/")
-        node = g
-        for p in parts[:-1]:
-            node = node[p]
-        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
-            for i in range(node[ours].shape[0]):
-                gt = grads_t[_peft_key(parts[1], parts[2], i, theirs)].T
-                gj = np.asarray(node[ours][i], np.float64)
-                np.testing.assert_allclose(gj, gt, atol=1e-3 * np.abs(gt).max() + 1e-6,
-                                           rtol=1e-3)
+    _assert_adapter_grads_match(g, grads_t, params, cfg)
 
 
 def test_dropout_keep_mask_is_inverted_bernoulli():
