@@ -319,6 +319,10 @@ def base_config() -> mc.ConfigDict:
     # Held-out evaluation (pass@k, maj@k, accuracy) before, during and after training.
     c.eval = mc.ConfigDict()
     c.eval.every = 0  # held-out evaluation every this many steps; 0 = only before and after training
+    # Evaluate the initial policy (step 0) of a fresh run. False skips it, e.g. when runs that
+    # share the model, data, seed and eval settings take their step-0 numbers from one of them
+    # (experiments/tables/diversity.py).
+    c.eval.before_training = True
     c.eval.num_prompts = 32  # held-out prompts evaluated (at most the held-out rows)
     c.eval.num_samples = 4  # n per prompt (pass@k needs n >= k)
     c.eval.temperature = 1.0  # sampling temperature of the evaluation

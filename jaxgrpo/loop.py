@@ -218,7 +218,7 @@ class Trainer:
             rdir.rewind(self.run_dir, start, redo_eval=start == 0 or start >= c.steps)  # [run_dir hook]
             rdir.record_changes(self.run, start)  # [run_dir hook]
         evals = {}
-        if start == 0:
+        if start == 0 and c.eval.before_training:
             self.progress("evaluating before training")  # [run_dir hook]
             evals[0] = self.evaluate(0)
         bar = _progress(total=c.steps, initial=start, enabled=c.log.progress)

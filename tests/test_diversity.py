@@ -38,7 +38,7 @@ def test_config_keeps_the_method_chain_and_validates(method):
             c.advantage.advantage_transforms, c.loss.agg_mode) == (
         own.advantage.baseline, own.advantage.reward_transforms,
         own.advantage.advantage_transforms, own.loss.agg_mode)
-    assert c.data.task == "sum_to_target"
+    assert c.data.task == "number_in_range"
     assert c.eval.num_prompts >= 64 and c.eval.num_samples == 32
     assert c.eval.ks == "1,2,4,8,16,32"
     with pytest.raises(ValueError, match="unknown method"):
@@ -74,6 +74,15 @@ def test_comparison_end_to_end_tiny_model_with_resume(tmp_path, monkeypatch, cap
         assert sorted(ev) == [0, 1]
         assert res["results"]["base model"][seed]["pass@1"] == ev[0]["pass@1"]
         assert res["results"]["GRPO"][seed]["pass@4"] == ev[1]["pass@4"]
+    # The base model is evaluated once per seed (by GRPO, the first method) and shared: the
+    # Dr.GRPO runs skip their step-0 evaluation and report GRPO's.
+    for seed in (0, 1):
+        assert 0 in diversity.read_evals(str(out / f"grpo-seed{seed}"))
+        assert 0 not in diversity.read_evals(str(out / f"dr_grpo-seed{seed}"))
+        saved = json.loads((out / f"dr_grpo-seed{seed}" / "config.json").read_text())
+        assert saved["eval"]["before_training"] is False
+        assert res["curves"]["Dr.GRPO"][seed][0] == res["curves"]["GRPO"][seed][0]
+        assert sorted(res["curves"]["Dr.GRPO"][seed]) == [0, 1]
     # A per-seed difference row computed from the runs' own final metrics.
     d = [res["results"]["Dr.GRPO"][s]["pass@1"] - res["results"]["GRPO"][s]["pass@1"]
          for s in (0, 1)]
@@ -98,3 +107,35 @@ def test_comparison_end_to_end_tiny_model_with_resume(tmp_path, monkeypatch, cap
     (out / "diversity.md").unlink()
     diversity.main(argv + ["--report"])
     assert trained == [] and (out / "diversity.md").exists()
+
+
+def test_base_source_needs_equal_eval_settings(tmp_path):
+    """A run shares another's step-0 evaluation only when model, data, sampling, seed and eval
+    settings agree (the method's own keys and eval.every / before_training may differ)."""
+    from experiments.configs.diversity import get_config
+
+    def make(module, seed=0, with_step0=True, **changes):
+        c = get_config(module)
+        c.seed = seed
+        c.run_dir = str(tmp_path / f"{module}-seed{seed}")
+        for k, v in changes.items():
+            node, *path = k.split(".")
+            getattr(c, node)[path[0]] = v
+        return c
+
+    src = make("grpo")
+    os.makedirs(src.run_dir)
+    (tmp_path / "grpo-seed0" / "config.json").write_text(src.to_json_best_effort())
+    metrics = tmp_path / "grpo-seed0" / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 0, "kind": "eval", "pass@1": 0.5}) + "\n")
+
+    c = make("dagrpo", **{"eval.every": 7})
+    assert diversity.share_base_eval(str(tmp_path), c) == src.run_dir
+    assert c.eval.before_training is False
+    for other in (make("dagrpo", seed=1), make("dagrpo", **{"eval.num_samples": 8}),
+                  make("dagrpo", **{"sampling.max_new_tokens": 9}),
+                  make("dagrpo", **{"data.prompt_format": "{question}!"})):
+        assert diversity.share_base_eval(str(tmp_path), other) is None
+        assert other.eval.before_training is True
+    metrics.write_text(json.dumps({"step": 5, "kind": "eval", "pass@1": 0.5}) + "\n")
+    assert diversity.base_source(str(tmp_path), make("dagrpo")) is None  # no step-0 eval there

@@ -268,3 +268,69 @@ def test_sum_task_errors_and_reward_fn():
     rf = fn.make_reward_fn([fn.RewardSpec("accuracy", 1.0)], task=t)
     out = rf([r["answer"] for r in rows] + ["no"], rows=rows + rows[:1])
     np.testing.assert_array_equal(out.rewards, [1, 1, 1, 1, 0])
+
+
+# ----------------------------------------------------------------------------- number_in_range
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"divisors": [2, 3, 5], "min_width": 10},
+                                    {"min_low": 0, "max_low": 3, "min_width": 2, "max_width": 4,
+                                     "min_solutions": 1}])
+def test_range_task_rows_seeded_and_num_solutions_by_brute_force(kwargs):
+    t = tasks.make_task("number_in_range", seed=5, size=12, **kwargs)
+    bigger = tasks.make_task("number_in_range", seed=5, size=30, **kwargs)
+    other = tasks.make_task("number_in_range", seed=6, size=12, **kwargs)
+    assert [r["question"] for r in t] == [r["question"] for r in bigger.rows(0, 12)]
+    assert [r["question"] for r in t] != [r["question"] for r in other]
+    for r in t:
+        m = r["metadata"]
+        lo, hi, d = m["low"], m["high"], m["divisor"]
+        assert d in kwargs.get("divisors", [1])
+        assert f"greater than {lo} and less than {hi}" in r["question"]
+        assert (f"divisible by {d}" in r["question"]) == (d != 1)
+        solutions = [n for n in range(0, hi + 5) if lo < n < hi and n % d == 0]
+        assert m["num_solutions"] == len(solutions) >= kwargs.get("min_solutions", 3)
+        assert int(r["answer"]) in solutions
+        texts = [f"The number is {n}." for n in solutions] + [str(lo), str(hi)]
+        np.testing.assert_array_equal(t.score(texts, [r] * len(texts)),
+                                      [1.0] * len(solutions) + [0.0, 0.0])  # bounds exclusive
+        assert t.answers(texts[:-2], [r] * len(solutions)) == [str(n) for n in solutions]
+
+
+def test_range_task_extraction_by_hand():
+    t = tasks.make_task("number_in_range", seed=0, size=1)
+    row = {"question": "q", "answer": "14", "metadata": {
+        "task": "number_in_range", "index": 0, "low": 10, "high": 20, "divisor": 2,
+        "num_solutions": 4}}
+    cases = {
+        "14": (1.0, "14"),
+        "A number greater than 10 and less than 20 is 16.": (1.0, "16"),
+        "16 is between 10 and 20": (0.0, "20"),  # the last number counts
+        "018": (1.0, "18"),
+        "<answer>12</answer> or maybe 15": (1.0, "12"),  # the answer block wins
+        "\\boxed{15}": (0.0, "15"),  # in range but odd
+        "12.5": (0.0, None),  # a decimal is no candidate
+        "14 or -16": (1.0, "14"),  # nor a negative number
+        "10": (0.0, "10"),
+        "twelve": (0.0, None),
+        "": (0.0, None),
+    }
+    texts = list(cases)
+    np.testing.assert_array_equal(t.score(texts, [row] * len(texts)),
+                                  [v[0] for v in cases.values()])
+    assert t.answers(texts, [row] * len(texts)) == [v[1] for v in cases.values()]
+
+
+def test_range_task_errors_and_reward_fn():
+    for kwargs, match in [({"min_low": 5, "max_low": 4}, "min_low"),
+                          ({"min_width": 1}, "min_width"), ({"divisors": [0]}, "divisors"),
+                          ({"divisors": []}, "divisors"), ({"min_solutions": 0}, "min_solutions"),
+                          ({"divisors": [7], "max_width": 10}, "too narrow"),
+                          ({"no_such_option": 1}, "no_such_option")]:
+        with pytest.raises(ValueError, match=match):
+            tasks.make_task("number_in_range", seed=0, size=2, **kwargs)
+    t = tasks.make_task("number_in_range", seed=0, size=4, divisors=[1, 3])
+    rows = t.rows()
+    rf = fn.make_reward_fn([fn.RewardSpec("accuracy", 1.0)], task=t)
+    out = rf([r["answer"] for r in rows] + ["no"], rows=rows + rows[:1])
+    np.testing.assert_array_equal(out.rewards, [1, 1, 1, 1, 0])

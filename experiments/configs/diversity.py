@@ -36,10 +36,12 @@ from jaxgrpo.evaluate import default_ks
 
 METHOD_MODULES = ("grpo", "dr_grpo", "dra_grpo", "dra_dr_grpo", "dagrpo", "progrpo")
 
-# Two positive whole numbers that add up to a target in [4, 20]: 2-10 canonical solutions per
-# prompt (target // 2), so distinct correct answers can grow well beyond 1.
-TASK_KWARGS = '{"terms": 2, "min_target": 4, "max_target": 20}'
-PROMPT_FORMAT = "{question}\nExample: 1 + 4 = 5."
+# A whole number strictly between a lower bound in [1, 50] and an upper bound 6-20 above it:
+# 5-19 correct answers per prompt, so distinct correct answers can grow well beyond 1. No worked
+# example in the prompt: the base model copies one (sum_to_target's did, see the docstring).
+TASK = "number_in_range"
+TASK_KWARGS = '{"divisors": [1]}'
+PROMPT_FORMAT = "{question}"
 
 
 def get_config(method: str = "grpo"):
@@ -50,14 +52,14 @@ def get_config(method: str = "grpo"):
     c.name = f"diversity_{method}"
     c.steps = 200
     c.data.source = "reasoning_gym"  # make_task also builds our own tasks by name
-    c.data.task = "sum_to_target"
+    c.data.task = TASK
     c.data.task_kwargs = TASK_KWARGS
     c.data.template = "chat"
     c.data.prompt_format = PROMPT_FORMAT
     c.data.train_size = 2000
     c.data.eval_size = 64
     c.sampling.num_generations = 8
-    c.sampling.max_new_tokens = 24
+    c.sampling.max_new_tokens = 16
     c.sampling.temperature = 1.0
     c.train.prompts_per_step = 8
     c.optim.lr = 1e-5

@@ -7,12 +7,15 @@ ProGRPO on a task with many correct answers per prompt (issue 12).
     python -m experiments.tables.diversity --quick                    # smoke: 2 steps, 1 seed
 
 Each method trains from ``experiments/configs/diversity.py:<method>`` (the method's own advantage
-chain and loss on the ``sum_to_target`` task, identical model, data, sizes and seeds) and is
+chain and loss on the config's task -- ``number_in_range`` -- identical model, data, sizes and seeds) and is
 evaluated on the same held-out prompts (per seed) every ``--eval_every`` steps with n samples
 each: pass@k for k = 1, 2, 4, ..., n (unbiased estimator), distinct correct solutions per prompt,
 the share of the most frequent correct solution, mean pairwise MiniLM cosine distance among
 correct completions and mean token entropy. The base model row is every run's step-0 evaluation
-(the same prompts and evaluation key as its trained policy, so method - base is paired).
+(the same prompts and evaluation key as its trained policy, so method - base is paired); it is
+evaluated once per seed, by the first method run, and shared: the runs of one seed agree on model,
+data, sampling and evaluation settings (``BASE_EVAL_KEYS``), so the others would repeat it
+exactly and skip it (``eval.before_training=False``).
 
 Resumable: a run whose ``summary.json`` exists is reused; an interrupted one continues from its
 last checkpoint (saved at every evaluation) or, without one, starts again
@@ -72,6 +75,49 @@ def method_config(module: str, args, seed: int):
         c.model.random_init_layers = args.random_init_layers
         c.eval.embed_correct = False  # plumbing runs: skip loading the encoder
     return c
+
+
+# What a run's step-0 evaluation depends on: runs of different methods that agree on these
+# (the diversity config sets them identically) evaluate the same base model on the same prompts
+# with the same key, so the base model is evaluated once per seed and shared.
+BASE_EVAL_KEYS = ("seed", "model", "data", "sampling", "eval")
+
+
+def _eval_settings(cfg: dict) -> dict:
+    out = {k: cfg.get(k) for k in BASE_EVAL_KEYS}
+    out["eval"] = {k: v for k, v in (out["eval"] or {}).items()
+                   if k not in ("before_training", "every")}
+    return json.loads(json.dumps(out))
+
+
+def base_source(out: str, c) -> "str | None":
+    """The run directory in ``out`` (another method, same seed) holding a step-0 evaluation that
+    ``c``'s would repeat exactly (``BASE_EVAL_KEYS`` equal), or None."""
+    mine = _eval_settings(json.loads(c.to_json_best_effort()))
+    for module in METHODS.values():
+        d = os.path.join(out, f"{module}-seed{c.seed}")
+        cfg = os.path.join(d, "config.json")
+        if os.path.abspath(d) == os.path.abspath(c.run_dir) or not os.path.isfile(cfg):
+            continue
+        with open(cfg) as f:
+            saved = json.load(f)
+        if _eval_settings(saved) == mine and 0 in read_evals(d):
+            return d
+    return None
+
+
+def share_base_eval(out: str, c) -> "str | None":
+    """Sets ``c.eval.before_training``: False when another run in ``out`` already evaluated this
+    seed's base model (returned), True otherwise; a run already started keeps its own choice
+    (so a resume does not change it)."""
+    cfg = os.path.join(c.run_dir, "config.json")
+    if os.path.isfile(cfg):
+        with open(cfg) as f:
+            c.eval.before_training = json.load(f).get("eval", {}).get("before_training", True)
+        return None if c.eval.before_training else base_source(out, c)
+    src = base_source(out, c)
+    c.eval.before_training = src is None
+    return src
 
 
 def read_evals(run_dir: str) -> Dict[int, dict]:
@@ -153,7 +199,7 @@ def build_table(results: Dict[str, Dict[int, dict]], final_step: Dict[str, Dict[
              "mean_entropy": "entropy (nats)"}
     steps = sorted({s for per in final_step.values() for s in per.values()})
     n_runs = {m: len(r) for m, r in results.items() if m != BASE}
-    lines = [f"Held-out evaluation on `sum_to_target` ({args.describe}); final step "
+    lines = [f"Held-out evaluation on `{args.task}` ({args.describe}); final step "
              f"{steps}; mean ± std over seeds {seeds}; finished runs per method: {n_runs}.", "",
              "| method | " + " | ".join(names.get(c, c) for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
@@ -197,7 +243,7 @@ def plot_passk(results, ks, path):
     ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k")
-    ax.set_title("pass@k on held-out sum_to_target (mean ± std over seeds)")
+    ax.set_title("pass@k on the held-out prompts (mean ± std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -254,6 +300,7 @@ def main(argv=None):
     for name in methods:
         for seed in seeds:
             c = method_config(METHODS[name], args, seed)
+            share_base_eval(args.out, c)
             t0 = time.time()
             trained = not os.path.exists(os.path.join(c.run_dir, "summary.json"))
             if run_or_reuse(c, report=args.report, resume=True,
@@ -262,6 +309,12 @@ def main(argv=None):
             walls[(name, seed)] = (_add_wall(c.run_dir, time.time() - t0) if trained
                                    else _wall(c.run_dir))
             ev = read_evals(c.run_dir)
+            if 0 not in ev:  # its base model was evaluated by another method's run
+                src = base_source(args.out, c)
+                if src is None:
+                    raise SystemExit(f"{c.run_dir}: no step-0 evaluation, and no other run of "
+                                     f"seed {seed} in {args.out} with the same settings has one")
+                ev = {0: read_evals(src)[0], **ev}
             curves.setdefault(name, {})[seed] = ev
             last = max(ev)
             print(f"{name} seed {seed}: pass@1 {ev[0]['pass@1']:.3f} -> {ev[last]['pass@1']:.3f}"
@@ -281,6 +334,7 @@ def main(argv=None):
             results[BASE].setdefault(seed, ev[0])  # step 0 is the base model, any method
     any_eval = next(iter(results[BASE].values()))
     ks = sorted(int(k.split("@")[1]) for k in any_eval if k.startswith("pass@"))
+    args.task = c.data.task
     args.describe = (f"{any_eval['num_prompts']} prompts × {any_eval['num_samples']} samples "
                      f"at temperature 1")
     table = build_table(results, final_step, ks, args, seeds)

@@ -18,9 +18,9 @@ evaluated. ``max_answer_chars`` also bounds every other task's answers (longer -
 :func:`load_prompts` reads a local file of problems (no hub access) with
 ``datasets.load_dataset("json" | "parquet" | "csv", data_files=...)``.
 
-:class:`SumTask` (``make_task("sum_to_target", ...)``) is a task of our own with many correct
-answers per prompt, for measuring whether RL keeps distinct correct solutions (see its
-docstring).
+:class:`SumTask` (``make_task("sum_to_target", ...)``) and :class:`RangeTask`
+(``make_task("number_in_range", ...)``) are tasks of our own with many correct answers per prompt,
+for measuring whether RL keeps distinct correct solutions (see their docstrings).
 """
 from __future__ import annotations
 
@@ -33,14 +33,14 @@ import numpy as np
 
 from jaxgrpo.rewards.extract import SOURCES, extract_answer
 
-__all__ = ["ReasoningGymTask", "SumTask", "make_task", "load_prompts", "SUPPORTED_TASKS",
+__all__ = ["ReasoningGymTask", "SumTask", "RangeTask", "make_task", "load_prompts", "SUPPORTED_TASKS",
            "OWN_TASKS"]
 
 SUPPORTED_TASKS = ("basic_arithmetic", "chain_sum", "countdown", "gsm_symbolic",
                    "simple_equations")
 """Tasks tested here. Any other reasoning-gym dataset name also works through make_task."""
 
-OWN_TASKS = ("sum_to_target",)
+OWN_TASKS = ("sum_to_target", "number_in_range")
 """Tasks implemented in this module (not reasoning-gym); ``make_task`` dispatches on the name."""
 
 _COUNTDOWN_OK = re.compile(r"[0-9+\-*/(). ]*")
@@ -149,6 +149,69 @@ class ReasoningGymTask:
             return 0.0
 
 
+# ----------------------------------------------------------------------------- our own tasks
+
+
+class _OwnTask:
+    """Rows, scoring and canonical answers shared by our own tasks.
+
+    A subclass sets ``name``, ``seed``, ``size``, ``max_answer_chars`` and ``_rows = {}``, and
+    defines ``_make_row(i)`` (row i from ``(seed, i)`` alone), ``parse(completion)`` (the
+    answer, or None), ``check(parsed, row)`` and ``canonical(parsed)`` (the string distinct
+    solutions are compared by)."""
+
+    name = ""
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(self.size):
+            yield self[i]
+
+    def rows(self, start: int = 0, stop: Optional[int] = None) -> list[dict]:
+        """Rows ``start:stop`` as a list."""
+        return [self[i] for i in range(start, self.size if stop is None else stop)]
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self.size <= i < self.size:
+            raise IndexError(f"row {i} out of range for {self.name} of size {self.size}")
+        i %= self.size
+        row = self._rows.get(i)
+        if row is None:
+            row = self._make_row(i)
+            self._rows[i] = row
+        return row
+
+    def _row(self, r: Union[int, dict]) -> dict:
+        return self[r] if isinstance(r, (int, np.integer)) else r
+
+    def _answer_text(self, completion: str) -> Optional[str]:
+        """The text inside the last ``<answer>`` / ``\\boxed{}`` if there is one (None if it is
+        longer than ``max_answer_chars``), else the whole completion."""
+        text = extract_answer(completion, ("answer_tag", "boxed"))
+        if text is None:
+            return completion
+        return None if len(text) > self.max_answer_chars else text
+
+    def score(self, completions: Sequence[str], rows: Sequence[Union[int, dict]]) -> np.ndarray:
+        """1.0 for a correct completion, else 0.0; float32 ``[N]``."""
+        if len(completions) != len(rows):
+            raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
+        return np.array([float(self.check(self.parse(c), self._row(r)))
+                         for c, r in zip(completions, rows)], np.float32)
+
+    def answers(self, completions: Sequence[str],
+                rows: Sequence[Union[int, dict]]) -> list[Optional[str]]:
+        """The canonical solution of each completion's answer (None = none found), right or
+        wrong: distinct-solution counts take the correct ones."""
+        out = []
+        for c in completions:
+            parsed = self.parse(c)
+            out.append(None if parsed is None else self.canonical(parsed))
+        return out
+
+
 # ----------------------------------------------------------------------------- sum_to_target
 
 _NUM_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
@@ -177,7 +240,7 @@ def _count_partitions(n: int, k: int, lo: int, distinct: bool) -> int:
     return total
 
 
-class SumTask:
+class SumTask(_OwnTask):
     """Write ``terms`` positive whole numbers that add up to a target: many correct answers.
 
     A task of our own (not reasoning-gym) for measuring the diversity of correct solutions.
@@ -244,27 +307,6 @@ class SumTask:
         self.max_answer_chars = int(max_answer_chars)
         self._rows: dict[int, dict] = {}
 
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[dict]:
-        for i in range(self.size):
-            yield self[i]
-
-    def rows(self, start: int = 0, stop: Optional[int] = None) -> list[dict]:
-        """Rows ``start:stop`` as a list."""
-        return [self[i] for i in range(start, self.size if stop is None else stop)]
-
-    def __getitem__(self, i: int) -> dict:
-        if not -self.size <= i < self.size:
-            raise IndexError(f"row {i} out of range for {self.name} of size {self.size}")
-        i %= self.size
-        row = self._rows.get(i)
-        if row is None:
-            row = self._make_row(i)
-            self._rows[i] = row
-        return row
-
     def _make_row(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, i])
         k, word, form = self.terms, _NUM_WORDS[self.terms], _FORM[self.terms]
@@ -302,17 +344,13 @@ class SumTask:
         return {"question": question, "answer": " + ".join(str(x) for x in ref),
                 "metadata": meta}
 
-    def _row(self, r: Union[int, dict]) -> dict:
-        return self[r] if isinstance(r, (int, np.integer)) else r
-
     def parse(self, completion: Optional[str]) -> Optional[tuple]:
         """The numbers of the completion's answer chain, sorted ascending, or None (none found;
         a longer-than-``max_answer_chars`` answer container also gives None)."""
         if completion is None:
             return None
-        text = extract_answer(completion, ("answer_tag", "boxed"))
-        text = completion if text is None else text
-        if len(text) > self.max_answer_chars and text is not completion:
+        text = self._answer_text(completion)
+        if text is None:
             return None
         last = None
         for last in _CHAIN.finditer(text):
@@ -334,36 +372,131 @@ class SumTask:
             return False
         return True
 
-    def score(self, completions: Sequence[str], rows: Sequence[Union[int, dict]]) -> np.ndarray:
-        """1.0 for a correct completion, else 0.0; float32 ``[N]``."""
-        if len(completions) != len(rows):
-            raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
-        return np.array([float(self.check(self.parse(c), self._row(r)))
-                         for c, r in zip(completions, rows)], np.float32)
+    @staticmethod
+    def canonical(nums: tuple) -> str:
+        """The canonical solution "3+5" of sorted numbers."""
+        return "+".join(str(x) for x in nums)
 
-    def answers(self, completions: Sequence[str],
-                rows: Sequence[Union[int, dict]]) -> list[Optional[str]]:
-        """The canonical solution of each completion's answer chain ("3+5"; None = no chain),
-        right or wrong: distinct-solution counts take the correct ones."""
-        out = []
-        for c in completions:
-            nums = self.parse(c)
-            out.append(None if nums is None else "+".join(str(x) for x in nums))
-        return out
+
+# ----------------------------------------------------------------------------- number_in_range
+
+# An unsigned whole number that is not part of a decimal ("15.5", "3.") or a negative number.
+_INTEGER = re.compile(r"(?<![\d.\-\u2212])\d+(?![\d]|\.\d)")
+
+
+class RangeTask(_OwnTask):
+    """Write a whole number strictly between two bounds, optionally divisible by k: many
+    correct answers, each a single number.
+
+    A task of our own (not reasoning-gym) for measuring the diversity of correct answers with a
+    policy too small for arithmetic (SmolLM2-135M cannot add: ``sum_to_target``'s base-model
+    successes came from copying its prompt's worked example). Row i is seeded by
+    ``(seed, i)`` alone: the lower bound ``low`` uniform in ``[min_low, max_low]``, the width
+    uniform in ``[min_width, max_width]`` (``high = low + width``), the divisor uniform in
+    ``divisors``; redrawn until at least ``min_solutions`` numbers qualify. Question: "Write a
+    whole number greater than 12 and less than 25." (divisor 1) or "... less than 25 that is
+    divisible by 3." Bounds are exclusive, so repeating the question's numbers is not an answer.
+
+    Extraction: the text inside the last ``<answer>...</answer>`` or ``\\boxed{}`` if the
+    completion has one, else the whole completion; in it, the last unsigned whole number that is
+    not part of a decimal or a negative number ("15.5" and "-3" are no candidates). Correct
+    (score 1.0, else 0.0) iff ``low < n < high`` and ``n % divisor == 0``.
+
+    Canonical answer (what ``answers`` returns and distinct-answer counts compare): the number
+    without leading zeros ("015" is "15"). ``metadata["num_solutions"]`` is the number of
+    qualifying numbers (the ceiling of distinct correct answers for the prompt).
+
+    Rows: ``{"question", "answer" (one qualifying number), "metadata": {task, index, low, high,
+    divisor, num_solutions}}``.
+    """
+
+    name = "number_in_range"
+
+    def __init__(self, seed: int, size: int, *, min_low: int = 1, max_low: int = 50,
+                 min_width: int = 6, max_width: int = 20, divisors: Sequence[int] = (1,),
+                 min_solutions: int = 3, sources: Sequence[str] = SOURCES,
+                 max_answer_chars: int = 512):
+        extract_answer("", tuple(sources))  # validated, as SumTask does
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if not 0 <= min_low <= max_low:
+            raise ValueError(f"number_in_range: need 0 <= min_low <= max_low; got "
+                             f"min_low={min_low}, max_low={max_low}")
+        if not 2 <= min_width <= max_width:
+            raise ValueError(f"number_in_range: need 2 <= min_width <= max_width; got "
+                             f"min_width={min_width}, max_width={max_width}")
+        divisors = tuple(int(d) for d in divisors)
+        if not divisors or min(divisors) < 1:
+            raise ValueError(f"number_in_range: divisors must be positive whole numbers; got "
+                             f"{list(divisors)}")
+        if min_solutions < 1:
+            raise ValueError(f"number_in_range: min_solutions must be >= 1, got {min_solutions}")
+        # The widest interval must hold min_solutions multiples of the largest divisor for the
+        # redraw below to end: (max_width - 1) // d multiples at least.
+        if (max_width - 1) // max(divisors) < min_solutions:
+            raise ValueError(f"number_in_range: max_width={max_width} is too narrow for "
+                             f"min_solutions={min_solutions} multiples of {max(divisors)}")
+        self.seed, self.size = int(seed), int(size)
+        self.min_low, self.max_low = int(min_low), int(max_low)
+        self.min_width, self.max_width = int(min_width), int(max_width)
+        self.divisors, self.min_solutions = divisors, int(min_solutions)
+        self.max_answer_chars = int(max_answer_chars)
+        self._rows: dict[int, dict] = {}
+
+    def _make_row(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        while True:
+            low = int(rng.integers(self.min_low, self.max_low + 1))
+            high = low + int(rng.integers(self.min_width, self.max_width + 1))
+            d = int(self.divisors[rng.integers(len(self.divisors))])
+            solutions = [n for n in range(low + 1, high) if n % d == 0]
+            if len(solutions) >= self.min_solutions:
+                break
+        ref = int(solutions[rng.integers(len(solutions))])
+        tail = "" if d == 1 else f" that is divisible by {d}"
+        question = f"Write a whole number greater than {low} and less than {high}{tail}."
+        meta = {"task": self.name, "index": i, "low": low, "high": high, "divisor": d,
+                "num_solutions": len(solutions)}
+        return {"question": question, "answer": str(ref), "metadata": meta}
+
+    def parse(self, completion: Optional[str]) -> Optional[int]:
+        """The last qualifying whole number of the completion's answer, or None."""
+        if completion is None:
+            return None
+        text = self._answer_text(completion)
+        if text is None:
+            return None
+        last = None
+        for last in _INTEGER.finditer(text):
+            pass
+        return None if last is None else int(last.group())
+
+    def check(self, n: Optional[int], row: dict) -> bool:
+        """Whether ``n`` answers ``row``."""
+        meta = row["metadata"]
+        return n is not None and meta["low"] < n < meta["high"] and n % meta["divisor"] == 0
+
+    @staticmethod
+    def canonical(n: int) -> str:
+        return str(n)
+
+
+_OWN = {SumTask.name: SumTask, RangeTask.name: RangeTask}
 
 
 def make_task(name: str, seed: int, size: int, **task_kwargs):
-    """A task by name: ``"sum_to_target"`` (:class:`SumTask`, ours) or any reasoning-gym task,
-    e.g. ``make_task("countdown", seed=0, size=1000, min_numbers=3)``.
+    """A task by name: one of ours (``"sum_to_target"``: :class:`SumTask`;
+    ``"number_in_range"``: :class:`RangeTask`) or any reasoning-gym task, e.g.
+    ``make_task("countdown", seed=0, size=1000, min_numbers=3)``.
 
     For reasoning-gym, ``task_kwargs`` go to the dataset's config
     (``reasoning_gym.create_dataset``); ``sources`` (answer-extraction precedence) and
-    ``max_answer_chars`` are taken by the wrapper. For ``sum_to_target`` they are
-    :class:`SumTask`'s keyword arguments (an unknown one raises, naming it).
+    ``max_answer_chars`` are taken by the wrapper. For ours they are the class's keyword
+    arguments (an unknown one raises, naming it).
     """
-    if name == SumTask.name:
+    if name in _OWN:
         try:
-            return SumTask(seed, size, **task_kwargs)
+            return _OWN[name](seed, size, **task_kwargs)
         except TypeError as e:  # an unknown keyword
             raise ValueError(f"task {name!r}: {e}") from None
     return ReasoningGymTask(name, seed, size, **task_kwargs)

@@ -1,0 +1,152 @@
+"""Screen prompt / task variants of the diversity testbed on the base model (issue 12).
+
+    python -m experiments.tables.diversity_screen                       # every variant
+    python -m experiments.tables.diversity_screen --variants current,no_example --prompts 32 --n 8
+
+Each variant is a set of config overrides on ``experiments/configs/diversity.py:grpo``; the base
+model (SmolLM2-135M-Instruct, packaged) is evaluated on the same held-out rows (generator seed
+``seed + 1_000_003``) with n samples each, exactly as the trainer's step-0 evaluation does
+(``jaxgrpo.evaluate.evaluate_policy``, the run's verifier, eval key ``seed + 1``). Prints a
+Markdown table: pass@1, pass@n, solved prompts, distinct correct per prompt, truncated fraction,
+prompt length in tokens (the update's cost grows with it) and wall time. The testbed wants a
+base pass@1 between 10% and 50% with room for distinct correct solutions.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+# A worked example whose bounds lie outside every row's (lower bound <= 50, width <= 20): copying
+# it is never correct.
+RANGE_EXAMPLE = ("{question}\nExample: a whole number greater than 120 and less than 130 is "
+                 "124.")
+
+# name -> (description, config overrides as {dotted key: value})
+VARIANTS = {
+    "current": ("the config as it is", {}),
+    "no_example": ("no worked example in the prompt", {"data.prompt_format": "{question}"}),
+    "example_out_of_range": ("worked example whose target is outside [4, 20]",
+                             {"data.prompt_format": "{question}\nExample: 14 + 16 = 30."}),
+    "system_terse": ("terse system prompt, no example",
+                     {"data.prompt_format": "{question}",
+                      "data.system_prompt": "Answer with the two numbers only, as a + b."}),
+    "system_terse_example": ("terse system prompt + out-of-range example",
+                             {"data.prompt_format": "{question}\nExample: 14 + 16 = 30.",
+                              "data.system_prompt": "Answer with the two numbers only, as a + b."}),
+    "tokens48": ("the config with 48 new tokens", {"sampling.max_new_tokens": 48}),
+    "temp07": ("the config at temperature 0.7", {"eval.temperature": 0.7}),
+    "range": ("number_in_range, divisor 1, 16 new tokens",
+              {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
+               "data.prompt_format": "{question}", "sampling.max_new_tokens": 16}),
+    "range_only_number": ("number_in_range, divisor 1, 'Answer with the number only.', 16 tok",
+                          {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
+                           "data.prompt_format": "{question} Answer with the number only.",
+                           "sampling.max_new_tokens": 16}),
+    "range_even": ("number_in_range, divisor 2, 16 new tokens",
+                   {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [2]}',
+                    "data.prompt_format": "{question}", "sampling.max_new_tokens": 16}),
+    "range_div235": ("number_in_range, divisor 2, 3 or 5, 16 new tokens",
+                     {"data.task": "number_in_range",
+                      "data.task_kwargs": '{"divisors": [2, 3, 5], "min_width": 10}',
+                      "data.prompt_format": "{question}", "sampling.max_new_tokens": 16}),
+    "range_t07": ("number_in_range, divisor 1, 16 new tokens, temperature 0.7",
+                  {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
+                   "data.prompt_format": "{question}", "sampling.max_new_tokens": 16,
+                   "eval.temperature": 0.7}),
+    "range_example": ("number_in_range, divisor 1, out-of-range example, 16 new tokens",
+                      {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
+                       "data.prompt_format": RANGE_EXAMPLE, "sampling.max_new_tokens": 16}),
+    "range_example_t07": ("number_in_range, divisor 1, out-of-range example, 16 tok, T 0.7",
+                          {"data.task": "number_in_range",
+                           "data.task_kwargs": '{"divisors": [1]}',
+                           "data.prompt_format": RANGE_EXAMPLE, "sampling.max_new_tokens": 16,
+                           "eval.temperature": 0.7}),
+    "range_example_tokens24": ("number_in_range, divisor 1, out-of-range example, 24 tok",
+                               {"data.task": "number_in_range",
+                                "data.task_kwargs": '{"divisors": [1]}',
+                                "data.prompt_format": RANGE_EXAMPLE,
+                                "sampling.max_new_tokens": 24}),
+}
+
+
+def set_key(c, dotted: str, value):
+    node = c
+    *path, leaf = dotted.split(".")
+    for p in path:
+        node = node[p]
+    node[leaf] = value
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--n", type=int, default=8, help="samples per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+
+    import jax
+
+    from experiments.configs.diversity import get_config
+    from jaxgrpo.data import encode_rows
+    from jaxgrpo.env import build_env
+    from jaxgrpo.evaluate import default_ks, evaluate_policy
+    from flax import nnx
+
+    from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
+
+    base = get_config("grpo")
+    base.seed = args.seed
+    base.data.eval_size = max(base.data.eval_size, args.prompts)
+    model, tok = load_policy(base)
+    graphdef, state = nnx.split(model)
+    eos, pad = eos_ids(model, tok), pad_id(tok)
+    rows_out = []
+    for name in names:
+        desc, overrides = VARIANTS[name]
+        c = get_config("grpo")
+        c.seed = args.seed
+        c.data.eval_size = base.data.eval_size
+        for k, v in overrides.items():
+            set_key(c, k, v)
+        env = build_env(c, tok, eos[0] if eos else pad)
+        rows = env.eval_rows[: args.prompts]
+        _, mask, _ = encode_rows(tok, rows, template=c.data.template,
+                                 prompt_format=c.data.prompt_format,
+                                 system_prompt=c.data.system_prompt,
+                                 max_prompt_tokens=c.data.max_prompt_tokens, pad_id=pad)
+        plen = float(np.asarray(mask).sum(-1).mean())
+        t0 = time.perf_counter()
+        res = evaluate_policy(
+            graphdef, state, tok, rows, env.score, num_samples=args.n, ks=default_ks(args.n),
+            max_new_tokens=c.sampling.max_new_tokens, temperature=c.eval.temperature,
+            eos_token_ids=eos, pad_token_id=pad, template=c.data.template,
+            prompt_format=c.data.prompt_format, system_prompt=c.data.system_prompt,
+            max_prompt_tokens=c.data.max_prompt_tokens, key=jax.random.key(c.seed + 1))
+        wall = time.perf_counter() - t0
+        m = res["metrics"]
+        rows_out.append((name, desc, m["pass@1"], m[f"pass@{args.n}"], m["num_solved"],
+                         m["distinct_correct_answers"], m["truncated_frac"], plen, wall))
+        print(f"{name}: pass@1 {m['pass@1']:.3f} pass@{args.n} {m[f'pass@{args.n}']:.3f} "
+              f"solved {m['num_solved']}/{len(rows)} distinct {m['distinct_correct_answers']:.2f} "
+              f"truncated {m['truncated_frac']:.2f} prompt {plen:.0f} tok, {wall:.0f} s",
+              flush=True)
+        for rec in res["records"][:2]:
+            print(f"    {rec['question']!r}: {rec['samples'][:3]}", flush=True)
+    print(f"\nBase model, {args.prompts} held-out prompts x {args.n} samples (seed {args.seed}):\n")
+    print(f"| variant | what | pass@1 | pass@{args.n} | solved | distinct correct / prompt | "
+          "truncated | prompt tokens | wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, desc, p1, pn, solved, dist, trunc, plen, wall in rows_out:
+        print(f"| {name} | {desc} | {p1:.3f} | {pn:.3f} | {solved}/{args.prompts} | {dist:.2f} | "
+              f"{trunc:.2f} | {plen:.0f} | {wall:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
