@@ -139,3 +139,24 @@ def test_base_source_needs_equal_eval_settings(tmp_path):
         assert other.eval.before_training is True
     metrics.write_text(json.dumps({"step": 5, "kind": "eval", "pass@1": 0.5}) + "\n")
     assert diversity.base_source(str(tmp_path), make("dagrpo")) is None  # no step-0 eval there
+
+
+def test_screen_variants_are_valid_configs():
+    """Every variant of experiments/tables/diversity_screen.py overrides keys that exist and
+    gives a config that validates with its task built (a typo'd key or task option fails)."""
+    from experiments.tables import diversity_screen as screen
+    from jaxgrpo.config import validate
+
+    for name in screen.VARIANTS:
+        c = validate(screen.variant_config(name), inputs=True)
+        for k, v in screen.VARIANTS[name][1].items():
+            node = c
+            for part in k.split("."):
+                node = node[part]
+            assert node == v, (name, k)
+    assert screen.variant_config("range").data.task == "number_in_range"
+    assert screen.variant_config("sum").data.task == "sum_to_target"
+    with pytest.raises(KeyError, match="data.no_such_key"):
+        screen.set_key(screen.variant_config("range"), "data.no_such_key", 1)
+    with pytest.raises(SystemExit, match="unknown"):
+        screen.main(["--variants", "nope"])

@@ -291,10 +291,15 @@ def test_range_task_rows_seeded_and_num_solutions_by_brute_force(kwargs):
         solutions = [n for n in range(0, hi + 5) if lo < n < hi and n % d == 0]
         assert m["num_solutions"] == len(solutions) >= kwargs.get("min_solutions", 3)
         assert int(r["answer"]) in solutions
-        texts = [f"The number is {n}." for n in solutions] + [str(lo), str(hi)]
-        np.testing.assert_array_equal(t.score(texts, [r] * len(texts)),
-                                      [1.0] * len(solutions) + [0.0, 0.0])  # bounds exclusive
-        assert t.answers(texts[:-2], [r] * len(solutions)) == [str(n) for n in solutions]
+        outside = [n for n in (lo - 1, hi + 1) if n >= 0 and n not in (lo, hi)]
+        texts = ([f"The number is {n}." for n in solutions]
+                 + [f"The number is {n}." for n in outside]
+                 + [f"{lo} < {n} < {hi}" for n in solutions])
+        np.testing.assert_array_equal(  # bounds exclusive; repeating them is allowed
+            t.score(texts, [r] * len(texts)),
+            [1.0] * len(solutions) + [0.0] * len(outside) + [1.0] * len(solutions))
+        assert t.answers(texts[:len(solutions)], [r] * len(solutions)) == [
+            str(n) for n in solutions]
 
 
 def test_range_task_extraction_by_hand():
@@ -304,14 +309,17 @@ def test_range_task_extraction_by_hand():
         "num_solutions": 4}}
     cases = {
         "14": (1.0, "14"),
-        "A number greater than 10 and less than 20 is 16.": (1.0, "16"),
-        "16 is between 10 and 20": (0.0, "20"),  # the last number counts
+        "A number greater than 10 and less than 20 is 16.": (1.0, "16"),  # bounds repeated
+        "16 is between 10 and 20": (1.0, "16"),
+        "16, and again 16": (1.0, "16"),  # one distinct number
         "018": (1.0, "18"),
+        "12, 14, 16": (0.0, None),  # a list is no answer (GRPO learned to enumerate)
+        "10, 11, 12, 13, 1": (0.0, None),
         "<answer>12</answer> or maybe 15": (1.0, "12"),  # the answer block wins
         "\\boxed{15}": (0.0, "15"),  # in range but odd
         "12.5": (0.0, None),  # a decimal is no candidate
         "14 or -16": (1.0, "14"),  # nor a negative number
-        "10": (0.0, "10"),
+        "10": (0.0, None),  # a bound alone is no answer
         "twelve": (0.0, None),
         "": (0.0, None),
     }

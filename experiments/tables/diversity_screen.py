@@ -1,7 +1,7 @@
 """Screen prompt / task variants of the diversity testbed on the base model (issue 12).
 
     python -m experiments.tables.diversity_screen                       # every variant
-    python -m experiments.tables.diversity_screen --variants current,no_example --prompts 32 --n 8
+    python -m experiments.tables.diversity_screen --variants range,sum --prompts 32 --n 8
 
 Each variant is a set of config overrides on ``experiments/configs/diversity.py:grpo``; the base
 model (SmolLM2-135M-Instruct, packaged) is evaluated on the same held-out rows (generator seed
@@ -18,65 +18,75 @@ import time
 
 import numpy as np
 
-# A worked example whose bounds lie outside every row's (lower bound <= 50, width <= 20): copying
-# it is never correct.
+# The earlier testbed (sum_to_target, the config before 2026-12-02's screen): two positive whole
+# numbers adding up to a target in [4, 20], 24 new tokens, a worked example "1 + 4 = 5".
+SUM = {"data.task": "sum_to_target",
+       "data.task_kwargs": '{"terms": 2, "min_target": 4, "max_target": 20}',
+       "data.prompt_format": "{question}\nExample: 1 + 4 = 5.", "sampling.max_new_tokens": 24}
+SUM_OUT_OF_RANGE = "{question}\nExample: 14 + 16 = 30."  # its target is outside [4, 20]
+TERSE = "Answer with the two numbers only, as a + b."
+# A worked example whose bounds lie outside every number_in_range row's (lower bound <= 50,
+# width <= 20): copying it is never correct.
 RANGE_EXAMPLE = ("{question}\nExample: a whole number greater than 120 and less than 130 is "
                  "124.")
 
-# name -> (description, config overrides as {dotted key: value})
+# name -> (description, config overrides of experiments/configs/diversity.py:grpo as
+# {dotted key: value}); that config is number_in_range (divisor 1), "{question}", 16 new tokens.
 VARIANTS = {
-    "current": ("the config as it is", {}),
-    "no_example": ("no worked example in the prompt", {"data.prompt_format": "{question}"}),
-    "example_out_of_range": ("worked example whose target is outside [4, 20]",
-                             {"data.prompt_format": "{question}\nExample: 14 + 16 = 30."}),
-    "system_terse": ("terse system prompt, no example",
-                     {"data.prompt_format": "{question}",
-                      "data.system_prompt": "Answer with the two numbers only, as a + b."}),
-    "system_terse_example": ("terse system prompt + out-of-range example",
-                             {"data.prompt_format": "{question}\nExample: 14 + 16 = 30.",
-                              "data.system_prompt": "Answer with the two numbers only, as a + b."}),
-    "tokens48": ("the config with 48 new tokens", {"sampling.max_new_tokens": 48}),
-    "temp07": ("the config at temperature 0.7", {"eval.temperature": 0.7}),
-    "range": ("number_in_range, divisor 1, 16 new tokens",
-              {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
-               "data.prompt_format": "{question}", "sampling.max_new_tokens": 16}),
-    "range_only_number": ("number_in_range, divisor 1, 'Answer with the number only.', 16 tok",
-                          {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
-                           "data.prompt_format": "{question} Answer with the number only.",
-                           "sampling.max_new_tokens": 16}),
-    "range_even": ("number_in_range, divisor 2, 16 new tokens",
-                   {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [2]}',
-                    "data.prompt_format": "{question}", "sampling.max_new_tokens": 16}),
-    "range_div235": ("number_in_range, divisor 2, 3 or 5, 16 new tokens",
-                     {"data.task": "number_in_range",
-                      "data.task_kwargs": '{"divisors": [2, 3, 5], "min_width": 10}',
-                      "data.prompt_format": "{question}", "sampling.max_new_tokens": 16}),
-    "range_t07": ("number_in_range, divisor 1, 16 new tokens, temperature 0.7",
-                  {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
-                   "data.prompt_format": "{question}", "sampling.max_new_tokens": 16,
-                   "eval.temperature": 0.7}),
-    "range_example": ("number_in_range, divisor 1, out-of-range example, 16 new tokens",
-                      {"data.task": "number_in_range", "data.task_kwargs": '{"divisors": [1]}',
-                       "data.prompt_format": RANGE_EXAMPLE, "sampling.max_new_tokens": 16}),
-    "range_example_t07": ("number_in_range, divisor 1, out-of-range example, 16 tok, T 0.7",
-                          {"data.task": "number_in_range",
-                           "data.task_kwargs": '{"divisors": [1]}',
-                           "data.prompt_format": RANGE_EXAMPLE, "sampling.max_new_tokens": 16,
-                           "eval.temperature": 0.7}),
-    "range_example_tokens24": ("number_in_range, divisor 1, out-of-range example, 24 tok",
-                               {"data.task": "number_in_range",
-                                "data.task_kwargs": '{"divisors": [1]}',
-                                "data.prompt_format": RANGE_EXAMPLE,
+    "sum": ("sum_to_target, example 1 + 4 = 5, 24 tok", SUM),
+    "sum_no_example": ("sum_to_target, no example, 24 tok",
+                       {**SUM, "data.prompt_format": "{question}"}),
+    "sum_example_out_of_range": ("sum_to_target, example 14 + 16 = 30, 24 tok",
+                                 {**SUM, "data.prompt_format": SUM_OUT_OF_RANGE}),
+    "sum_system_terse": ("sum_to_target, terse system prompt, no example, 24 tok",
+                         {**SUM, "data.prompt_format": "{question}",
+                          "data.system_prompt": TERSE}),
+    "sum_system_terse_example": ("sum_to_target, terse system prompt, example 14 + 16 = 30",
+                                 {**SUM, "data.prompt_format": SUM_OUT_OF_RANGE,
+                                  "data.system_prompt": TERSE}),
+    "sum_tokens48": ("sum_to_target, example 1 + 4 = 5, 48 tok",
+                     {**SUM, "sampling.max_new_tokens": 48}),
+    "sum_t07": ("sum_to_target, example 1 + 4 = 5, 24 tok, T 0.7",
+                {**SUM, "eval.temperature": 0.7}),
+    "range": ("number_in_range, divisor 1, 16 tok (the config)", {}),
+    "range_only_number": ("number_in_range, 'Answer with the number only.', 16 tok",
+                          {"data.prompt_format": "{question} Answer with the number only."}),
+    "range_even": ("number_in_range, divisor 2, 16 tok",
+                   {"data.task_kwargs": '{"divisors": [2]}'}),
+    "range_div235": ("number_in_range, divisor 2, 3 or 5, width >= 10, 16 tok",
+                     {"data.task_kwargs": '{"divisors": [2, 3, 5], "min_width": 10}'}),
+    "range_t07": ("number_in_range, 16 tok, T 0.7", {"eval.temperature": 0.7}),
+    "range_example": ("number_in_range, example 120 < 124 < 130, 16 tok",
+                      {"data.prompt_format": RANGE_EXAMPLE}),
+    "range_example_t07": ("number_in_range, example 120 < 124 < 130, 16 tok, T 0.7",
+                          {"data.prompt_format": RANGE_EXAMPLE, "eval.temperature": 0.7}),
+    "range_example_tokens24": ("number_in_range, example 120 < 124 < 130, 24 tok",
+                               {"data.prompt_format": RANGE_EXAMPLE,
                                 "sampling.max_new_tokens": 24}),
 }
 
 
 def set_key(c, dotted: str, value):
+    """``c.<dotted> = value`` for a key that exists (a typo raises, naming it)."""
     node = c
     *path, leaf = dotted.split(".")
     for p in path:
         node = node[p]
+    if leaf not in node:
+        raise KeyError(f"no config key {dotted!r}")
     node[leaf] = value
+
+
+def variant_config(name: str, seed: int = 0, prompts: int = 32):
+    """``experiments/configs/diversity.py:grpo`` with variant ``name``'s overrides."""
+    from experiments.configs.diversity import get_config
+
+    c = get_config("grpo")
+    c.seed = seed
+    c.data.eval_size = max(c.data.eval_size, prompts)
+    for k, v in VARIANTS[name][1].items():
+        set_key(c, k, v)
+    return c
 
 
 def main(argv=None):
@@ -92,29 +102,21 @@ def main(argv=None):
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
 
     import jax
+    from flax import nnx
 
-    from experiments.configs.diversity import get_config
     from jaxgrpo.data import encode_rows
     from jaxgrpo.env import build_env
     from jaxgrpo.evaluate import default_ks, evaluate_policy
-    from flax import nnx
-
     from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 
-    base = get_config("grpo")
-    base.seed = args.seed
-    base.data.eval_size = max(base.data.eval_size, args.prompts)
+    base = variant_config(names[0], args.seed, args.prompts)
     model, tok = load_policy(base)
     graphdef, state = nnx.split(model)
     eos, pad = eos_ids(model, tok), pad_id(tok)
     rows_out = []
     for name in names:
-        desc, overrides = VARIANTS[name]
-        c = get_config("grpo")
-        c.seed = args.seed
-        c.data.eval_size = base.data.eval_size
-        for k, v in overrides.items():
-            set_key(c, k, v)
+        desc = VARIANTS[name][0]
+        c = variant_config(name, args.seed, args.prompts)
         env = build_env(c, tok, eos[0] if eos else pad)
         rows = env.eval_rows[: args.prompts]
         _, mask, _ = encode_rows(tok, rows, template=c.data.template,

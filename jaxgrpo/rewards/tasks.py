@@ -156,9 +156,9 @@ class _OwnTask:
     """Rows, scoring and canonical answers shared by our own tasks.
 
     A subclass sets ``name``, ``seed``, ``size``, ``max_answer_chars`` and ``_rows = {}``, and
-    defines ``_make_row(i)`` (row i from ``(seed, i)`` alone), ``parse(completion)`` (the
-    answer, or None), ``check(parsed, row)`` and ``canonical(parsed)`` (the string distinct
-    solutions are compared by)."""
+    defines ``_make_row(i)`` (row i from ``(seed, i)`` alone), ``parse(completion, row)`` (the
+    completion's answer to ``row``, or None), ``check(parsed, row)`` and ``canonical(parsed)``
+    (the string distinct solutions are compared by)."""
 
     name = ""
 
@@ -198,16 +198,17 @@ class _OwnTask:
         """1.0 for a correct completion, else 0.0; float32 ``[N]``."""
         if len(completions) != len(rows):
             raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
-        return np.array([float(self.check(self.parse(c), self._row(r)))
-                         for c, r in zip(completions, rows)], np.float32)
+        rows = [self._row(r) for r in rows]
+        return np.array([float(self.check(self.parse(c, r), r)) for c, r in zip(completions, rows)],
+                        np.float32)
 
     def answers(self, completions: Sequence[str],
                 rows: Sequence[Union[int, dict]]) -> list[Optional[str]]:
         """The canonical solution of each completion's answer (None = none found), right or
         wrong: distinct-solution counts take the correct ones."""
         out = []
-        for c in completions:
-            parsed = self.parse(c)
+        for c, r in zip(completions, rows):
+            parsed = self.parse(c, self._row(r))
             out.append(None if parsed is None else self.canonical(parsed))
         return out
 
@@ -344,9 +345,10 @@ class SumTask(_OwnTask):
         return {"question": question, "answer": " + ".join(str(x) for x in ref),
                 "metadata": meta}
 
-    def parse(self, completion: Optional[str]) -> Optional[tuple]:
+    def parse(self, completion: Optional[str], row: Optional[dict] = None) -> Optional[tuple]:
         """The numbers of the completion's answer chain, sorted ascending, or None (none found;
-        a longer-than-``max_answer_chars`` answer container also gives None)."""
+        a longer-than-``max_answer_chars`` answer container also gives None). ``row`` is not
+        needed (the common signature of our tasks)."""
         if completion is None:
             return None
         text = self._answer_text(completion)
@@ -398,9 +400,14 @@ class RangeTask(_OwnTask):
     divisible by 3." Bounds are exclusive, so repeating the question's numbers is not an answer.
 
     Extraction: the text inside the last ``<answer>...</answer>`` or ``\\boxed{}`` if the
-    completion has one, else the whole completion; in it, the last unsigned whole number that is
-    not part of a decimal or a negative number ("15.5" and "-3" are no candidates). Correct
-    (score 1.0, else 0.0) iff ``low < n < high`` and ``n % divisor == 0``.
+    completion has one, else the whole completion; in it, the unsigned whole numbers that are not
+    part of a decimal or a negative number ("15.5" and "-3" are none) and are not one of the
+    question's two bounds (repeating the question is allowed: "A number greater than 5 and less
+    than 20 is 12."). The answer is that number if exactly one distinct one is left, else there
+    is none: a list ("6, 7, 8") is not an answer. (A last-number rule was tried first: GRPO
+    learned within 20 steps to enumerate from the lower bound, "5, 6, 7, 8, 9, 1", and let
+    the token limit cut the list inside the range.) Correct (score 1.0, else 0.0) iff
+    ``low < n < high`` and ``n % divisor == 0``.
 
     Canonical answer (what ``answers`` returns and distinct-answer counts compare): the number
     without leading zeros ("015" is "15"). ``metadata["num_solutions"]`` is the number of
@@ -459,17 +466,17 @@ class RangeTask(_OwnTask):
                 "num_solutions": len(solutions)}
         return {"question": question, "answer": str(ref), "metadata": meta}
 
-    def parse(self, completion: Optional[str]) -> Optional[int]:
-        """The last qualifying whole number of the completion's answer, or None."""
+    def parse(self, completion: Optional[str], row: Optional[dict] = None) -> Optional[int]:
+        """The one whole number of the completion's answer besides ``row``'s bounds, or None
+        (none, or several)."""
         if completion is None:
             return None
         text = self._answer_text(completion)
         if text is None:
             return None
-        last = None
-        for last in _INTEGER.finditer(text):
-            pass
-        return None if last is None else int(last.group())
+        bounds = () if row is None else (row["metadata"]["low"], row["metadata"]["high"])
+        found = {int(m.group()) for m in _INTEGER.finditer(text)} - set(bounds)
+        return found.pop() if len(found) == 1 else None
 
     def check(self, n: Optional[int], row: dict) -> bool:
         """Whether ``n`` answers ``row``."""
