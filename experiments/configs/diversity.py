@@ -22,7 +22,7 @@ the example (0 of 256 samples correct without it), see experiments/results/diver
 Hardware: one 2-core CPU (nothing else running unless stated), SmolLM2-135M-Instruct (packaged),
 float32.
 
-Measured (2026-12-02, seed 0, held-out 32 prompts x 16 samples, temperature 1, 16 new tokens --
+Expected (measured 2026-12-02, seed 0, held-out 32 prompts x 16 samples, temperature 1, 16 new tokens --
 NOT the 64 x 32 of eval.* below, which would cost ~7 min per evaluation here):
 ``python -m experiments.tables.diversity --methods GRPO,ProGRPO,DRA-GRPO,DaGRPO,Dr.GRPO,
 DRA-Dr.GRPO --seeds 0 --steps 20 --eval_every 10 --eval_prompts 32 --num_samples 16``
