@@ -114,7 +114,7 @@ def test_base_source_needs_equal_eval_settings(tmp_path):
     settings agree (the method's own keys and eval.every / before_training may differ)."""
     from experiments.configs.diversity import get_config
 
-    def make(module, seed=0, with_step0=True, **changes):
+    def make(module, seed=0, **changes):
         c = get_config(module)
         c.seed = seed
         c.run_dir = str(tmp_path / f"{module}-seed{seed}")

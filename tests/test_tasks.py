@@ -192,14 +192,21 @@ def test_load_prompts_errors(tmp_path):
 # ----------------------------------------------------------------------------- sum_to_target
 
 
+def _seeded_own_task(name, size, kwargs):
+    """Our task ``name`` of ``size`` rows at seed 5, after checking that row i depends on
+    (seed, i) alone: the same in a bigger dataset, different at another seed."""
+    t = tasks.make_task(name, seed=5, size=size, **kwargs)
+    bigger = tasks.make_task(name, seed=5, size=2 * size + 5, **kwargs)
+    other = tasks.make_task(name, seed=6, size=size, **kwargs)
+    assert [r["question"] for r in t] == [r["question"] for r in bigger.rows(0, size)]
+    assert [r["question"] for r in t] != [r["question"] for r in other]
+    return t
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"terms": 3, "min_target": 6, "max_target": 30},
                                     {"distinct": True}, {"list_size": 6, "max_value": 30}])
 def test_sum_task_rows_seeded_and_num_solutions_by_brute_force(kwargs):
-    t = tasks.make_task("sum_to_target", seed=5, size=10, **kwargs)
-    bigger = tasks.make_task("sum_to_target", seed=5, size=20, **kwargs)
-    other = tasks.make_task("sum_to_target", seed=6, size=10, **kwargs)
-    assert [r["question"] for r in t] == [r["question"] for r in bigger.rows(0, 10)]
-    assert [r["question"] for r in t] != [r["question"] for r in other]
+    t = _seeded_own_task("sum_to_target", 10, kwargs)
     for r in t:
         m = r["metadata"]
         k, target, numbers = m["terms"], m["target"], m["numbers"]
@@ -277,11 +284,7 @@ def test_sum_task_errors_and_reward_fn():
                                     {"min_low": 0, "max_low": 3, "min_width": 2, "max_width": 4,
                                      "min_solutions": 1}])
 def test_range_task_rows_seeded_and_num_solutions_by_brute_force(kwargs):
-    t = tasks.make_task("number_in_range", seed=5, size=12, **kwargs)
-    bigger = tasks.make_task("number_in_range", seed=5, size=30, **kwargs)
-    other = tasks.make_task("number_in_range", seed=6, size=12, **kwargs)
-    assert [r["question"] for r in t] == [r["question"] for r in bigger.rows(0, 12)]
-    assert [r["question"] for r in t] != [r["question"] for r in other]
+    t = _seeded_own_task("number_in_range", 12, kwargs)
     for r in t:
         m = r["metadata"]
         lo, hi, d = m["low"], m["high"], m["divisor"]

@@ -300,7 +300,7 @@ def main(argv=None):
     for name in methods:
         for seed in seeds:
             c = method_config(METHODS[name], args, seed)
-            share_base_eval(args.out, c)
+            base_dir = share_base_eval(args.out, c)
             t0 = time.time()
             trained = not os.path.exists(os.path.join(c.run_dir, "summary.json"))
             if run_or_reuse(c, report=args.report, resume=True,
@@ -310,11 +310,10 @@ def main(argv=None):
                                    else _wall(c.run_dir))
             ev = read_evals(c.run_dir)
             if 0 not in ev:  # its base model was evaluated by another method's run
-                src = base_source(args.out, c)
-                if src is None:
+                if base_dir is None:
                     raise SystemExit(f"{c.run_dir}: no step-0 evaluation, and no other run of "
                                      f"seed {seed} in {args.out} with the same settings has one")
-                ev = {0: read_evals(src)[0], **ev}
+                ev = {0: read_evals(base_dir)[0], **ev}
             curves.setdefault(name, {})[seed] = ev
             last = max(ev)
             print(f"{name} seed {seed}: pass@1 {ev[0]['pass@1']:.3f} -> {ev[last]['pass@1']:.3f}"
