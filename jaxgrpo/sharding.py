@@ -183,23 +183,24 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.device_put(x, rep if np.ndim(x) == 0 else bs), batch)
 
 
-def constrain(x: jax.Array, spec: P) -> jax.Array:
-    """``with_sharding_constraint(x, spec)`` on the mesh set by ``jax.set_mesh``, else ``x``.
+def active_spec(shape: Tuple[int, ...], spec: P) -> Optional[P]:
+    """``spec`` fitted to ``shape`` on the mesh set by ``jax.set_mesh``; None when there is
+    nothing to shard over (no mesh, a one-device mesh, or fully inside ``shard_map``).
 
-    A no-op without a mesh or on a one-device mesh. Mesh axes the mesh lacks, manual axes (inside
-    ``shard_map``) and axes whose size does not divide their dimension are dropped from ``spec``
-    (that dimension is then replicated over them), so any batch size traces.
+    Mesh axes the mesh lacks, manual axes (inside ``shard_map``) and axes whose size does not
+    divide their dimension are dropped from ``spec`` (that dimension is then replicated over them),
+    so any batch size traces.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return x
+        return None
     sizes = dict(mesh.shape)
     skip = set(mesh.manual_axes)
     if skip >= set(sizes):  # fully inside shard_map: nothing left to constrain
-        return x
-    entries = list(spec) + [None] * (x.ndim - len(spec))
+        return None
+    entries = list(spec) + [None] * (len(shape) - len(spec))
     out = []
-    for e, n in zip(entries, x.shape):
+    for e, n in zip(entries, shape):
         axes = () if e is None else ((e,) if isinstance(e, str) else tuple(e))
         kept, prod = [], 1
         for a in axes:
@@ -208,7 +209,17 @@ def constrain(x: jax.Array, spec: P) -> jax.Array:
             kept.append(a)
             prod *= sizes[a]
         out.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
-    return jax.lax.with_sharding_constraint(x, P(*out))
+    return P(*out)
+
+
+def constrain(x: jax.Array, spec: P) -> jax.Array:
+    """``with_sharding_constraint(x, spec)`` on the mesh set by ``jax.set_mesh``, else ``x``.
+
+    A no-op without a mesh or on a one-device mesh; ``spec`` is fitted to ``x`` by
+    ``active_spec`` (axes that do not divide are dropped), so any batch size traces.
+    """
+    fitted = active_spec(x.shape, spec)
+    return x if fitted is None else jax.lax.with_sharding_constraint(x, fitted)
 
 
 def process_rows(mesh: Mesh, num_rows: int) -> slice:

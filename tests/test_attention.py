@@ -64,7 +64,13 @@ def _torch_grads(q, k, v, key_mask, slots, cot):
     return tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()
 
 
+def _offset(impl, slots):
+    """"splash" needs the query offset static (slots are traced inside jit)."""
+    return dict(query_offset=int(slots[0])) if impl == "splash" else {}
+
+
 def _run(impl, q, k, v, key_mask, slots, **kw):
+    kw = {**_offset(impl, slots), **kw}
     f = jax.jit(lambda q, k, v: attention(q, k, v, jnp.asarray(key_mask), jnp.asarray(slots),
                                           impl=impl, **kw))
     return f(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)))
@@ -89,8 +95,10 @@ def test_outputs_equal_float64_reference(kw):
     np.testing.assert_allclose(out[live], ref[live], atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("kw", CASES[:3] + CASES[3:5],
-                         ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+GRAD_CASES = CASES[:len(ATTENTION_IMPLS) + 2]  # every impl, blockwise with several blocks
+
+
+@pytest.mark.parametrize("kw", GRAD_CASES, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
 def test_gradients_equal_torch_float64(kw):
     q, k, v, key_mask, slots = _inputs(1)
     live = _allowed(key_mask, slots).any(-1)
@@ -99,6 +107,7 @@ def test_gradients_equal_torch_float64(kw):
     cot = np.random.RandomState(2).randn(*q.shape) * live[:, :, None, None]
     kw = dict(kw)
     impl = kw.pop("impl")
+    kw.update(_offset(impl, slots))
 
     def loss(q, k, v):
         out = attention(q, k, v, jnp.asarray(key_mask), jnp.asarray(slots), impl=impl, **kw)
@@ -185,6 +194,47 @@ def test_cached_attention_equals_attention_over_the_written_cache(impl, t):
         live = _allowed(key_mask, slots).any(-1)  # rows with no key differ by impl (documented)
         np.testing.assert_allclose(np.asarray(out, np.float64)[live], ref[live], atol=2e-5,
                                    rtol=2e-5, err_msg=f"{impl} t={t} slot {i}")
+
+
+@pytest.mark.parametrize("t,s,block", [(5, 11, 512), (200, 300, 128)])
+def test_splash_with_a_static_cache_index_equals_the_reference(t, s, block):
+    """The splash kernel (Pallas interpreter on the CPU) at a static cache offset: one block, and
+    several query / key blocks (causal block skipping, T and S padded to the block) with left
+    padding and GQA; output vs NumPy float64 and gradients vs PyTorch float64."""
+    layers, b, h, kvh, d, off = 2, 3, 4, 2, 8, s - t
+    q, k, v, key_mask, slots = _inputs(40 + t, b=b, t=t, s=s, h=h, kvh=kvh, d=d, offset=off,
+                                       pad=(0, 3, 5))
+    live = _allowed(key_mask, slots).any(-1)
+    assert live.all()  # every query reads at least its own slot
+    ck, cv = np.zeros((2, layers, b, kvh, s, d))
+    ck[0], cv[0] = k, v
+    ck[0, :, :, off:], cv[0, :, :, off:] = 1e4, -1e4  # stale: the new keys replace these
+    cot = np.random.RandomState(3).randn(*q.shape)
+
+    def loss(q, kn, vn):
+        out = cached_attention(q, kn, vn, jnp.asarray(ck, jnp.float32), jnp.asarray(cv, jnp.float32),
+                               jnp.int32(0), jnp.asarray(key_mask), off, impl="splash",
+                               block_size=block)
+        return jnp.sum(out * jnp.asarray(cot, jnp.float32)), out
+
+    args = (jnp.asarray(q, jnp.float32), jnp.asarray(k[:, :, off:], jnp.float32),
+            jnp.asarray(v[:, :, off:], jnp.float32))
+    (_, out), (gq, gk, gv) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(*args)
+    np.testing.assert_allclose(np.asarray(out, np.float64), _ref64(q, k, v, key_mask, slots),
+                               atol=2e-5, rtol=2e-5)
+    rq, rk, rv = _torch_grads(q, k, v, key_mask, slots, cot)
+    np.testing.assert_allclose(np.asarray(gq), rq, atol=5e-5, rtol=5e-5)
+    # the cached keys' gradient flows to the new keys only (the cache is read-only)
+    np.testing.assert_allclose(np.asarray(gk), rk[:, :, off:], atol=5e-5, rtol=5e-5)
+    np.testing.assert_allclose(np.asarray(gv), rv[:, :, off:], atol=5e-5, rtol=5e-5)
+
+
+def test_splash_needs_a_static_offset():
+    q, k, v, key_mask, slots = (jnp.asarray(a) for a in _inputs(0))
+    with pytest.raises(ValueError, match="static query offset"):
+        jax.jit(lambda s_: attention(q, k, v, key_mask, s_, impl="splash"))(slots)
+    with pytest.raises(ValueError, match="contiguous"):
+        attention(q, k, v, key_mask, slots[::-1], impl="splash")
 
 
 def test_cached_decode_rounds_new_keys_to_the_cache_dtype():

@@ -50,6 +50,25 @@ def test_greedy_matches_transformers_generate(pair, prompts):
     assert np.all(np.asarray(out.completion_mask)) and not np.any(~np.asarray(out.truncated))
 
 
+def test_greedy_with_splash_prefill_matches_transformers_generate(pair, prompts):
+    """model.attention="splash": the prefill (static offset 0) runs the Pallas kernel
+    (interpreted on the CPU), the decode steps (a traced slot) the blockwise path."""
+    from flax import nnx
+
+    from jaxgrpo.models.decoder import set_attention
+
+    tm, m = pair
+    ids, mask = prompts
+    n = 6
+    out = _run(set_attention(nnx.clone(m), "splash"), ids, mask,
+               SamplingConfig(max_new_tokens=n, greedy=True))
+    with torch.no_grad():
+        ref = tm.generate(torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
+                          max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                          eos_token_id=None)[:, ids.shape[1]:].numpy()
+    np.testing.assert_array_equal(np.asarray(out.completion_tokens), ref)
+
+
 @pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7),
                                 dict(temperature=1.3, top_k=5, top_p=0.8),
                                 dict(temperature=0.9, greedy=True)])

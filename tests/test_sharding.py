@@ -287,6 +287,11 @@ def test_non_divisible_model_still_shards(worker):
     assert _result(worker, "non_divisible_fallback_1x1x8")["max_abs_diff"] < 1e-5
 
 
+def test_splash_attention_under_a_mesh_matches_single_device(worker):
+    r = _result(worker, "splash_loss_and_grads_2x2x2")
+    assert r["loss_abs_diff"] < 1e-5 and r["grad_max_abs_diff"] < 1e-5, r
+
+
 def test_adamw_step_sharded_matches_unsharded(worker):
     r = _result(worker, "adamw_step_2x2x2")
     assert r["param_max_abs_diff"] < 1e-5 and r["loss_abs_diff"] < 1e-5

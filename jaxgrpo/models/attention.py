@@ -28,7 +28,13 @@ Implementations (``ATTENTION_IMPLS``, chosen by name):
     materialises scores like "naive"). K/V are transposed to its [B, S, KVH, D] layout (a copy).
     cuDNN flash attention (``implementation="cudnn"``, GPU, bf16/fp16) is NOT wired: left
     padding with a cache offset needs the dense mask, which cuDNN takes as a [B, 1, T, S] bias,
-    and this project's CI has no GPU to test it on. A Pallas TPU splash kernel is not done either.
+    and this project's CI has no GPU to test it on.
+  * ``"splash"``: the Pallas TPU splash-attention kernel (``jaxgrpo.models.splash``): flash
+    attention whose forward and backward kernels skip the key blocks causality rules out. Needs
+    a static query offset (``query_offset``, or concrete ``query_slots``); with a cache, a traced
+    offset (a decode step) runs "blockwise" instead. Compiled on TPU; elsewhere the same kernel
+    runs in the Pallas interpreter (correct, slow: for tests). A row with no allowed key cannot
+    occur (a query reads keys of its own mask bit, so a padding query reads padding).
 
 Default: ``DEFAULT_ATTENTION = "blockwise"`` with ``DEFAULT_BLOCK = 512``. When S <= block_size
 it is one block, the same arithmetic as "naive" (one score matrix, one softmax), so tiny and
@@ -50,7 +56,7 @@ from jax.ad_checkpoint import checkpoint_name
 __all__ = ["ATTENTION_IMPLS", "CACHE_LAYER_NAME", "DEFAULT_ATTENTION", "DEFAULT_BLOCK", "attention",
            "cached_attention", "check_impl"]
 
-ATTENTION_IMPLS = ("naive", "blockwise", "dot_product")
+ATTENTION_IMPLS = ("naive", "blockwise", "dot_product", "splash")
 DEFAULT_ATTENTION = "blockwise"
 DEFAULT_BLOCK = 512
 
@@ -259,7 +265,8 @@ def _dot_product(q, k, v, key_mask, query_slots):
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
               query_slots: jax.Array, *, impl: str = DEFAULT_ATTENTION,
-              block_size: int = DEFAULT_BLOCK, kv_length: Optional[jax.Array] = None) -> jax.Array:
+              block_size: int = DEFAULT_BLOCK, kv_length: Optional[jax.Array] = None,
+              query_offset: Optional[int] = None) -> jax.Array:
     """Causal GQA attention; see the module docstring for the shapes and the implementations.
 
     Args:
@@ -270,6 +277,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
       kv_length: optional int scalar (traced is fine): slots >= kv_length are never attended
         (the caller guarantees they are masked, e.g. ``cache_index + T`` with a cache).
         "blockwise" then loops over the filled blocks only; the others ignore it.
+      query_offset: optional Python int, the promise ``query_slots == query_offset + arange(T)``
+        ("splash" needs it static; without it "splash" reads concrete ``query_slots``).
     Returns:
       [B, T, H, D] in q's dtype ("naive": in v's dtype, as the decoder always computed it).
     """
@@ -288,7 +297,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
         return _naive(q, k, v, key_mask, query_slots)
     if impl == "blockwise":
         return _blockwise(q, k, v, key_mask, query_slots, block_size, kv_length)
+    if impl == "splash":
+        from jaxgrpo.models.splash import splash_attention
+
+        offset = _static_offset(query_slots) if query_offset is None else int(query_offset)
+        return splash_attention(q, k, v, key_mask, offset, block_size)
     return _dot_product(q, k, v, key_mask, query_slots)
+
+
+def _static_offset(query_slots) -> int:
+    """The offset of concrete, contiguous query slots; a one-line error otherwise."""
+    try:
+        slots = np.asarray(query_slots)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        raise ValueError("attention 'splash' needs a static query offset: pass query_offset= "
+                         "(query_slots is traced)") from None
+    if slots.size and not np.array_equal(slots, slots[0] + np.arange(slots.size)):
+        raise ValueError(f"attention 'splash' needs contiguous query slots, got {slots.tolist()}")
+    return int(slots[0]) if slots.size else 0
 
 
 # --------------------------------------------------------------------------- a stacked KV cache
@@ -338,6 +364,7 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
         the T new ones). cache_index: int scalar, the slot of the first new key.
       impl, block_size: as ``attention``.
 
+    "splash" needs a Python-int ``cache_index``; a traced one runs "blockwise".
     A decode step (T == 1) under "blockwise" reads only the cache blocks before ``cache_index``
     from the stack (forward only: a traced loop bound is not reverse-differentiable). Every other
     case builds the layer's [B, KVH, S, D] keys/values (one copy) and calls ``attention``, which
@@ -347,6 +374,9 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     chex.assert_rank([q, k_new, v_new, cache_k, cache_v, key_mask], [4, 4, 4, 5, 5, 2])
     b, t, h, d = q.shape
     s = cache_k.shape[3]
+    static_index = isinstance(cache_index, (int, np.integer))
+    if impl == "splash" and not static_index:
+        impl = "blockwise"  # a traced slot (a decode step): splash needs a static offset
     if impl == "blockwise" and t == 1:
         chex.assert_shape([k_new, v_new], (b, cache_k.shape[2], 1, d))
         qg = _group_queries(q, cache_k.shape[2])
@@ -359,4 +389,5 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     k = jax.lax.dynamic_update_slice_in_dim(k, k_new.astype(k.dtype), cache_index, axis=2)
     v = jax.lax.dynamic_update_slice_in_dim(v, v_new.astype(v.dtype), cache_index, axis=2)
     return attention(q, k, v, key_mask, cache_index + jnp.arange(t), impl=impl,
-                     block_size=block_size, kv_length=cache_index + t)
+                     block_size=block_size, kv_length=cache_index + t,
+                     query_offset=int(cache_index) if static_index else None)

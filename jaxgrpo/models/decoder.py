@@ -155,7 +155,7 @@ class Attention(nnx.Module):
         new_kv = None
         if cache_kv is None:
             out = attention(q, k, v, key_mask, query_slots, impl=self.attention,
-                            block_size=self.attention_block)
+                            block_size=self.attention_block, query_offset=0)
         else:
             out = cached_attention(q, k, v, cache_kv.k, cache_kv.v, cache_kv.index, key_mask,
                                    cache_index, impl=self.attention,
