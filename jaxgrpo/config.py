@@ -154,9 +154,11 @@ def base_config() -> mc.ConfigDict:
     # Attention implementation (jaxgrpo.models.attention ATTENTION_IMPLS): "blockwise" (online
     # softmax over key blocks of attention_block slots; never [T, S] scores, decode reads only
     # filled cache blocks), "naive" (materialised scores; the reference), "dot_product"
-    # (jax.nn.dot_product_attention: cuDNN flash attention on GPU).
+    # (jax.nn.dot_product_attention), "splash" (the Pallas TPU splash kernel for the training
+    # passes and the prefill, blockwise decode; off-TPU it runs interpreted: tests only).
     c.model.attention = "blockwise"
-    c.model.attention_block = 512  # key-block size of the blockwise attention (slots)
+    # key-block size of blockwise (slots); splash: its q / kv block, a multiple of 128
+    c.model.attention_block = 512
     # For tests and smoke runs: a random-initialised decoder of this shape, using the
     # tokenizer of model.path. 0 layers = load real weights from model.path.
     c.model.random_init_layers = 0  # >0: a random decoder with this many layers (smoke runs)

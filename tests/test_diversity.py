@@ -109,6 +109,46 @@ def test_comparison_end_to_end_tiny_model_with_resume(tmp_path, monkeypatch, cap
     assert trained == [] and (out / "diversity.md").exists()
 
 
+def _ev(p1, p4, extra=()):
+    e = {"pass@1": p1, "pass@4": p4, "distinct_correct_answers": 4 * p1, "mean_entropy": 1.0,
+         "num_prompts": 8, "num_samples": 4}
+    e.update(extra)
+    return e
+
+
+def test_merge_adds_missing_runs_only_and_plots_partial_records(tmp_path):
+    """--merge: an earlier sitting's diversity.json (here a table's final-step values, no pass@2,
+    no step 5) joins only where --out has no run; the table's means and paired t-intervals use
+    the merged values; the plots use the k and steps every seed recorded."""
+    curves = {"GRPO": {1: {0: _ev(0.1, 0.3, {"pass@2": 0.2}), 5: _ev(0.3, 0.6, {"pass@2": 0.4}),
+                           10: _ev(0.5, 0.8, {"pass@2": 0.7})}},
+              "Dr.GRPO": {1: {0: _ev(0.1, 0.3, {"pass@2": 0.2}), 10: _ev(0.6, 0.9, {"pass@2": 0.8})}}}
+    old = {"_source": "a table", "GRPO": {"0": {"0": _ev(0.1, 0.3), "10": _ev(0.7, 0.9)},
+                                          "1": {"0": _ev(9, 9), "10": _ev(9, 9)}},
+           "Dr.GRPO": {"0": {"0": _ev(0.1, 0.3), "10": _ev(0.8, 1.0)}},
+           "DaGRPO": {"0": {"0": _ev(0.1, 0.3), "10": _ev(0.2, 0.3)}}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    taken = diversity.merge_results(curves, [str(path)], ["GRPO", "Dr.GRPO"], [0, 1])
+    assert taken == {str(path): ["GRPO seed 0", "Dr.GRPO seed 0"]}  # not seed 1, not DaGRPO
+    assert curves["GRPO"][1][10]["pass@1"] == 0.5 and curves["GRPO"][0][10]["pass@1"] == 0.7
+    results = {diversity.BASE: {s: curves["GRPO"][s][0] for s in (0, 1)},
+               **{m: {s: r[max(r)] for s, r in runs.items()} for m, runs in curves.items()}}
+
+    class A:
+        task, describe = "t", "d"
+    table = diversity.build_table(results, {m: {0: 10, 1: 10} for m in curves}, [1, 2, 4], A,
+                                  [0, 1])
+    assert "| GRPO | 0.600 ± 0.141 |" in table  # mean of 0.7 (merged) and 0.5
+    m, lo, hi = diversity.t_interval([0.8 - 0.7, 0.6 - 0.5])
+    assert f"| Dr.GRPO | {m:+.3f} [{lo:+.3f}, {hi:+.3f}]" in table
+    diversity.plot_passk(results, [1, 2, 4], str(tmp_path / "passk.png"))
+    diversity.plot_curves(curves, str(tmp_path / "curves.png"))
+    assert (tmp_path / "passk.png").stat().st_size > 0 and (tmp_path / "curves.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no such file"):
+        diversity.merge_results({}, [str(tmp_path / "missing.json")], ["GRPO"], [0])
+
+
 def test_base_source_needs_equal_eval_settings(tmp_path):
     """A run shares another's step-0 evaluation only when model, data, sampling, seed and eval
     settings agree (the method's own keys and eval.every / before_training may differ)."""

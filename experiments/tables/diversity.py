@@ -223,6 +223,27 @@ def build_table(results: Dict[str, Dict[int, dict]], final_step: Dict[str, Dict[
     return "\n".join(lines) + "\n"
 
 
+def merge_results(curves, paths, methods, seeds) -> Dict[str, List[str]]:
+    """Adds to ``curves`` (method -> seed -> step -> eval, in place) the runs of earlier
+    ``diversity.json`` files that ``curves`` lacks, among ``methods`` x ``seeds``; returns
+    {path: ["method seed N", ...]} of what was taken. A merged file may hold only some steps or
+    metrics (e.g. a table's final-step values): what is missing is left out of the means."""
+    taken: Dict[str, List[str]] = {}
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"--merge: no such file {path}")
+        with open(path) as f:
+            data = json.load(f)
+        for m, runs in data.items():
+            if m.startswith("_") or m not in methods:
+                continue
+            for s, ev in runs.items():
+                if int(s) in seeds and int(s) not in curves.get(m, {}):
+                    curves.setdefault(m, {})[int(s)] = {int(st): e for st, e in ev.items()}
+                    taken.setdefault(path, []).append(f"{m} seed {s}")
+    return taken
+
+
 def plot_passk(results, ks, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -230,13 +251,18 @@ def plot_passk(results, ks, path):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, runs in results.items():
-        curves = np.array([[r[f"pass@{k}"] for k in ks] for r in runs.values()])
-        mean = curves.mean(0)
-        ax.plot(ks, mean, marker="o", label=m, linestyle="--" if m == BASE else "-",
+        curves = np.array([[r.get(f"pass@{k}", np.nan) for k in ks] for r in runs.values()])
+        # the k every seed recorded (a merged table's run may lack some): the mean is over the
+        # same seeds at every plotted k
+        ok = np.isfinite(curves).all(0)
+        mean = np.where(ok, curves, 0.0).mean(0)
+        sd = np.where(ok, curves, 0.0).std(0, ddof=1) if len(curves) > 1 else None
+        x = np.asarray(ks)[ok]
+        ax.plot(x, mean[ok], marker="o", label=m, linestyle="--" if m == BASE else "-",
                 color="black" if m == BASE else None)
-        if len(curves) > 1:
-            sd = curves.std(0, ddof=1)
-            ax.fill_between(ks, mean - sd, mean + sd, alpha=0.15,
+        if sd is not None:
+            band = sd[ok]
+            ax.fill_between(x, mean[ok] - band, mean[ok] + band, alpha=0.15,
                             color="black" if m == BASE else None)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks)
@@ -260,10 +286,11 @@ def plot_curves(curves: Dict[str, Dict[int, Dict[int, dict]]], path):
             ("mean_entropy", "token entropy (nats)"))
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for m, runs in curves.items():
+        # the steps every seed evaluated (a merged table's run has its final step only)
         steps = sorted(set.intersection(*(set(r) for r in runs.values())))
         for ax, (key, title) in zip(axes, keys):
             vals = np.array([[runs[s][st].get(key, np.nan) for st in steps] for s in runs])
-            ax.plot(steps, np.nanmean(vals, 0), marker=".", label=m)
+            ax.plot(steps, vals.mean(0), marker=".", label=m)
             ax.set_title(title)
             ax.set_xlabel("training step")
     axes[0].legend(fontsize=8)
@@ -288,6 +315,10 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--report", action="store_true",
                    help="no training: table and plots from the finished runs in --out")
+    p.add_argument("--merge", default="",
+                   help="comma-separated diversity.json files of earlier sittings (another "
+                        "machine's --out): their (method, seed) runs join the table where --out "
+                        "has none; --methods and --seeds select among them too")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.eval_every, args.seeds = 2, 1, "0"
@@ -319,6 +350,7 @@ def main(argv=None):
             print(f"{name} seed {seed}: pass@1 {ev[0]['pass@1']:.3f} -> {ev[last]['pass@1']:.3f}"
                   f", distinct correct {ev[0]['distinct_correct_answers']:.2f} -> "
                   f"{ev[last]['distinct_correct_answers']:.2f} (step {last})")
+    merged = merge_results(curves, [f for f in args.merge.split(",") if f], methods, seeds)
     if not curves:
         print("no finished runs: nothing to report")
         return None
@@ -332,14 +364,18 @@ def main(argv=None):
             final_step.setdefault(name, {})[seed] = max(ev)
             results[BASE].setdefault(seed, ev[0])  # step 0 is the base model, any method
     any_eval = next(iter(results[BASE].values()))
-    ks = sorted(int(k.split("@")[1]) for k in any_eval if k.startswith("pass@"))
+    ks = sorted({int(k.split("@")[1]) for e in results[BASE].values() for k in e
+                 if k.startswith("pass@")})
     args.task = c.data.task
     args.describe = (f"{any_eval['num_prompts']} prompts × {any_eval['num_samples']} samples "
                      f"at temperature 1")
-    table = build_table(results, final_step, ks, args, seeds)
+    table = build_table(results, final_step, ks, args,
+                        sorted({s for runs in curves.values() for s in runs}))
     known = [w for w in walls.values() if w is not None]
     table += (f"\nWall time: {sum(known):.0f} s over {len(known)} runs (training + evaluations, "
               f"summed over sittings); this invocation {time.time() - t_all:.0f} s.\n")
+    for path, runs in merged.items():
+        table += f"Merged from {path}: {runs}.\n"
     with open(os.path.join(args.out, "diversity.md"), "w") as f:
         f.write(table)
     with open(os.path.join(args.out, "diversity.json"), "w") as f:
