@@ -192,8 +192,10 @@ def model_factory(c, cfg):
     """
     from flax import nnx
     from jaxgrpo.models import Decoder
+    from jaxgrpo.models.policy import configure_runtime
 
     loader_keys = {"path", "random_init_layers", "random_init_hidden"}
+    runtime_keys = {"remat", "attention", "attention_block"}  # configure_runtime, as the run does
     ctor = set(inspect.signature(Decoder.__init__).parameters) - {"self", "cfg", "rngs"}
     fields = {f.name for f in dataclasses.fields(cfg)}
     kwargs, overrides, unused = {}, {}, []
@@ -201,6 +203,8 @@ def model_factory(c, cfg):
         if key in loader_keys:
             continue
         value = c.model[key]
+        if key in runtime_keys:
+            continue
         if key in ctor:
             kwargs[key] = _as_dtype(key, value)
         elif key in fields:
@@ -211,9 +215,11 @@ def model_factory(c, cfg):
 
     def factory(layers):
         lcfg = dataclasses.replace(cfg, num_hidden_layers=layers)
-        return lambda: Decoder(lcfg, rngs=nnx.Rngs(c.seed), **kwargs)
+        return lambda: configure_runtime(Decoder(lcfg, rngs=nnx.Rngs(c.seed), **kwargs), c)
 
-    desc = (f"Decoder kwargs from config.model: {sorted(kwargs)}; ModelConfig fields: "
+    desc = (f"Decoder kwargs from config.model: {sorted(kwargs)}; runtime (as the run sets "
+            f"them): remat={c.model.remat}, attention={c.model.attention} (block "
+            f"{c.model.attention_block}); ModelConfig fields: "
             f"{sorted(overrides)}; config.model keys not used by the constructor: {unused}")
     return cfg, factory, desc
 

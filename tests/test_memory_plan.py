@@ -178,3 +178,24 @@ def test_layer_choice_and_linear_extrapolation():
     assert mp.extrapolate([(1, 13.0), (2, 16.0)], 28) == (94.0, 3.0)
     assert mp.extrapolate([(2, 16.0), (4, 22.0)], 28) == (94.0, 3.0)
     assert mp.TPU_TYPES["v5p-8"] == ("v5:2x2x1", 4)  # v5p-N counts TensorCores, 2 per chip
+
+
+def test_model_factory_applies_the_runtime_keys_as_the_run_does():
+    """model.attention / attention_block / remat reach the planned model (they are set after
+    construction, by jaxgrpo.models.policy.configure_runtime, exactly as a run sets them)."""
+    from flax import nnx
+
+    from experiments import memory_plan as mp
+    from jaxgrpo.config import base_config
+    from jaxgrpo.models.config import ModelConfig
+
+    c = base_config()
+    c.model.attention, c.model.attention_block, c.model.remat = "splash", 256, "full"
+    cfg = ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      head_dim=8)
+    _, factory, desc = mp.model_factory(c, cfg)
+    m = nnx.eval_shape(factory(3))
+    assert m.layers.self_attn.attention == "splash" and m.layers.self_attn.attention_block == 256
+    assert m.remat == "full" and "attention=splash" in desc and "not used" in desc
+    assert "'attention'" not in desc.split("not used")[1]
