@@ -95,6 +95,7 @@ def main():
     tp = int(trainer.c.data.max_prompt_tokens)
     print("BENCH " + json.dumps({
         "framework": "jaxgrpo", "version": __import__("jaxgrpo").__version__,
+        "overrides": a.set or [],
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
         "generate_s": samples, "update_s": updates, "compiles_per_step": n_compiles,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

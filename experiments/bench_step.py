@@ -117,6 +117,9 @@ def main(argv=None):
                     help="a python with google-tunix installed (bash experiments/bootstrap.sh "
                          "tunix; experiments/_bench_tunix.py)")
     ap.add_argument("--out", default="", help="also write the table and raw records here (.md)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a jaxgrpo config override for the jaxgrpo peer, e.g. model.remat=full "
+                         "(repeatable)")
     a = ap.parse_args(argv)
 
     model_dir = prepare_model(a.model)
@@ -126,7 +129,9 @@ def main(argv=None):
     recs = []
     for peer in [p.strip() for p in a.peers.split(",") if p.strip()]:
         if peer == "jaxgrpo":
-            recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common]))
+            extra = [x for kv in a.set for x in ("--set", kv)]
+            recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
+                                   *extra]))
         elif peer == "trl":
             if not os.path.exists(a.bench_python):
                 raise SystemExit(f"--bench-python {a.bench_python} not found: run "

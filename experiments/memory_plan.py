@@ -367,15 +367,20 @@ def abstract_sampler_args(c, state, rest, mesh):
 _HBM_RX = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
 
 
-def compile_memory(fn, args):
+def compile_memory(fn, args, mesh):
     """Lower + compile; {'argument','output','alias','temp','code' bytes, 'seconds', 'fits'}.
 
     An XLA:TPU out-of-memory refusal is returned as ``fits=False`` with the temporaries and the
     HBM the compiler reported, in bytes, and the error text. Its "G" is 2**30 bytes: a
     program with 121.1e9 bytes of temporaries was refused as "(112.94G)".
     """
+    import jax
+
     t0 = time.perf_counter()
-    lowered = fn.lower(*args)
+    # Traced under the mesh, as the run's Trainer.train traces: the decoder's activation
+    # sharding constraints and the splash kernel's shard_map read it (jaxgrpo.sharding).
+    with jax.set_mesh(mesh):
+        lowered = fn.lower(*args)
     t1 = time.perf_counter()
     try:
         compiled = lowered.compile()
@@ -449,7 +454,7 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
         if not skip_update:
             print(f"  [{backend}] compiling update at {layers} layer(s) ...", flush=True)
             update = make_update_fn(c, graphdef, rest, tx)
-            res["update"][layers] = compile_memory(update, (state, ro, ref))
+            res["update"][layers] = compile_memory(update, (state, ro, ref), mesh)
             r = res["update"][layers]
             print(f"  [{backend}]   lowered in {r['lower_s']:.1f} s, compiled in "
                   f"{r['compile_s']:.1f} s" + ("" if r["fits"] else
@@ -457,7 +462,7 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
         if not skip_sampler:
             print(f"  [{backend}] compiling sampler at {layers} layer(s) ...", flush=True)
             sampler = make_sampler(graphdef, scfg)
-            res["sampler"][layers] = compile_memory(sampler, sam_args)
+            res["sampler"][layers] = compile_memory(sampler, sam_args, mesh)
             r = res["sampler"][layers]
             print(f"  [{backend}]   lowered in {r['lower_s']:.1f} s, compiled in "
                   f"{r['compile_s']:.1f} s" + ("" if r["fits"] else

@@ -157,7 +157,8 @@ def _direct(shape_path):
     host["embeddings"] = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
     ro = Rollout(**shd.shard_batch(host, mesh))
     update = train_lib.make_update_fn(c, graphdef, rest, tx)
-    ma = update.lower(state, ro, ref).compile().memory_analysis()
+    with jax.set_mesh(mesh):  # as Trainer.train traces (the activation constraints read it)
+        ma = update.lower(state, ro, ref).compile().memory_analysis()
     per_dev = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(params))
     print(json.dumps(dict(argument=ma.argument_size_in_bytes, temp=ma.temp_size_in_bytes,
                           output=ma.output_size_in_bytes, params=per_dev)))
