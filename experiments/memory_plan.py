@@ -377,9 +377,11 @@ def compile_memory(fn, args, mesh):
     import jax
 
     t0 = time.perf_counter()
-    # Traced under the mesh, as the run's Trainer.train traces: the decoder's activation
-    # sharding constraints and the splash kernel's shard_map read it (jaxgrpo.sharding).
-    with jax.set_mesh(mesh):
+    # Traced under the mesh, as the run's Trainer.train traces (jax.set_mesh): the decoder's
+    # activation sharding constraints and the splash kernel's shard_map read it. The abstract
+    # mesh only: a TPU topology's devices cannot hold the concrete constants (splash's mask
+    # tables) that jax.set_mesh would place on them.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         lowered = fn.lower(*args)
     t1 = time.perf_counter()
     try:
