@@ -123,11 +123,12 @@ def _leaf_specs(tree) -> List[Tuple[str, tuple, str]]:
 class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``directory/<step>/``."""
 
-    def __init__(self, directory: str, *, keep: int = 2):
+    def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
         self._mgr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=async_save),
         )
 
     def latest_step(self) -> Optional[int]:
@@ -136,11 +137,21 @@ class Checkpointer:
     def all_steps(self):
         return list(self._mgr.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
-        """Writes a checkpoint and waits for it to be committed (so a crash after returns
-        cannot lose it)."""
+    def save(self, step: int, state: Any, meta: dict, *, force: bool = False,
+             block: bool = True) -> None:
+        """Writes a checkpoint. ``block=True``: returns once it is committed (a crash after
+        cannot lose it). ``block=False`` (with ``async_save``): returns once the arrays are
+        copied to host memory -- the caller may donate or overwrite ``state`` at once -- and the
+        files are written in the background; the next save, a restore or ``close`` waits for
+        them. A crash mid-write leaves an uncommitted temporary directory that restore ignores,
+        and the previous checkpoint intact."""
         self._mgr.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        if block:
+            self._mgr.wait_until_finished()
+
+    def wait(self) -> None:
+        """Blocks until a background save (``save(block=False)``) is committed."""
         self._mgr.wait_until_finished()
 
     def _mismatch(self, step: int, target_state: Any) -> Optional[str]:

@@ -339,6 +339,10 @@ def base_config() -> mc.ConfigDict:
     c.checkpoint.keep = 2  # checkpoints kept (the newest)
     c.checkpoint.resume = True  # continue an existing run_dir; False refuses a non-empty run_dir
     c.checkpoint.fallback = False  # a corrupt latest checkpoint: resume from the newest intact one
+    # Periodic saves copy the state to host memory, then write it in a background thread while
+    # training goes on (orbax async checkpointing); the save at the end and on a signal always
+    # waits until the checkpoint is committed. False: every save blocks the loop.
+    c.checkpoint.async_save = True
     c.lock()
     return c
 

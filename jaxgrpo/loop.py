@@ -127,7 +127,8 @@ class Trainer:
                               tokenizer=self.tokenizer, eos_ids=self.eos_ids, pad_id=self.pad_id,
                               env=self.env, mesh=self.mesh, ref_params=ref_params,
                               frozen=self.frozen)
-        self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep)
+        self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep,
+                                 async_save=c.checkpoint.async_save)
         self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
                                     c.to_dict() if c.log.wandb else None, enabled=self.writer)
         self.window = MetricsWindow(c.log.every)
@@ -168,10 +169,12 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def save(self, step: int):
+    def save(self, step: int, block: bool = True):
+        """``block=False``: the files are written in the background (checkpoint.async_save)."""
         self.progress(f"saving checkpoint {step}")  # [run_dir hook]
         self.ckpt.save(step, self.state, {"data_position": self.train_iter.position,
-                                          "step": step, "config": self.c.to_dict()})
+                                          "step": step, "config": self.c.to_dict()},
+                       block=block or not self.c.checkpoint.async_save)
 
     def maybe_restore(self) -> int:
         if not self.c.checkpoint.resume or self.ckpt.latest_step() is None:
@@ -241,7 +244,9 @@ class Trainer:
                 if len(self.window) and (preempt or step >= c.steps):
                     self.logger.log(step, self.window.mean())  # the partial last window
                 if (c.checkpoint.every and step % c.checkpoint.every == 0) or preempt:
-                    self.save(step)
+                    # In the background while training goes on, except the last before a stop
+                    # or the end: that one is committed before anything else runs.
+                    self.save(step, block=preempt or step >= c.steps)
                 if preempt:
                     break
         bar.close()

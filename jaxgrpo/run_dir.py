@@ -57,6 +57,7 @@ SAFE_ON_RESUME = (
     "eval.*",  # what is evaluated and how often (earlier evaluations stay as they were)
     "log.*",  # what is logged where
     "checkpoint.every", "checkpoint.keep", "checkpoint.resume", "checkpoint.fallback",
+    "checkpoint.async_save",
     "rewards.verifier_workers",  # process count of math-verify: the same scores
     "mesh.*",  # the device layout (resume on another slice); results equal up to float order
 )

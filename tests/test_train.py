@@ -63,6 +63,54 @@ def test_resume_gives_the_uninterrupted_run(tiny_llama_dir, tiny_run_config, tmp
         assert (run / name).exists(), name
 
 
+def test_background_save_survives_the_donated_update_that_follows(tmp_path):
+    """save(block=False) returns before the files are written; the next jitted update donates
+    (and overwrites) the saved arrays at once. The checkpoint must hold the values as saved."""
+    from jaxgrpo.checkpoint import Checkpointer
+
+    state = {"w": jnp.arange(4_000_000, dtype=jnp.float32), "b": jnp.ones((1000,), jnp.float32)}
+    want = jax.tree.map(np.array, state)
+    overwrite = jax.jit(lambda s: jax.tree.map(lambda x: x * 0 - 7.0, s), donate_argnums=0)
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=True)
+    ckpt.save(1, state, {"step": 1, "data_position": 0}, block=False)
+    for _ in range(3):
+        state = overwrite(state)
+    jax.block_until_ready(state)
+    assert float(state["w"][5]) == -7.0
+    ckpt.wait()
+    got, meta, step = ckpt.restore(state)
+    ckpt.close()
+    assert step == 1 and meta["step"] == 1
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), want[k])
+
+
+def test_background_periodic_saves_hold_the_state_of_their_step(tiny_llama_dir, tiny_run_config,
+                                                                 tmp_path):
+    """checkpoint.async_save: the step-2 checkpoint, written in the background while steps 3-4
+    donated the state, equals the state of a run stopped after step 2 (a blocking save)."""
+    from jaxgrpo.checkpoint import Checkpointer
+    from jaxgrpo.loop import Trainer
+
+    ref = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "ref"))
+    ref.train(stop_at=2)
+    ref.close()
+    ref_params = params_of(ref)
+
+    full = Trainer(tiny_run_config(tiny_llama_dir, tmp_path / "async", **{
+        "checkpoint.every": 1, "checkpoint.keep": 4, "checkpoint.async_save": True}))
+    full.train()
+    full.close()
+    assert sorted(os.listdir(tmp_path / "async" / "checkpoints")) == ["1", "2", "3", "4"]
+    ckpt = Checkpointer(str(tmp_path / "async" / "checkpoints"))
+    state, meta, step = ckpt.restore(full.state, step=2)
+    ckpt.close()
+    assert step == 2 and meta["step"] == 2
+    for x, y in zip(jax.tree.leaves(jax.device_get(state.params)), ref_params):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(params_of(full), ref_params))
+
+
 def test_corrupt_checkpoint_is_reported(tiny_llama_dir, tiny_run_config, tmp_path):
     from jaxgrpo.loop import Trainer
 
