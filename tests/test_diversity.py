@@ -149,6 +149,23 @@ def test_merge_adds_missing_runs_only_and_plots_partial_records(tmp_path):
         diversity.merge_results({}, [str(tmp_path / "missing.json")], ["GRPO"], [0])
 
 
+def test_report_from_merged_files_only(tmp_path):
+    """--report with an empty --out and --merge files (the run directories stayed on another
+    machine): the table comes from the merged runs and says the wall time is not recorded
+    instead of claiming 0 s."""
+    old = {m: {str(s): {"0": _ev(0.1, 0.3), "10": _ev(0.2 + 0.1 * s, 0.5)} for s in (0, 1)}
+           for m in ("GRPO", "DaGRPO")}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    out = tmp_path / "out"
+    out.mkdir()
+    res = diversity.main(["--report", "--methods", "GRPO,DaGRPO", "--seeds", "0,1",
+                          "--out", str(out), "--merge", str(path), "--quiet"])
+    assert "| GRPO | 0.250 ± 0.071 |" in res["table"]
+    assert "Wall time: not recorded" in res["table"] and "0 s over 0 runs" not in res["table"]
+    assert (out / "diversity.md").read_text() == res["table"]
+
+
 def test_base_source_needs_equal_eval_settings(tmp_path):
     """A run shares another's step-0 evaluation only when model, data, sampling, seed and eval
     settings agree (the method's own keys and eval.every / before_training may differ)."""

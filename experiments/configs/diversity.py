@@ -22,19 +22,25 @@ the example (0 of 256 samples correct without it), see experiments/results/diver
 Hardware: one 2-core CPU (nothing else running unless stated), SmolLM2-135M-Instruct (packaged),
 float32.
 
-Expected (measured 2026-12-02, seed 0, held-out 32 prompts x 16 samples, temperature 1, 16 new tokens --
-NOT the 64 x 32 of eval.* below, which would cost ~7 min per evaluation here):
+Expected (seeds 0, 1, 2 at 20 steps; seed 0 measured 2026-12-02, seeds 1-2 on 2026-12-03;
+held-out 32 prompts x 16 samples, temperature 1, 16 new tokens -- NOT the 64 x 32 of eval.*
+below, which would cost ~7 min per evaluation here):
 ``python -m experiments.tables.diversity --methods GRPO,ProGRPO,DRA-GRPO,DaGRPO,Dr.GRPO,
-DRA-Dr.GRPO --seeds 0 --steps 20 --eval_every 10 --eval_prompts 32 --num_samples 16``
-  base model: pass@1 0.047, pass@16 0.469, 15 / 32 solved, distinct correct 0.69 per prompt,
-    entropy 2.41 nats, 83% of completions cut at 16 tokens (the screen's 32 x 8: pass@1 0.062
-    under the earlier last-number rule)
-  GRPO, step 10 / 20: pass@1 0.270 / 0.701, pass@16 0.906 / 1.0, distinct correct 3.09 / 3.97,
-    top-answer share 0.48 / 0.51, entropy 1.86 / 0.82 nats; 35 s per step, 17.5 min per run
-    with its evaluations
-  the other methods: README, "Does diversity survive GRPO?", and runs/diversity_range/diversity.md
-steps = 60 is a choice, not measured: GRPO's pass@1 was still rising at step 20 (0.27 -> 0.70
-from step 10 to 20), so 20 steps do not reach the plateau the issue asks for.
+DRA-Dr.GRPO --seeds 0,1,2 --steps 20 --eval_every 10 --eval_prompts 32 --num_samples 16``
+  base model: pass@1 0.042 +- 0.006, pass@16 0.448 +- 0.036, distinct correct 0.64 per prompt,
+    entropy 2.41 nats (the screen's 32 x 8: pass@1 0.062 under the earlier last-number rule)
+  GRPO at step 20: pass@1 0.568 +- 0.205 (seeds: 0.70, 0.33, 0.67; step 10: 0.27, 0.11, 0.22),
+    pass@16 0.990, distinct correct 3.71 +- 0.33, top-answer share 0.52, entropy 1.18 nats;
+    ~18 s per step and 6-7 min per run with its evaluations (seed 2; seed 0's machine took
+    31-42 s per step)
+  every method's pass@1 0.49-0.70; no method's distinct correct above GRPO's (paired 95%
+    intervals all contain 0); DaGRPO the most collapsed (2.16 distinct, top share 0.81);
+    the full table: README, "Does diversity survive GRPO?", and
+    experiments/results/diversity_seeds012_20steps.md
+  A seed reproduces on one machine, not across machines (seed 1 GRPO: 0.422 on one, 0.332 on
+    another of the same kind: XLA:CPU numerics differ between CPUs).
+steps = 60 is a choice, not measured: seed 1's GRPO pass@1 was still rising fast at step 20
+(0.11 -> 0.33 from step 10 to 20), so 20 steps do not reach the plateau the issue asks for.
 """
 import importlib
 

@@ -258,12 +258,12 @@ def plot_passk(results, ks, path):
         mean = np.where(ok, curves, 0.0).mean(0)
         sd = np.where(ok, curves, 0.0).std(0, ddof=1) if len(curves) > 1 else None
         x = np.asarray(ks)[ok]
-        ax.plot(x, mean[ok], marker="o", label=m, linestyle="--" if m == BASE else "-",
-                color="black" if m == BASE else None)
-        if sd is not None:
+        (line,) = ax.plot(x, mean[ok], marker="o", label=m, linestyle="--" if m == BASE else "-",
+                          color="black" if m == BASE else None)
+        if sd is not None:  # the band in its line's colour
             band = sd[ok]
-            ax.fill_between(x, mean[ok] - band, mean[ok] + band, alpha=0.15,
-                            color="black" if m == BASE else None)
+            ax.fill_between(x, mean[ok] - band, mean[ok] + band, alpha=0.12,
+                            color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks)
     ax.set_xticklabels([str(k) for k in ks])
@@ -286,11 +286,17 @@ def plot_curves(curves: Dict[str, Dict[int, Dict[int, dict]]], path):
             ("mean_entropy", "token entropy (nats)"))
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for m, runs in curves.items():
-        # the steps every seed evaluated (a merged table's run has its final step only)
+        # the mean over the steps every seed evaluated (a merged table's run may have its final
+        # step only); each seed's own curve, all its steps, thin in the same colour
         steps = sorted(set.intersection(*(set(r) for r in runs.values())))
         for ax, (key, title) in zip(axes, keys):
             vals = np.array([[runs[s][st].get(key, np.nan) for st in steps] for s in runs])
-            ax.plot(steps, vals.mean(0), marker=".", label=m)
+            (line,) = ax.plot(steps, vals.mean(0), marker=".", label=m)
+            if len(runs) > 1:
+                for r in runs.values():
+                    own = sorted(st for st in r if key in r[st])
+                    ax.plot(own, [r[st][key] for st in own], color=line.get_color(),
+                            alpha=0.3, linewidth=0.8)
             ax.set_title(title)
             ax.set_xlabel("training step")
     axes[0].legend(fontsize=8)
@@ -372,8 +378,12 @@ def main(argv=None):
     table = build_table(results, final_step, ks, args,
                         sorted({s for runs in curves.values() for s in runs}))
     known = [w for w in walls.values() if w is not None]
-    table += (f"\nWall time: {sum(known):.0f} s over {len(known)} runs (training + evaluations, "
-              f"summed over sittings); this invocation {time.time() - t_all:.0f} s.\n")
+    if known:
+        table += (f"\nWall time: {sum(known):.0f} s over {len(known)} runs (training + "
+                  f"evaluations, summed over sittings); this invocation "
+                  f"{time.time() - t_all:.0f} s.\n")
+    else:  # every run came from --merge: their run directories (and wall times) are elsewhere
+        table += "\nWall time: not recorded here (no run directory in --out).\n"
     for path, runs in merged.items():
         table += f"Merged from {path}: {runs}.\n"
     with open(os.path.join(args.out, "diversity.md"), "w") as f:
