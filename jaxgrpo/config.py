@@ -155,7 +155,8 @@ def base_config() -> mc.ConfigDict:
     # softmax over key blocks of attention_block slots; never [T, S] scores, decode reads only
     # filled cache blocks), "naive" (materialised scores; the reference), "dot_product"
     # (jax.nn.dot_product_attention), "splash" (the Pallas TPU splash kernel for the training
-    # passes and the prefill, blockwise decode; off-TPU it runs interpreted: tests only).
+    # passes and the prefill, blockwise decode; off-TPU it runs interpreted: tests only),
+    # "cudnn" (cuDNN flash attention; NVIDIA GPU and model.dtype=bfloat16 only; blockwise decode).
     c.model.attention = "blockwise"
     # key-block size of blockwise (slots); splash: its q / kv block, a multiple of 128
     c.model.attention_block = 512
@@ -625,6 +626,9 @@ def validate(c: mc.ConfigDict, *, inputs: bool = False) -> mc.ConfigDict:
             f"config.eval.num_prompts={c.eval.num_prompts} is more than the held-out rows "
             f"(config.data.eval_size={c.data.eval_size}); lower eval.num_prompts or raise "
             "data.eval_size")
+    if c.model.attention == "cudnn" and c.model.dtype == "float32":
+        _fail("model.attention", c.model.attention, "(cuDNN flash attention) needs "
+              "config.model.dtype=bfloat16: its kernel has no float32 path")
     if c.anchors.enabled and c.advantage.baseline != "dagrpo":
         raise ConfigError("config.anchors.enabled=True needs config.advantage.baseline='dagrpo'")
     _validate_loss_menu(c)

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 
 from jaxgrpo.models import ATTENTION_IMPLS, Decoder, ModelConfig, set_attention
-from jaxgrpo.models.attention import attention, cached_attention
+from jaxgrpo.models.attention import _dot_product, attention, cached_attention
 
 torch = pytest.importorskip("torch")
+
+ON_GPU = jax.default_backend() == "gpu"
+# "cudnn" runs on an NVIDIA GPU only (its own tests below); the others run everywhere.
+RUNNABLE = tuple(i for i in ATTENTION_IMPLS if i != "cudnn" or ON_GPU)
 
 
 def _inputs(seed, b=3, t=5, s=11, h=6, kvh=2, d=8, offset=4, pad=(0, 3, 6)):
@@ -76,7 +80,7 @@ def _run(impl, q, k, v, key_mask, slots, **kw):
     return f(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)))
 
 
-CASES = [dict(impl=i) for i in ATTENTION_IMPLS] + [
+CASES = [dict(impl=i) for i in RUNNABLE if i != "cudnn"] + [
     dict(impl="blockwise", block_size=4),   # several blocks, a clamped partial last one
     dict(impl="blockwise", block_size=3, kv_length=9),  # dynamic bound = last query slot + 1
     dict(impl="blockwise", block_size=1),
@@ -95,7 +99,7 @@ def test_outputs_equal_float64_reference(kw):
     np.testing.assert_allclose(out[live], ref[live], atol=2e-5, rtol=2e-5)
 
 
-GRAD_CASES = CASES[:len(ATTENTION_IMPLS) + 2]  # every impl, blockwise with several blocks
+GRAD_CASES = CASES[:len(RUNNABLE) - ON_GPU + 2]  # every impl, blockwise with several blocks
 
 
 @pytest.mark.parametrize("kw", GRAD_CASES, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
@@ -171,12 +175,16 @@ def test_bf16_cache():
     np.testing.assert_allclose(np.asarray(f("naive"), np.float64)[live], ref[live], atol=3e-2)
 
 
-@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
+@pytest.mark.parametrize("impl", [i for i in RUNNABLE if i != "cudnn"] + ["cudnn-decode"])
 @pytest.mark.parametrize("t", [1, 3])
 def test_cached_attention_equals_attention_over_the_written_cache(impl, t):
     """Layer 1 of a 3-layer stacked cache, new keys at a traced slot, the stale slots at and past
     it hold large garbage: the result is attention over the cache with the new keys written in
     (float64 reference), so the new keys replace the stale slots and masked slots stay unread."""
+    if impl == "cudnn-decode":  # a cuDNN config's decode step runs blockwise, on any backend
+        if t > 1 and not ON_GPU:
+            pytest.skip("cuDNN needs a CUDA GPU (its T > 1 passes)")
+        impl = "cudnn"
     layers, b, s, h, kvh, d = 3, 3, 32, 4, 2, 8
     f = jax.jit(lambda q, kn, vn, ck, cv, m, i: cached_attention(
         q, kn, vn, ck, cv, jnp.int32(1), m, i, impl=impl, block_size=8))
@@ -307,6 +315,66 @@ def test_unknown_impl_and_bad_block_rejected():
         attention(q, k, v, key_mask, slots, impl="flash")
     with pytest.raises(ValueError, match="attention_block"):
         attention(q, k, v, key_mask, slots, impl="blockwise", block_size=0)
+
+
+def test_the_cudnn_call_holds_the_mask_with_is_causal_at_offset_0():
+    """The cuDNN path's arguments (the allowed-slot mask and ``is_causal=True`` at query offset
+    0), run by jax's XLA implementation: equal to the float64 reference with left padding and
+    GQA. On a GPU only the kernel behind the same call changes."""
+    q, k, v, key_mask, slots = _inputs(7, t=11, s=11, offset=0)
+    ref = _ref64(q, k, v, key_mask, slots)
+    out = jax.jit(lambda q, k, v: _dot_product(q, k, v, jnp.asarray(key_mask), jnp.asarray(slots),
+                                               "xla", is_causal=True))(
+        *(jnp.asarray(a, jnp.float32) for a in (q, k, v)))
+    live = _allowed(key_mask, slots).any(-1)
+    np.testing.assert_allclose(np.asarray(out)[live], ref[live], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the refusal off the GPU")
+def test_cudnn_off_the_gpu_is_refused_in_one_line():
+    from jaxgrpo.config import ConfigError, base_config, validate
+    from jaxgrpo.models.policy import configure_runtime
+
+    q, k, v, key_mask, slots = _inputs(0)
+    q, k, v = (jnp.asarray(a, jnp.bfloat16) for a in (q, k, v))
+    key_mask, slots = jnp.asarray(key_mask), jnp.asarray(slots)
+    with pytest.raises(ValueError, match="attention 'cudnn' needs a CUDA GPU, but the JAX "
+                                         "backend is 'cpu'"):
+        attention(q, k, v, key_mask, slots, impl="cudnn", query_offset=0)
+    c = base_config()
+    c.model.attention = "cudnn"
+    with pytest.raises(ConfigError, match=r"config.model.attention='cudnn'.*model.dtype=bfloat16"):
+        validate(c)
+    c.model.dtype = "bfloat16"
+    validate(c)  # valid as a config: the backend is checked where the model is configured
+    cfg = ModelConfig(model_type="llama", head_dim=8, vocab_size=50, hidden_size=32,
+                      intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        configure_runtime(Decoder(cfg), c)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a CUDA GPU")
+def test_cudnn_equals_naive_on_the_gpu():
+    """bf16 cuDNN flash attention (forward and gradients) against the float32 naive path, left
+    padding and GQA, at offset 0 (a training pass)."""
+    q, k, v, key_mask, slots = _inputs(8, b=2, t=64, s=64, h=4, kvh=2, d=64, offset=0,
+                                       pad=(0, 9))
+    cot = np.random.RandomState(9).randn(*q.shape)
+
+    def loss(impl, dtype):
+        def f(q, k, v):
+            out = attention(q, k, v, jnp.asarray(key_mask), jnp.asarray(slots), impl=impl,
+                            query_offset=0)
+            return jnp.sum(out.astype(jnp.float32) * jnp.asarray(cot, jnp.float32)), out
+        args = [jnp.asarray(a, dtype) for a in (q, k, v)]
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(*args)
+
+    (_, out), grads = loss("cudnn", jnp.bfloat16)
+    (_, ref), ref_grads = loss("naive", jnp.float32)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=3e-2)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r), atol=6e-2)
 
 
 def test_set_attention_switches_a_built_model():

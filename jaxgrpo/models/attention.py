@@ -26,9 +26,14 @@ Implementations (``ATTENTION_IMPLS``, chosen by name):
   * ``"dot_product"``: ``jax.nn.dot_product_attention`` with a boolean [B, 1, T, S] mask and
     native GQA, ``implementation=None`` (XLA picks; in jax 0.10 that is the XLA path, which
     materialises scores like "naive"). K/V are transposed to its [B, S, KVH, D] layout (a copy).
-    cuDNN flash attention (``implementation="cudnn"``, GPU, bf16/fp16) is NOT wired: left
-    padding with a cache offset needs the dense mask, which cuDNN takes as a [B, 1, T, S] bias,
-    and this project's CI has no GPU to test it on.
+  * ``"cudnn"``: the same call with ``implementation="cudnn"``: cuDNN's fused flash attention
+    (NVIDIA GPUs only; bf16 / fp16 inputs, head_dim <= 128, or <= 256 from Hopper on). Left
+    padding cannot be said with cuDNN's sequence lengths (they mean right padding), so the
+    allowed-slot mask goes in as cuDNN's additive [B, 1, T, S] bias (jax converts the boolean
+    mask), and at a static query offset of 0 (every training pass and the prefill)
+    ``is_causal=True`` lets the kernel skip the key blocks after the query block. A decode step
+    (T == 1) runs "blockwise", which reads only the filled cache blocks. Not run in this
+    project's CI (no GPU); ``tests/test_attention.py`` compares it with "naive" where a GPU is.
   * ``"splash"``: the Pallas TPU splash-attention kernel (``jaxgrpo.models.splash``): flash
     attention whose forward and backward kernels skip the key blocks causality rules out. Needs
     a static query offset (``query_offset``, or concrete ``query_slots``); with a cache, a traced
@@ -54,9 +59,9 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 __all__ = ["ATTENTION_IMPLS", "CACHE_LAYER_NAME", "DEFAULT_ATTENTION", "DEFAULT_BLOCK", "attention",
-           "cached_attention", "check_impl"]
+           "cached_attention", "check_backend", "check_impl"]
 
-ATTENTION_IMPLS = ("naive", "blockwise", "dot_product", "splash")
+ATTENTION_IMPLS = ("naive", "blockwise", "dot_product", "splash", "cudnn")
 DEFAULT_ATTENTION = "blockwise"
 DEFAULT_BLOCK = 512
 
@@ -70,6 +75,14 @@ def check_impl(impl: str, block_size: int) -> None:
         raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"attention_block must be a positive int, got {block_size!r}")
+
+
+def check_backend(impl: str) -> None:
+    """Raise a one-line ValueError when ``impl`` cannot run on the default JAX backend ("cudnn"
+    needs a CUDA GPU). Call it after ``jax.distributed.initialize()``: it starts the backend."""
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"attention 'cudnn' needs a CUDA GPU, but the JAX backend is "
+                         f"{jax.default_backend()!r}: use 'blockwise' (or 'dot_product')")
 
 
 def _group_queries(q: jax.Array, kvh: int) -> jax.Array:
@@ -253,12 +266,16 @@ def _blockwise(q, k, v, key_mask, query_slots, block_size, kv_length):
 
 # --------------------------------------------------------------------------- jax.nn
 
-def _dot_product(q, k, v, key_mask, query_slots):
+def _dot_product(q, k, v, key_mask, query_slots, implementation=None, is_causal=False):
+    """``jax.nn.dot_product_attention`` with the allowed-slot mask. ``is_causal`` only when the
+    queries sit at slots 0 .. T-1 (offset 0): the mask already holds causality, so the flag
+    changes nothing but lets a fused kernel skip the blocks above the diagonal."""
     s = k.shape[2]
     mask = _allowed(key_mask, query_slots, jnp.arange(s))[:, None]  # [B, 1, T, S]
     kt = k.transpose(0, 2, 1, 3).astype(q.dtype)
     vt = v.transpose(0, 2, 1, 3).astype(q.dtype)
-    return jax.nn.dot_product_attention(q, kt, vt, mask=mask, implementation=None)
+    return jax.nn.dot_product_attention(q, kt, vt, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -302,6 +319,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
 
         offset = _static_offset(query_slots) if query_offset is None else int(query_offset)
         return splash_attention(q, k, v, key_mask, offset, block_size)
+    if impl == "cudnn":
+        check_backend(impl)
+        if q.dtype not in (jnp.bfloat16, jnp.float16):
+            raise ValueError(f"attention 'cudnn' needs bfloat16 or float16 queries, got "
+                             f"{q.dtype}: set model.dtype=bfloat16")
+        return _dot_product(q, k, v, key_mask, query_slots, "cudnn",
+                            is_causal=query_offset == 0)
     return _dot_product(q, k, v, key_mask, query_slots)
 
 
@@ -377,6 +401,8 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     static_index = isinstance(cache_index, (int, np.integer))
     if impl == "splash" and not static_index:
         impl = "blockwise"  # a traced slot (a decode step): splash needs a static offset
+    if impl == "cudnn" and t == 1:
+        impl = "blockwise"  # a decode step: read the filled cache blocks, not all S slots
     if impl == "blockwise" and t == 1:
         chex.assert_shape([k_new, v_new], (b, cache_k.shape[2], 1, d))
         qg = _group_queries(q, cache_k.shape[2])

@@ -44,8 +44,10 @@ def configure_runtime(model, c):
     layer-body remat policy (``model.remat``) and the attention implementation
     (``model.attention``, ``model.attention_block``). They are static attributes of the
     graphdef, so a change means one new compile, never a change of the numbers."""
+    from jaxgrpo.models.attention import check_backend
     from jaxgrpo.models.decoder import set_attention
 
+    check_backend(c.model.attention)  # e.g. "cudnn" on a CPU: one line, before any compile
     model.remat = c.model.remat
     return set_attention(model, c.model.attention, c.model.attention_block)
 
