@@ -442,6 +442,10 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
     return update
 
 
-def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+def init_train_state(params, tx: optax.GradientTransformation, seed: int,
+                     opt_shardings: Any = None) -> TrainState:
+    """A fresh TrainState. With ``opt_shardings`` (a pytree of shardings shaped like
+    ``tx.init(params)``) the optimizer state is built by one jitted ``tx.init`` laid out so."""
+    init = tx.init if opt_shardings is None else jax.jit(tx.init, out_shardings=opt_shardings)
+    return TrainState(params=params, opt_state=init(params), step=jnp.zeros((), jnp.int32),
                       rng=jax.random.key_data(jax.random.key(seed)))

@@ -485,3 +485,60 @@ def test_smollm2_parser_matches_gguf_reader(smollm2):
     for i in (0, 1, len(ref.tensors) - 1):
         np.testing.assert_array_equal(np.asarray(ref.tensors[i].data).view(np.uint8).ravel(),
                                       ours.tensor_data(ours.tensors[i]).ravel())
+
+
+def _same_tokenizer(a, b):
+    """What a run reads from a tokenizer: class, special tokens and ids, vocabulary, chat
+    template, and the ids / text of encoding (with and without special tokens) and decoding."""
+    assert type(a) is type(b)
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token", "bos_token_id",
+                 "eos_token_id", "pad_token_id", "padding_side", "truncation_side",
+                 "model_max_length", "chat_template"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+    assert a.get_vocab() == b.get_vocab() and len(a) == len(b)
+    assert {i: str(t) for i, t in a.added_tokens_decoder.items()} == {
+        i: str(t) for i, t in b.added_tokens_decoder.items()}
+    msgs = [{"role": "user", "content": "What is 12 + 30?"}]
+    chat = b.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert a.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == chat
+    for text in _TOKENIZER_TEXTS + [chat]:
+        for special in (True, False):
+            ids = b(text, add_special_tokens=special).input_ids
+            assert a(text, add_special_tokens=special).input_ids == ids, (text, special)
+            assert a.decode(ids) == b.decode(ids)
+
+
+def test_direct_tokenizer_path_builds_what_autotokenizer_builds(tiny_llama_dir, tiny_qwen2_dir):
+    """load_hf_tokenizer skips AutoTokenizer (and its torch import) only where AutoTokenizer
+    would build the generic fast tokenizer anyway: the same tokenizer in every respect a run
+    reads; a qwen2 directory (which transformers remaps) still goes through AutoTokenizer."""
+    from transformers.models.auto.tokenization_auto import MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS
+
+    from jaxgrpo.models import tokenizer as tok_mod
+
+    # the allowlist's premise, against the installed transformers
+    assert not set(tok_mod._DIRECT_MODEL_TYPES) & set(MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
+    assert tok_mod._direct_tokenizer_class(tiny_llama_dir) is transformers.PreTrainedTokenizerFast
+    _same_tokenizer(tok_mod.load_hf_tokenizer(tiny_llama_dir),
+                    transformers.AutoTokenizer.from_pretrained(tiny_llama_dir,
+                                                               local_files_only=True))
+    assert tok_mod._direct_tokenizer_class(tiny_qwen2_dir) is None
+    _same_tokenizer(tok_mod.load_hf_tokenizer(tiny_qwen2_dir),
+                    transformers.AutoTokenizer.from_pretrained(tiny_qwen2_dir,
+                                                               local_files_only=True))
+
+
+def test_direct_tokenizer_path_only_for_the_generic_class(tiny_llama_dir, tmp_path):
+    """A declared model-specific class, remote code or a missing config.json: AutoTokenizer."""
+    from jaxgrpo.models import tokenizer as tok_mod
+
+    for change in ({"tokenizer_class": "LlamaTokenizer"}, {"auto_map": {"AutoTokenizer": ["x", None]}}):
+        d = tmp_path / next(iter(change))
+        shutil.copytree(tiny_llama_dir, d)
+        cfg = json.loads((d / "tokenizer_config.json").read_text())
+        (d / "tokenizer_config.json").write_text(json.dumps({**cfg, **change}))
+        assert tok_mod._direct_tokenizer_class(str(d)) is None, change
+    d = tmp_path / "noconfig"
+    shutil.copytree(tiny_llama_dir, d)
+    (d / "config.json").unlink()
+    assert tok_mod._direct_tokenizer_class(str(d)) is None
