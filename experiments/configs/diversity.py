@@ -39,8 +39,14 @@ DRA-Dr.GRPO --seeds 0,1,2 --steps 20 --eval_every 10 --eval_prompts 32 --num_sam
     experiments/results/diversity_seeds012_20steps.md
   A seed reproduces on one machine, not across machines (seed 1 GRPO: 0.422 on one, 0.332 on
     another of the same kind: XLA:CPU numerics differ between CPUs).
-steps = 60 is a choice, not measured: seed 1's GRPO pass@1 was still rising fast at step 20
-(0.11 -> 0.33 from step 10 to 20), so 20 steps do not reach the plateau the issue asks for.
+steps = 60, measured on seed 0 (2026-12-03, this 2-core CPU, ~25 s per step, 32 x 16 held-out):
+``python -m experiments.tables.diversity --methods GRPO,ProGRPO --seeds 0 --steps 60
+--eval_every 10 --eval_prompts 32 --num_samples 16`` (experiments/results/diversity_seed0_60steps.md)
+  GRPO pass@1 0.70 / 0.77 / 0.89 / 0.967 / 0.975 at steps 20 / 30 / 40 / 50 / 60: the plateau
+    is at ~50 steps; distinct correct 3.97 at step 20 -> 1.16 at step 60, top-answer share
+    0.51 -> 0.98, entropy 0.82 -> 0.06 nats (collapse onto one answer per prompt)
+  ProGRPO at step 60: pass@1 0.928, distinct correct 3.66, top share 0.56, entropy 0.63;
+    pass@16 1.0 for both; ~33 min per run with its evaluations
 """
 import importlib
 
