@@ -19,8 +19,11 @@ def load_policy(c):
     shape (``model.random_init_layers`` > 0) with the tokenizer of ``model.path`` (smoke runs
     and tests; only the checkpoint's config and tokenizer are read, not its weights)."""
     from jaxgrpo.models import default_model_path
+    from jaxgrpo.models.attention import check_backend
     from jaxgrpo.models.decoder import Decoder
     from jaxgrpo.models.loading import load_config, load_pretrained, load_tokenizer
+
+    check_backend(c.model.attention)  # e.g. "cudnn" on a CPU: one line, before the weights load
 
     # model.dtype computes, model.param_dtype stores (master weights and optimizer state).
     dtype, param_dtype = (jnp.bfloat16 if d == "bfloat16" else jnp.float32
@@ -44,10 +47,8 @@ def configure_runtime(model, c):
     layer-body remat policy (``model.remat``) and the attention implementation
     (``model.attention``, ``model.attention_block``). They are static attributes of the
     graphdef, so a change means one new compile, never a change of the numbers."""
-    from jaxgrpo.models.attention import check_backend
     from jaxgrpo.models.decoder import set_attention
 
-    check_backend(c.model.attention)  # e.g. "cudnn" on a CPU: one line, before any compile
     model.remat = c.model.remat
     return set_attention(model, c.model.attention, c.model.attention_block)
 
