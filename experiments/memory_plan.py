@@ -593,6 +593,11 @@ def child_main(argv):
         raise SystemExit("memory_plan: config.lora.rank > 0 is not planned (the plan lays out a "
                          "full-parameter TrainState); plan with --config.lora.rank=0 for an upper "
                          "bound of the update's memory")
+    if c.model.attention == "cudnn":
+        raise SystemExit("memory_plan: config.model.attention='cudnn' compiles for a CUDA GPU "
+                         "only, not on these fake CPU / TPU devices; plan with "
+                         "--config.model.attention=blockwise (flash attention in XLA: no [T, S] "
+                         "scores either)")
     group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
     n = c.train.prompts_per_step * group
     d, f, t = sizes

@@ -102,7 +102,9 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
              (["--mesh", "1,2,1", "--shape", "no-such-model"], "--shape 'no-such-model'"),
              (["--mesh", "1,2,1", "--config.model.path=/nowhere/Unknown-Model"],
               "config.model.path='/nowhere/Unknown-Model' does not exist"),
-             (["--mesh", "1,2,1", "--rows-per-device", "3"], "--rows-per-device 3")]
+             (["--mesh", "1,2,1", "--rows-per-device", "3"], "--rows-per-device 3"),
+             (["--mesh", "1,2,1", "--config.model.attention=cudnn",
+               "--config.model.dtype=bfloat16"], "config.model.attention='cudnn' compiles for")]
     for args, msg in cases:
         p = subprocess.run([sys.executable, "-m", "experiments.memory_plan", *args], cwd=ROOT,
                            env=_env(), capture_output=True, text=True, timeout=300)
