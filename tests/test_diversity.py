@@ -217,3 +217,67 @@ def test_screen_variants_are_valid_configs():
         screen.set_key(screen.variant_config("range"), "data.no_such_key", 1)
     with pytest.raises(SystemExit, match="unknown"):
         screen.main(["--variants", "nope"])
+
+
+@pytest.mark.slow
+def test_final_evaluation_reproduces_the_runs_own_and_is_stored(tmp_path, monkeypatch):
+    """--final_eval: at the run's own evaluation size the final evaluation of the last
+    checkpoint equals the trainer's evaluation of that step, and the base model's equals the
+    step-0 evaluation (same rows, key and settings, weights restored from the checkpoint); at a
+    larger size it is stored per run and per seed's base model, reported in a second table and
+    plot, and reused by the next sitting."""
+    out = tmp_path / "div"
+    argv = ["--methods", "GRPO,Dr.GRPO", "--seeds", "0", "--steps", "1", "--eval_every", "1",
+            "--eval_prompts", "4", "--num_samples", "4", "--random_init_layers", "1",
+            "--out", str(out), "--quiet", "--final_eval"]
+    res = diversity.main(argv + ["--final_prompts", "4", "--final_samples", "4"])
+    keys = ("pass@1", "pass@2", "pass@4", "distinct_correct_answers", "mean_entropy",
+            "mean_length", "top_correct_share")
+    for m in ("GRPO", "Dr.GRPO"):
+        own, fin = res["curves"][m][0][1], res["final"][m][0]
+        assert fin["step"] == 1
+        for k in keys:
+            assert fin[k] == pytest.approx(own[k], rel=1e-6, abs=1e-9), (m, k)
+    base = res["final"][diversity.BASE][0]
+    for k in keys:
+        assert base[k] == pytest.approx(res["curves"]["GRPO"][0][0][k], rel=1e-6, abs=1e-9), k
+    assert (out / "base-seed0" / "final_eval_4x4.json").exists()
+    assert (out / "grpo-seed0" / "final_eval_4x4.jsonl").read_text().count("\n") == 4
+
+    # A larger final evaluation: a second table and plot; stored, so the next sitting reuses it.
+    calls = []
+    real = diversity.final_evaluation
+
+    def counting(run_dir, *a, **kw):
+        calls.append((os.path.basename(run_dir), kw.get("base", False)))
+        return real(run_dir, *a, **kw)
+
+    monkeypatch.setattr(diversity, "final_evaluation", counting)
+    big = argv + ["--final_prompts", "6", "--final_samples", "8"]
+    res = diversity.main(big)
+    assert sorted(calls) == [("dr_grpo-seed0", False), ("grpo-seed0", False),
+                             ("grpo-seed0", True)]  # the base once per seed
+    table = (out / "diversity.md").read_text()
+    assert "final evaluation of each run's last checkpoint: 6 prompts × 8 samples" in table
+    assert table.count("| base model |") == 4 and "pass@8" in table  # 2 tables x (row, diff)
+    assert res["final"]["GRPO"][0]["num_prompts"] == 6
+    assert res["final"]["GRPO"][0]["num_samples"] == 8
+    assert (out / "passk_final.png").stat().st_size > 0
+    saved = json.loads((out / "diversity.json").read_text())["_final"]["6x8"]
+    assert saved["GRPO"]["0"]["pass@8"] == res["final"]["GRPO"][0]["pass@8"]
+    calls.clear()
+    again = diversity.main(big)
+    assert calls == [] and again["final"] == res["final"]
+    # --report reads the stored final evaluations and computes none; a report from the
+    # committed JSON alone (another machine) rebuilds the same second table.
+    diversity.main(big + ["--report"])
+    assert calls == []
+    merged = tmp_path / "empty"
+    merged.mkdir()
+    rep = diversity.main(["--report", "--methods", "GRPO,Dr.GRPO", "--seeds", "0", "--out",
+                          str(merged), "--merge", str(out / "diversity.json"), "--quiet",
+                          "--final_prompts", "6", "--final_samples", "8"])
+    assert rep["final"] == again["final"]  # as read back from the run directories
+    assert "6 prompts × 8 samples" in rep["table"] and "Final evaluations merged from" in rep["table"]
+    with pytest.raises(SystemExit, match="held-out rows"):
+        diversity.final_evaluation(str(out / "grpo-seed0"), 1000, 2)

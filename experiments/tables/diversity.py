@@ -26,7 +26,19 @@ Writes into ``--out``:
                     seed) with a 95% t-interval over seeds, on pass@1, pass@n and distinct correct;
   ``passk.png``     pass@k vs k (log x), base model included, at the final step;
   ``curves.png``    pass@1, distinct correct and entropy vs training step;
-  ``diversity.json`` the per-run evaluation curves the table and plots are made from.
+  ``diversity.json`` the per-run evaluation curves the table and plots are made from (and
+                    ``_final``: the final evaluations).
+
+``--final_eval`` (pass@k up to k = 32): every finished run's last checkpoint and each seed's base
+model are evaluated once more at the config's full size (64 prompts x 32 samples; or
+``--final_prompts`` x ``--final_samples``), with the trainer's own evaluation settings and key, so
+the runs can train with a cheaper evaluation (e.g. 32 x 16) and still be compared at pass@32.
+Stored as ``<run>/final_eval_<P>x<n>.json`` (+ ``.jsonl`` records) and
+``base-seed<s>/final_eval_<P>x<n>.json``, reused by later sittings and by ``--report``; they add a
+second table to ``diversity.md`` and ``passk_final.png``.
+
+    python -m experiments.tables.diversity --methods GRPO,ProGRPO --seeds 0 --steps 60 \
+        --eval_every 10 --eval_prompts 32 --num_samples 16 --out runs/diversity_60 --final_eval
 """
 from __future__ import annotations
 
@@ -152,6 +164,111 @@ def _wall(run_dir: str):
         return json.load(f)["seconds"]
 
 
+# ----------------------------------------------------------------------------- final evaluation
+# The training curves use the evaluation size the runs were given (e.g. 32 prompts x 16
+# samples, to keep evaluations cheap during training); the final evaluation measures each
+# finished run's last checkpoint, and the base model, once at the config's full size (64 x 32:
+# pass@k up to k = 32). Stored per run, so it is computed once and reused by every sitting.
+
+
+def final_eval_path(run_dir: str, num_prompts: int, num_samples: int) -> str:
+    return os.path.join(run_dir, f"final_eval_{num_prompts}x{num_samples}.json")
+
+
+def base_eval_dir(out: str, seed: int) -> str:
+    """Where the base model's final evaluation of ``seed`` is stored (one per seed)."""
+    return os.path.join(out, f"base-seed{seed}")
+
+
+_ENCODERS: dict = {}
+
+
+def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: bool = False,
+                     log=print) -> dict:
+    """Evaluates the finished run ``run_dir``'s last checkpoint (``base=True``: the base model
+    of its config instead) exactly as the trainer's own evaluation does (the run's held-out
+    rows, scorer, prompt rendering, temperature, ``max_new_tokens``, encoder and evaluation key
+    ``key(seed + 1)``) on the first ``num_prompts`` held-out rows with ``num_samples`` samples,
+    ks 1, 2, 4, ..., n. With the run's own evaluation size it reproduces the run's evaluation of
+    that step (tests/test_diversity.py). Returns {"step", "seconds", "metrics", "records"}."""
+    import jax
+    from flax import nnx
+
+    from jaxgrpo.env import build_env
+    from jaxgrpo.evaluate import default_ks, evaluate_policy
+    from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
+    from jaxgrpo.policy_io import checkpoint_steps, load_run_config, load_run_policy
+
+    c = load_run_config(run_dir)
+    if base:
+        step = 0
+        model, tok = load_policy(c)
+    else:
+        step = checkpoint_steps(run_dir)[-1]
+        model, tok, c = load_run_policy(run_dir, step)
+    eos = eos_ids(model, tok)
+    env = build_env(c, tok, eos[0] if eos else pad_id(tok))  # as the trainer builds it
+    try:
+        rows = env.eval_rows[:num_prompts]
+        if len(rows) < num_prompts:
+            raise SystemExit(f"{run_dir}: --final_prompts {num_prompts} is more than the run's "
+                             f"{len(env.eval_rows)} held-out rows (config.data.eval_size)")
+        encoder = None
+        if c.eval.embed_correct:
+            path = c.embedding.encoder_path or None
+            if path not in _ENCODERS:
+                from jaxgrpo.models.encoder import load_encoder
+                _ENCODERS[path] = load_encoder(path)
+            encoder = _ENCODERS[path]
+        log(f"[diversity] final evaluation of {'the base model of ' if base else ''}{run_dir}"
+            f"{'' if base else f' step {step}'}: {num_prompts} prompts x {num_samples} samples")
+        graphdef, state = nnx.split(model)
+        t0 = time.time()
+        res = evaluate_policy(
+            graphdef, state, tok, rows, env.score, num_samples=num_samples,
+            ks=default_ks(num_samples), max_new_tokens=c.sampling.max_new_tokens,
+            temperature=c.eval.temperature, eos_token_ids=eos,
+            pad_token_id=pad_id(tok), template=c.data.template,
+            prompt_format=c.data.prompt_format, system_prompt=c.data.system_prompt,
+            max_prompt_tokens=c.data.max_prompt_tokens, encoder=encoder,
+            key=jax.random.key(c.seed + 1))
+    finally:
+        env.close()
+    return {"step": step, "seconds": time.time() - t0, "metrics": res["metrics"],
+            "records": res["records"]}
+
+
+def final_eval_or_reuse(run_dir: str, num_prompts: int, num_samples: int, *, base_dir=None,
+                        log=print) -> dict:
+    """The stored final evaluation of ``run_dir`` (or, with ``base_dir``, of its base model,
+    stored in ``base_dir``); computed and stored first when missing. Returns the stored dict
+    ({"step", "seconds", "source", "metrics"}; the per-prompt records go to a .jsonl beside)."""
+    dest = base_dir or run_dir
+    path = final_eval_path(dest, num_prompts, num_samples)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    res = final_evaluation(run_dir, num_prompts, num_samples, base=base_dir is not None, log=log)
+    os.makedirs(dest, exist_ok=True)
+    with open(path[:-len(".json")] + ".jsonl", "w") as f:
+        for rec in res.pop("records"):
+            f.write(json.dumps(rec) + "\n")
+    res["source"] = os.path.abspath(run_dir)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f)
+    os.replace(tmp, path)  # a file that exists is complete
+    return res
+
+
+def read_final(run_dir: str, num_prompts: int, num_samples: int):
+    path = final_eval_path(run_dir, num_prompts, num_samples)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def fmt(values, digits: int = 3) -> str:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
     if v.size == 0:
@@ -244,7 +361,57 @@ def merge_results(curves, paths, methods, seeds) -> Dict[str, List[str]]:
     return taken
 
 
-def plot_passk(results, ks, path):
+def collect_final(out: str, finished: Dict[tuple, str], size, compute: bool):
+    """method -> seed -> final-evaluation metrics (plus ``step``) of the finished runs, and
+    ``BASE`` -> seed -> the base model's; ``compute``: evaluate (and store) what is missing,
+    else only read what is stored."""
+    final: Dict[str, Dict[int, dict]] = {}
+    for (name, seed), run_dir in finished.items():
+        base_dir = base_eval_dir(out, seed)
+        for key, kw in ((name, {}), (BASE, {"base_dir": base_dir})):
+            if seed in final.get(key, {}):
+                continue
+            res = (final_eval_or_reuse(run_dir, *size, **kw) if compute
+                   else read_final(kw.get("base_dir", run_dir), *size))
+            if res is not None:
+                final.setdefault(key, {})[seed] = {"step": res["step"], **res["metrics"]}
+    return final
+
+
+def merge_final(final, paths, size, methods, seeds) -> Dict[str, List[str]]:
+    """As ``merge_results`` for the final evaluations of this size (``diversity.json``'s
+    ``_final``) in ``paths``: added where ``final`` has none."""
+    taken: Dict[str, List[str]] = {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f).get("_final", {}).get("%dx%d" % tuple(size), {})
+        for m, runs in data.items():
+            if m != BASE and m not in methods:
+                continue
+            for s, e in runs.items():
+                if int(s) in seeds and int(s) not in final.get(m, {}):
+                    final.setdefault(m, {})[int(s)] = e
+                    taken.setdefault(path, []).append(f"{m} seed {s}")
+    return taken
+
+
+def _final_ks(final) -> List[int]:
+    return sorted({int(k.split("@")[1]) for runs in final.values() for e in runs.values()
+                   for k in e if k.startswith("pass@")})
+
+
+def final_table(final, size, args, seeds) -> str:
+    """``build_table`` of the final evaluations (``BASE`` first)."""
+    class _A:
+        task = args.task
+        describe = (f"final evaluation of each run's last checkpoint: {size[0]} prompts × "
+                    f"{size[1]} samples at temperature 1")
+    ordered = {BASE: final[BASE], **{m: r for m, r in final.items() if m != BASE}}
+    steps = {m: {s: e["step"] for s, e in r.items()} for m, r in ordered.items() if m != BASE}
+    return build_table(ordered, steps, _final_ks(final), _A, seeds)
+
+
+def plot_passk(results, ks, path, title="pass@k on the held-out prompts (mean ± std over seeds)"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -269,7 +436,7 @@ def plot_passk(results, ks, path):
     ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k")
-    ax.set_title("pass@k on the held-out prompts (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -325,14 +492,28 @@ def main(argv=None):
                    help="comma-separated diversity.json files of earlier sittings (another "
                         "machine's --out): their (method, seed) runs join the table where --out "
                         "has none; --methods and --seeds select among them too")
+    p.add_argument("--final_eval", action="store_true",
+                   help="evaluate every finished run's last checkpoint and each seed's base "
+                        "model once more at the full size (--final_prompts x --final_samples; "
+                        "stored in the run, reused): a second table and passk_final.png")
+    p.add_argument("--final_prompts", type=int, default=None,
+                   help="held-out prompts of the final evaluation (default: the config's, 64)")
+    p.add_argument("--final_samples", type=int, default=None,
+                   help="samples per prompt of the final evaluation (default: the config's, 32)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.eval_every, args.seeds = 2, 1, "0"
         args.eval_prompts, args.num_samples = 8, 4
     methods, seeds = parse_runs(p, args, METHODS)
+    from experiments.configs.diversity import get_config
+    full = get_config(METHODS[REFERENCE]).eval
+    final_size = (args.final_prompts or full.num_prompts, args.final_samples or full.num_samples)
+    if min(final_size) < 1:
+        raise SystemExit(f"--final_prompts / --final_samples must be >= 1, got {final_size}")
 
     curves: Dict[str, Dict[int, Dict[int, dict]]] = {}  # method -> seed -> step -> eval
     walls = {}
+    finished: Dict[tuple, str] = {}  # (method, seed) -> run directory
     t_all = time.time()
     for name in methods:
         for seed in seeds:
@@ -352,11 +533,15 @@ def main(argv=None):
                                      f"seed {seed} in {args.out} with the same settings has one")
                 ev = {0: read_evals(base_dir)[0], **ev}
             curves.setdefault(name, {})[seed] = ev
+            finished[(name, seed)] = c.run_dir
             last = max(ev)
             print(f"{name} seed {seed}: pass@1 {ev[0]['pass@1']:.3f} -> {ev[last]['pass@1']:.3f}"
                   f", distinct correct {ev[0]['distinct_correct_answers']:.2f} -> "
                   f"{ev[last]['distinct_correct_answers']:.2f} (step {last})")
-    merged = merge_results(curves, [f for f in args.merge.split(",") if f], methods, seeds)
+    merge_files = [f for f in args.merge.split(",") if f]
+    merged = merge_results(curves, merge_files, methods, seeds)
+    final = collect_final(args.out, finished, final_size, compute=args.final_eval and not args.report)
+    merged_final = merge_final(final, merge_files, final_size, methods, seeds)
     if not curves:
         print("no finished runs: nothing to report")
         return None
@@ -386,15 +571,27 @@ def main(argv=None):
         table += "\nWall time: not recorded here (no run directory in --out).\n"
     for path, runs in merged.items():
         table += f"Merged from {path}: {runs}.\n"
+    if final.get(BASE) and len(final) > 1:
+        table += "\n" + final_table(final, final_size, args, sorted(final[BASE]))
+        for path, runs in merged_final.items():
+            table += f"Final evaluations merged from {path}: {runs}.\n"
     with open(os.path.join(args.out, "diversity.md"), "w") as f:
         f.write(table)
     with open(os.path.join(args.out, "diversity.json"), "w") as f:
-        json.dump({m: {str(s): {str(st): e for st, e in ev.items()} for s, ev in runs.items()}
-                   for m, runs in curves.items()}, f)
+        data = {m: {str(s): {str(st): e for st, e in ev.items()} for s, ev in runs.items()}
+                for m, runs in curves.items()}
+        if final:
+            data["_final"] = {"%dx%d" % final_size: {
+                m: {str(s): e for s, e in runs.items()} for m, runs in final.items()}}
+        json.dump(data, f)
     print(table)
     plot_passk(results, ks, os.path.join(args.out, "passk.png"))
     plot_curves(curves, os.path.join(args.out, "curves.png"))
-    return {"table": table, "results": results, "curves": curves}
+    if final.get(BASE) and len(final) > 1:
+        plot_passk(final, _final_ks(final), os.path.join(args.out, "passk_final.png"),
+                   title=f"pass@k, final checkpoints, {final_size[0]} prompts x {final_size[1]} "
+                         "samples")
+    return {"table": table, "results": results, "curves": curves, "final": final}
 
 
 if __name__ == "__main__":
