@@ -11,7 +11,12 @@ How it maps onto Tunix:
 * Model: Tunix's own ``tunix.models.llama3`` / ``tunix.models.qwen2`` module, weights read by its
   ``params.create_model_from_safe_tensors`` from the HF directory. The Tunix ``ModelConfig`` is
   built by hand from config.json (the presets are fixed sizes; the bench's tiny random Llama is
-  none of them). fp32 throughout (``dtype=jnp.float32``).
+  none of them). fp32 throughout (``dtype=jnp.float32``). No rematerialisation (Tunix's default
+  ``RematConfig.NONE``): with ``remat_config=BLOCK`` or ``DECODER`` (the analogue of jaxgrpo's
+  ``model.remat=full`` / TRL's gradient checkpointing) Tunix 0.1.7 + flax 0.12.8 fails in the
+  vanilla sampler's first decode step (``flax.errors.TraceContextError: Cannot mutate Param from
+  a different trace level``, raised from ``nnx.remat`` in ``tunix/models/llama3/model.py``;
+  tried 2026-12-03 at the tiny shape), so the Tunix peer always runs without it.
 * Learner: ``RLCluster`` (actor only, rollout engine "vanilla", actor and rollout on one 1x1
   ``(fsdp, tp)`` CPU mesh so they share the weights and no sync is needed) +
   ``GRPOLearner`` / ``GRPOConfig(num_generations=G, num_iterations=1, beta=0)``. beta = 0, so no
