@@ -51,7 +51,8 @@ steps = 60, measured on seed 0 (2026-12-03, this 2-core CPU, ~25 s per step, 32 
     top share 0.55, entropy 1.32 (no collapse; pass@1 flat after step 40)
   final evaluation at 64 x 32 (``--methods GRPO,ProGRPO,DRA-GRPO ... --final_eval``, 226-243 s
     each): pass@1 / pass@32 / distinct correct per prompt: base 0.054 / 0.656 / 1.47, GRPO
-    0.982 / 1.000 / 1.27, ProGRPO 0.950 / 0.984 / 4.75, DRA-GRPO 0.861 / 1.000 / 5.05
+    0.982 / 1.000 / 1.27, ProGRPO 0.950 / 0.984 / 4.75, DRA-GRPO 0.861 / 1.000 / 5.05,
+    DaGRPO 0.999 / 1.000 / 1.02 (DaGRPO's step 60: pass@1 1.000, 1.06 distinct, 1,292 s)
 """
 import importlib
 
