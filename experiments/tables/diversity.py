@@ -244,10 +244,10 @@ def final_eval_or_reuse(run_dir: str, num_prompts: int, num_samples: int, *, bas
     stored in ``base_dir``); computed and stored first when missing. Returns the stored dict
     ({"step", "seconds", "source", "metrics"}; the per-prompt records go to a .jsonl beside)."""
     dest = base_dir or run_dir
+    stored = read_final(dest, num_prompts, num_samples)
+    if stored is not None:
+        return stored
     path = final_eval_path(dest, num_prompts, num_samples)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
     res = final_evaluation(run_dir, num_prompts, num_samples, base=base_dir is not None, log=log)
     os.makedirs(dest, exist_ok=True)
     with open(path[:-len(".json")] + ".jsonl", "w") as f:
@@ -571,7 +571,8 @@ def main(argv=None):
         table += "\nWall time: not recorded here (no run directory in --out).\n"
     for path, runs in merged.items():
         table += f"Merged from {path}: {runs}.\n"
-    if final.get(BASE) and len(final) > 1:
+    has_final = bool(final.get(BASE)) and len(final) > 1  # the base and >= 1 method
+    if has_final:
         table += "\n" + final_table(final, final_size, args, sorted(final[BASE]))
         for path, runs in merged_final.items():
             table += f"Final evaluations merged from {path}: {runs}.\n"
@@ -587,7 +588,7 @@ def main(argv=None):
     print(table)
     plot_passk(results, ks, os.path.join(args.out, "passk.png"))
     plot_curves(curves, os.path.join(args.out, "curves.png"))
-    if final.get(BASE) and len(final) > 1:
+    if has_final:
         plot_passk(final, _final_ks(final), os.path.join(args.out, "passk_final.png"),
                    title=f"pass@k, final checkpoints, {final_size[0]} prompts x {final_size[1]} "
                          "samples")
