@@ -203,12 +203,10 @@ def settings_for(policy: Policy, args) -> EvalSettings:
     s = EvalSettings()
     c = policy.config
     if c is not None:
+        from jaxgrpo.evaluate import run_eval_settings
         s = EvalSettings(
-            num_samples=c.eval.num_samples, ks=tuple(int(k) for k in split_names(c.eval.ks)),
-            max_new_tokens=c.sampling.max_new_tokens, temperature=c.eval.temperature, top_p=1.0,
-            top_k=0, template=c.data.template, prompt_format=c.data.prompt_format,
-            system_prompt=c.data.system_prompt, max_prompt_tokens=c.data.max_prompt_tokens,
-            seed=c.seed + 1, answer_sources=split_names(c.rewards.answer_sources),
+            **run_eval_settings(c), top_p=1.0, top_k=0,
+            answer_sources=split_names(c.rewards.answer_sources),
             verifier_workers=c.rewards.verifier_workers, item_timeout_s=c.rewards.item_timeout_s)
     for name in ("num_samples", "max_new_tokens", "temperature", "top_p", "top_k", "template",
                  "prompt_format", "system_prompt", "max_prompt_tokens", "batch_prompts", "seed",

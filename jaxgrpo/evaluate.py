@@ -29,6 +29,10 @@ Pieces:
 * ``evaluate_policy``: sample n completions per prompt with the jitted sampler in fixed-shape
   prompt batches, decode, score with a user ``score_fn``, optionally compute entropies and
   sentence embeddings, then ``summarize``; also returns per-prompt records (``write_jsonl``).
+* ``run_eval_settings`` / ``run_eval_kwargs``: the evaluation settings a run config implies
+  (the trainer's periodic evaluation, ``experiments.evaluate --run_dir`` and
+  ``experiments.tables.diversity``'s final evaluation all use them, so they sample the same
+  completions).
 * ``load_benchmark``: rows ``{"question", "answer", "metadata"}`` from a local JSON / JSONL /
   Parquet benchmark file (MATH-500, AIME, AMC, ... shapes), with errors that name the file.
 """
@@ -331,6 +335,31 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
             rec["entropy"] = [float(x) for x in entropy[i]]
         records.append(rec)
     return {"metrics": metrics, "records": records}
+
+
+def run_eval_settings(c, *, num_samples: Optional[int] = None,
+                      ks: Optional[Sequence[int]] = None) -> dict:
+    """The evaluation settings of a run config ``c`` (``jaxgrpo.config``): its completion
+    length, evaluation temperature, prompt rendering, and ``seed`` = ``c.seed + 1`` (the
+    evaluation key, the same every time so the evaluations of one run are comparable).
+    ``num_samples`` (default ``c.eval.num_samples``) and ``ks`` (default ``c.eval.ks``) override
+    the config's. The policy, tokenizer, rows, scorer, EOS / pad ids and encoder are the
+    caller's."""
+    from jaxgrpo.data import split_names
+    return dict(
+        num_samples=num_samples or c.eval.num_samples,
+        ks=tuple(ks) if ks is not None else tuple(int(k) for k in split_names(c.eval.ks)),
+        max_new_tokens=c.sampling.max_new_tokens, temperature=c.eval.temperature,
+        template=c.data.template, prompt_format=c.data.prompt_format,
+        system_prompt=c.data.system_prompt, max_prompt_tokens=c.data.max_prompt_tokens,
+        seed=c.seed + 1)
+
+
+def run_eval_kwargs(c, **overrides) -> dict:
+    """``run_eval_settings`` as ``evaluate_policy`` keyword arguments (``seed`` -> ``key``)."""
+    kw = run_eval_settings(c, **overrides)
+    kw["key"] = jax.random.key(kw.pop("seed"))
+    return kw
 
 
 def write_jsonl(path, records: Sequence[dict]) -> None:

@@ -30,7 +30,7 @@ from flax import nnx
 from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
 from jaxgrpo.checkpoint import Checkpointer
-from jaxgrpo.config import split_names, validate
+from jaxgrpo.config import validate
 from jaxgrpo.data import PromptIterator
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.env import build_env
@@ -147,21 +147,16 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
 
     def evaluate(self, step: int) -> Dict[str, Any]:
-        from jaxgrpo.evaluate import evaluate_policy
+        from jaxgrpo.evaluate import evaluate_policy, run_eval_kwargs
         c = self.c
-        ks = tuple(int(k) for k in split_names(c.eval.ks))
         rows = self.env.eval_rows[: c.eval.num_prompts]
         if c.eval.embed_correct and self._encoder is None:
             from jaxgrpo.models.encoder import load_encoder
             self._encoder = load_encoder(c.embedding.encoder_path or None)
         res = evaluate_policy(
             self.graphdef, self.model_state(), self.tokenizer, rows, self.env.score,
-            num_samples=c.eval.num_samples, ks=ks, max_new_tokens=c.sampling.max_new_tokens,
-            temperature=c.eval.temperature, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
-            template=c.data.template, prompt_format=c.data.prompt_format,
-            system_prompt=c.data.system_prompt, max_prompt_tokens=c.data.max_prompt_tokens,
-            encoder=self._encoder if c.eval.embed_correct else None,
-            key=jax.random.key(c.seed + 1))  # same eval key every time: comparable numbers
+            eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
+            encoder=self._encoder if c.eval.embed_correct else None, **run_eval_kwargs(c))
         metrics = res["metrics"]
         self.logger.log(step, metrics, kind="eval")
         if self.writer:

@@ -387,3 +387,23 @@ def test_load_benchmark_errors(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match=r"broken\.json"):
         load_benchmark(broken)
+
+
+def test_run_eval_settings_read_the_run_config_and_take_overrides():
+    from experiments.configs.diversity import get_config
+
+    from jaxgrpo.config import split_names
+    c = get_config("grpo")
+    s = evaluate.run_eval_settings(c)
+    assert s == dict(num_samples=c.eval.num_samples,
+                     ks=tuple(int(k) for k in split_names(c.eval.ks)),
+                     max_new_tokens=c.sampling.max_new_tokens, temperature=c.eval.temperature,
+                     template=c.data.template, prompt_format=c.data.prompt_format,
+                     system_prompt=c.data.system_prompt,
+                     max_prompt_tokens=c.data.max_prompt_tokens, seed=c.seed + 1)
+    o = evaluate.run_eval_settings(c, num_samples=4, ks=(1, 2, 4))
+    assert (o["num_samples"], o["ks"]) == (4, (1, 2, 4))
+    kw = evaluate.run_eval_kwargs(c, num_samples=4, ks=(1, 4))
+    assert "seed" not in kw and kw["num_samples"] == 4 and kw["ks"] == (1, 4)
+    np.testing.assert_array_equal(jax.random.key_data(kw["key"]),
+                                  jax.random.key_data(jax.random.key(c.seed + 1)))

@@ -191,11 +191,10 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
     ``key(seed + 1)``) on the first ``num_prompts`` held-out rows with ``num_samples`` samples,
     ks 1, 2, 4, ..., n. With the run's own evaluation size it reproduces the run's evaluation of
     that step (tests/test_diversity.py). Returns {"step", "seconds", "metrics", "records"}."""
-    import jax
     from flax import nnx
 
     from jaxgrpo.env import build_env
-    from jaxgrpo.evaluate import default_ks, evaluate_policy
+    from jaxgrpo.evaluate import default_ks, evaluate_policy, run_eval_kwargs
     from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
     from jaxgrpo.policy_io import checkpoint_steps, load_run_config, load_run_policy
 
@@ -224,14 +223,10 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
             f"{'' if base else f' step {step}'}: {num_prompts} prompts x {num_samples} samples")
         graphdef, state = nnx.split(model)
         t0 = time.time()
-        res = evaluate_policy(
-            graphdef, state, tok, rows, env.score, num_samples=num_samples,
-            ks=default_ks(num_samples), max_new_tokens=c.sampling.max_new_tokens,
-            temperature=c.eval.temperature, eos_token_ids=eos,
-            pad_token_id=pad_id(tok), template=c.data.template,
-            prompt_format=c.data.prompt_format, system_prompt=c.data.system_prompt,
-            max_prompt_tokens=c.data.max_prompt_tokens, encoder=encoder,
-            key=jax.random.key(c.seed + 1))
+        res = evaluate_policy(graphdef, state, tok, rows, env.score, eos_token_ids=eos,
+                              pad_token_id=pad_id(tok), encoder=encoder,
+                              **run_eval_kwargs(c, num_samples=num_samples,
+                                                ks=default_ks(num_samples)))
     finally:
         env.close()
     return {"step": step, "seconds": time.time() - t0, "metrics": res["metrics"],

@@ -101,12 +101,11 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
 
-    import jax
     from flax import nnx
 
     from jaxgrpo.data import encode_rows
     from jaxgrpo.env import build_env
-    from jaxgrpo.evaluate import default_ks, evaluate_policy
+    from jaxgrpo.evaluate import default_ks, evaluate_policy, run_eval_kwargs
     from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 
     base = variant_config(names[0], args.seed, args.prompts)
@@ -125,12 +124,9 @@ def main(argv=None):
                                  max_prompt_tokens=c.data.max_prompt_tokens, pad_id=pad)
         plen = float(np.asarray(mask).sum(-1).mean())
         t0 = time.perf_counter()
-        res = evaluate_policy(
-            graphdef, state, tok, rows, env.score, num_samples=args.n, ks=default_ks(args.n),
-            max_new_tokens=c.sampling.max_new_tokens, temperature=c.eval.temperature,
-            eos_token_ids=eos, pad_token_id=pad, template=c.data.template,
-            prompt_format=c.data.prompt_format, system_prompt=c.data.system_prompt,
-            max_prompt_tokens=c.data.max_prompt_tokens, key=jax.random.key(c.seed + 1))
+        res = evaluate_policy(graphdef, state, tok, rows, env.score, eos_token_ids=eos,
+                              pad_token_id=pad, **run_eval_kwargs(c, num_samples=args.n,
+                                                                  ks=default_ks(args.n)))
         wall = time.perf_counter() - t0
         m = res["metrics"]
         rows_out.append((name, desc, m["pass@1"], m[f"pass@{args.n}"], m["num_solved"],
