@@ -57,6 +57,8 @@ steps = 60, measured on seed 0 (2026-12-03, this 2-core CPU, ~25 s per step, 32 
     evaluations of ~250 s): step 60 pass@1 0.975, distinct correct 3.78 at step 20 -> 1.31,
     top share 0.94, entropy 0.07 (collapses like GRPO, a little later); 64 x 32: 0.985 /
     1.000 / 1.36, base on that CPU 0.053 / 0.656 / 1.45
+  DRA-Dr.GRPO (``--methods DRA-Dr.GRPO``, same Intel CPU, 1,868 s + 261 s): step 60 pass@1
+    0.930, distinct correct 2.62, top share 0.75, entropy 0.47; 64 x 32: 0.933 / 1.000 / 3.44
     (experiments/results/diversity_seed0_60steps_all.md: every method in one table)
 """
 import importlib
