@@ -342,13 +342,16 @@ def run_eval_settings(c, *, num_samples: Optional[int] = None,
     """The evaluation settings of a run config ``c`` (``jaxgrpo.config``): its completion
     length, evaluation temperature, prompt rendering, and ``seed`` = ``c.seed + 1`` (the
     evaluation key, the same every time so the evaluations of one run are comparable).
-    ``num_samples`` (default ``c.eval.num_samples``) and ``ks`` (default ``c.eval.ks``) override
-    the config's. The policy, tokenizer, rows, scorer, EOS / pad ids and encoder are the
-    caller's."""
+    ``num_samples`` (default ``c.eval.num_samples``) and ``ks`` override the config's; ``ks``
+    defaults to ``c.eval.ks``, or to ``default_ks(num_samples)`` when ``num_samples`` is given
+    (the config's ks belong to its own n). The policy, tokenizer, rows, scorer, EOS / pad ids
+    and encoder are the caller's."""
     from jaxgrpo.data import split_names
+    if ks is None:
+        ks = (default_ks(num_samples) if num_samples is not None
+              else [int(k) for k in split_names(c.eval.ks)])
     return dict(
-        num_samples=num_samples or c.eval.num_samples,
-        ks=tuple(ks) if ks is not None else tuple(int(k) for k in split_names(c.eval.ks)),
+        num_samples=c.eval.num_samples if num_samples is None else num_samples, ks=tuple(ks),
         max_new_tokens=c.sampling.max_new_tokens, temperature=c.eval.temperature,
         template=c.data.template, prompt_format=c.data.prompt_format,
         system_prompt=c.data.system_prompt, max_prompt_tokens=c.data.max_prompt_tokens,

@@ -401,8 +401,10 @@ def test_run_eval_settings_read_the_run_config_and_take_overrides():
                      template=c.data.template, prompt_format=c.data.prompt_format,
                      system_prompt=c.data.system_prompt,
                      max_prompt_tokens=c.data.max_prompt_tokens, seed=c.seed + 1)
-    o = evaluate.run_eval_settings(c, num_samples=4, ks=(1, 2, 4))
-    assert (o["num_samples"], o["ks"]) == (4, (1, 2, 4))
+    o = evaluate.run_eval_settings(c, num_samples=4, ks=(1, 4))
+    assert (o["num_samples"], o["ks"]) == (4, (1, 4))
+    o = evaluate.run_eval_settings(c, num_samples=8)  # the config's ks are for its own n
+    assert (o["num_samples"], o["ks"]) == (8, default_ks(8))
     kw = evaluate.run_eval_kwargs(c, num_samples=4, ks=(1, 4))
     assert "seed" not in kw and kw["num_samples"] == 4 and kw["ks"] == (1, 4)
     np.testing.assert_array_equal(jax.random.key_data(kw["key"]),

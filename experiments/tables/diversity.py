@@ -194,7 +194,7 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
     from flax import nnx
 
     from jaxgrpo.env import build_env
-    from jaxgrpo.evaluate import default_ks, evaluate_policy, run_eval_kwargs
+    from jaxgrpo.evaluate import evaluate_policy, run_eval_kwargs
     from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
     from jaxgrpo.policy_io import checkpoint_steps, load_run_config, load_run_policy
 
@@ -225,8 +225,7 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
         t0 = time.time()
         res = evaluate_policy(graphdef, state, tok, rows, env.score, eos_token_ids=eos,
                               pad_token_id=pad_id(tok), encoder=encoder,
-                              **run_eval_kwargs(c, num_samples=num_samples,
-                                                ks=default_ks(num_samples)))
+                              **run_eval_kwargs(c, num_samples=num_samples))
     finally:
         env.close()
     return {"step": step, "seconds": time.time() - t0, "metrics": res["metrics"],

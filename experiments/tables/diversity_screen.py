@@ -105,7 +105,7 @@ def main(argv=None):
 
     from jaxgrpo.data import encode_rows
     from jaxgrpo.env import build_env
-    from jaxgrpo.evaluate import default_ks, evaluate_policy, run_eval_kwargs
+    from jaxgrpo.evaluate import evaluate_policy, run_eval_kwargs
     from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 
     base = variant_config(names[0], args.seed, args.prompts)
@@ -125,8 +125,7 @@ def main(argv=None):
         plen = float(np.asarray(mask).sum(-1).mean())
         t0 = time.perf_counter()
         res = evaluate_policy(graphdef, state, tok, rows, env.score, eos_token_ids=eos,
-                              pad_token_id=pad, **run_eval_kwargs(c, num_samples=args.n,
-                                                                  ks=default_ks(args.n)))
+                              pad_token_id=pad, **run_eval_kwargs(c, num_samples=args.n))
         wall = time.perf_counter() - t0
         m = res["metrics"]
         rows_out.append((name, desc, m["pass@1"], m[f"pass@{args.n}"], m["num_solved"],
