@@ -151,8 +151,8 @@ class Trainer:
         c = self.c
         rows = self.env.eval_rows[: c.eval.num_prompts]
         if c.eval.embed_correct and self._encoder is None:
-            from jaxgrpo.models.encoder import load_encoder
-            self._encoder = load_encoder(c.embedding.encoder_path or None)
+            from jaxgrpo.models.encoder import shared_encoder
+            self._encoder = shared_encoder(c.embedding.encoder_path or None)
         res = evaluate_policy(
             self.graphdef, self.model_state(), self.tokenizer, rows, self.env.score,
             eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,

@@ -210,8 +210,8 @@ class Step:
         if self.c.embedding.model == "policy":
             return self._policy_embed_jit(params, jnp.asarray(tokens), jnp.asarray(mask))
         if self._encoder is None:
-            from jaxgrpo.models.encoder import load_encoder
-            self._encoder = load_encoder(self.c.embedding.encoder_path or None)
+            from jaxgrpo.models.encoder import shared_encoder
+            self._encoder = shared_encoder(self.c.embedding.encoder_path or None)
         return jnp.asarray(self._encoder.encode(texts))
 
     def _anchor_tokens(self, rows: List[dict]):

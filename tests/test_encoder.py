@@ -9,7 +9,8 @@ from flax import nnx
 
 from jaxgrpo.models import encoder as enc_mod
 from jaxgrpo.models.encoder import (EncoderCheckpointError, default_encoder_path, embed_tokens,
-                                    load_bert, load_encoder, mean_pool_normalize)
+                                    load_bert, load_encoder, mean_pool_normalize,
+                                    shared_encoder)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -173,6 +174,23 @@ def test_tiny_bert_with_tokenizer_via_load_encoder(tmp_path, minilm_path):
     mask = np.array([[1] * len(i) + [0] * (t - len(i)) for i in ids])
     ref = _torch_sentence_embeddings(pt, tok, mask)
     assert np.abs(ours - ref).max() < TOL
+
+
+def test_shared_encoder_loads_each_directory_once(tmp_path, minilm_path):
+    """One encoder per checkpoint directory in a process: the default (None / ""), its path as
+    str or Path, and a relative spelling are one object; another directory is another."""
+    default = shared_encoder(None)
+    assert shared_encoder("") is default
+    assert shared_encoder(default_encoder_path()) is default
+    assert shared_encoder(str(default_encoder_path()) + "/") is default
+    assert default.path == default_encoder_path().resolve()
+    other_dir = tmp_path / "copy"
+    shutil.copytree(default_encoder_path(), other_dir)
+    other = shared_encoder(other_dir)
+    assert other is not default and shared_encoder(str(other_dir)) is other
+    assert load_encoder(None) is not default  # load_encoder itself never caches
+    np.testing.assert_allclose(other.encode(SENTENCES[:2]), default.encode(SENTENCES[:2]),
+                               atol=1e-6)
 
 
 def test_mean_pool_normalize():

@@ -180,9 +180,6 @@ def base_eval_dir(out: str, seed: int) -> str:
     return os.path.join(out, f"base-seed{seed}")
 
 
-_ENCODERS: dict = {}
-
-
 def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: bool = False,
                      log=print) -> dict:
     """Evaluates the finished run ``run_dir``'s last checkpoint (``base=True``: the base model
@@ -214,11 +211,8 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
                              f"{len(env.eval_rows)} held-out rows (config.data.eval_size)")
         encoder = None
         if c.eval.embed_correct:
-            path = c.embedding.encoder_path or None
-            if path not in _ENCODERS:
-                from jaxgrpo.models.encoder import load_encoder
-                _ENCODERS[path] = load_encoder(path)
-            encoder = _ENCODERS[path]
+            from jaxgrpo.models.encoder import shared_encoder
+            encoder = shared_encoder(c.embedding.encoder_path or None)
         log(f"[diversity] final evaluation of {'the base model of ' if base else ''}{run_dir}"
             f"{'' if base else f' step {step}'}: {num_prompts} prompts x {num_samples} samples")
         graphdef, state = nnx.split(model)

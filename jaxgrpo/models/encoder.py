@@ -12,6 +12,9 @@ Public API
   ``jaxgrpo.models.loading.read_hf_tensors``, + tokenizer.json or vocab.txt). Keys may
   carry a ``bert.`` prefix (``BertFor*`` heads) or not (``BertModel``); the pooler and any heads
   are ignored.
+- ``shared_encoder(path)``: ``load_encoder``, once per checkpoint directory in this process (one
+  copy, and one set of compiled shapes, for a run's DRA stage, its periodic evaluation and any
+  later evaluation in the same process).
 - ``default_encoder_path()``: the all-MiniLM-L6-v2 directory inside the installed package.
 - ``SentenceEncoder.encode(texts, batch_size=64, max_length=256) -> np.ndarray [N, D] float32``:
   the sentence-transformers recipe (mean pooling over the attention mask, then L2 normalisation).
@@ -27,6 +30,7 @@ Public API
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -48,6 +52,7 @@ __all__ = [
     "BertModel",
     "SentenceEncoder",
     "load_encoder",
+    "shared_encoder",
     "load_bert",
     "default_encoder_path",
     "embed_tokens",
@@ -469,6 +474,18 @@ def load_encoder(path: str | os.PathLike | None = None) -> SentenceEncoder:
     ckpt = _check_dir(path)
     model = load_bert(ckpt)
     return SentenceEncoder(model, _load_tokenizer(ckpt), ckpt)
+
+
+def shared_encoder(path: str | os.PathLike | None = None) -> SentenceEncoder:
+    """``load_encoder(path)``, loaded once per checkpoint directory (resolved) in this process:
+    the trainer's DRA stage, its held-out evaluation and a table script's final evaluations
+    share one encoder and its jit cache. The encoder is read-only after loading."""
+    return _shared_encoder(str(Path(path if path else default_encoder_path()).resolve()))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_encoder(resolved: str) -> SentenceEncoder:
+    return load_encoder(resolved)
 
 
 def default_encoder_path() -> Path:
