@@ -60,6 +60,16 @@ steps = 60, measured on seed 0 (2026-12-03, this 2-core CPU, ~25 s per step, 32 
   DRA-Dr.GRPO (``--methods DRA-Dr.GRPO``, same Intel CPU, 1,868 s + 261 s): step 60 pass@1
     0.930, distinct correct 2.62, top share 0.75, entropy 0.47; 64 x 32: 0.933 / 1.000 / 3.44
     (experiments/results/diversity_seed0_60steps_all.md: every method in one table)
+steps = 60, seed 1 (2026-12-04, the same Intel CPU, quiet; ``--seeds 1 --final_eval``, one
+method at a time; experiments/results/diversity_seeds01_60steps.md, both seeds, every method):
+  GRPO (1,892 s): pass@1 0.959 / 0.990 / 0.996 at steps 40 / 50 / 60, distinct correct 3.34 at
+    step 20 -> 1.22 at step 60; 64 x 32: 0.997 / 1.000 / 1.20 (base on seed 1's prompts and key:
+    0.050 / 0.719 / 1.41)
+  ProGRPO (1,731 s): step 60 pass@1 0.957, distinct correct 3.44; 64 x 32: 0.958 / 1.000 / 3.69
+  DRA-GRPO (1,667 s): step 60 pass@1 0.900, distinct correct 2.09; 64 x 32: 0.899 / 1.000 / 2.83
+  over seeds 0-1 (64 x 32, paired): GRPO below the base in distinct correct by 0.195 [0.096,
+    0.295]; ProGRPO +2.98 and DRA-GRPO +2.70 over GRPO, positive on both seeds, 1-dof intervals
+    containing 0; pass@1 -3.5 and -10.9 points
 """
 import importlib
 
