@@ -67,6 +67,8 @@ method at a time; experiments/results/diversity_seeds01_60steps.md, both seeds, 
     0.050 / 0.719 / 1.41)
   ProGRPO (1,731 s): step 60 pass@1 0.957, distinct correct 3.44; 64 x 32: 0.958 / 1.000 / 3.69
   DRA-GRPO (1,667 s): step 60 pass@1 0.900, distinct correct 2.09; 64 x 32: 0.899 / 1.000 / 2.83
+  DaGRPO (1,909 s): one answer per prompt by step 20, frozen from step 40 (pass@1 0.781,
+    entropy 0.00); 64 x 32: 0.859 / 0.891 / 0.89
   over seeds 0-1 (64 x 32, paired): GRPO below the base in distinct correct by 0.195 [0.096,
     0.295]; ProGRPO +2.98 and DRA-GRPO +2.70 over GRPO, positive on both seeds, 1-dof intervals
     containing 0; pass@1 -3.5 and -10.9 points
