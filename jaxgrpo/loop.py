@@ -135,7 +135,6 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
                                     c.to_dict() if c.log.wandb else None, enabled=self.writer)
         self.window = MetricsWindow(c.log.every)
-        self._encoder = None  # the sentence encoder of eval.embed_correct, loaded on first use
         self.history: List[dict] = []
 
     def model_state(self, params=None):
@@ -150,13 +149,14 @@ class Trainer:
         from jaxgrpo.evaluate import evaluate_policy, run_eval_kwargs
         c = self.c
         rows = self.env.eval_rows[: c.eval.num_prompts]
-        if c.eval.embed_correct and self._encoder is None:
+        encoder = None
+        if c.eval.embed_correct:
             from jaxgrpo.models.encoder import shared_encoder
-            self._encoder = shared_encoder(c.embedding.encoder_path or None)
+            encoder = shared_encoder(c.embedding.encoder_path)
         res = evaluate_policy(
             self.graphdef, self.model_state(), self.tokenizer, rows, self.env.score,
             eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
-            encoder=self._encoder if c.eval.embed_correct else None, **run_eval_kwargs(c))
+            encoder=encoder, **run_eval_kwargs(c))
         metrics = res["metrics"]
         self.logger.log(step, metrics, kind="eval")
         if self.writer:

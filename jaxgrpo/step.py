@@ -161,7 +161,6 @@ class Step:
             c, self.eos_ids, self.pad_id, prompt_logprobs="prompt_logprobs" in self.needs))
         self._policy_embed = make_policy_embed(graphdef, rest)
         self._policy_embed_jit = jax.jit(self._policy_embed)
-        self._encoder = None
         # The update as a pure function; jitted here (donating the state), with checkify when
         # a transform checks for non-finite rewards.
         self._update_fn = make_update_fn(c, graphdef, rest, tx, jit=False, mesh=mesh)
@@ -209,10 +208,8 @@ class Step:
         states or the sentence encoder on the texts (``config.embedding.model``)."""
         if self.c.embedding.model == "policy":
             return self._policy_embed_jit(params, jnp.asarray(tokens), jnp.asarray(mask))
-        if self._encoder is None:
-            from jaxgrpo.models.encoder import shared_encoder
-            self._encoder = shared_encoder(self.c.embedding.encoder_path or None)
-        return jnp.asarray(self._encoder.encode(texts))
+        from jaxgrpo.models.encoder import shared_encoder
+        return jnp.asarray(shared_encoder(self.c.embedding.encoder_path).encode(texts))
 
     def _anchor_tokens(self, rows: List[dict]):
         texts = [self.env.anchor_text(r, self.c.anchors.format) for r in rows]

@@ -178,7 +178,7 @@ def test_tiny_bert_with_tokenizer_via_load_encoder(tmp_path, minilm_path):
 
 def test_shared_encoder_loads_each_directory_once(tmp_path, minilm_path):
     """One encoder per checkpoint directory in a process: the default (None / ""), its path as
-    str or Path, and a relative spelling are one object; another directory is another."""
+    str or Path, and with a trailing slash are one object; another directory is another."""
     default = shared_encoder(None)
     assert shared_encoder("") is default
     assert shared_encoder(default_encoder_path()) is default

@@ -212,7 +212,7 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
         encoder = None
         if c.eval.embed_correct:
             from jaxgrpo.models.encoder import shared_encoder
-            encoder = shared_encoder(c.embedding.encoder_path or None)
+            encoder = shared_encoder(c.embedding.encoder_path)
         log(f"[diversity] final evaluation of {'the base model of ' if base else ''}{run_dir}"
             f"{'' if base else f' step {step}'}: {num_prompts} prompts x {num_samples} samples")
         graphdef, state = nnx.split(model)
