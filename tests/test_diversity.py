@@ -45,6 +45,41 @@ def test_config_keeps_the_method_chain_and_validates(method):
         get_config("nope")
 
 
+def test_prefill_prompt_is_the_chat_template_with_the_answer_begun():
+    """``diversity.py:<method>,prefill`` renders the packaged tokenizer's own chat-template prompt
+    token for token, followed by "The number is", and keeps everything else of the method's
+    config; the --prompt flag reaches the runs' configs; an unknown prompt fails naming it."""
+    from experiments.configs.diversity import PROMPTS, get_config
+    from jaxgrpo.config import validate
+    from jaxgrpo.data import encode_prompts, render_prompt
+    from jaxgrpo.models import default_model_path
+    from jaxgrpo.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(default_model_path()))
+    q = "Write a whole number greater than 7 and less than 19."
+    chat = tok.encode(render_prompt(tok, q, template="chat", prompt_format="{question}"),
+                      add_special_tokens=False)
+    c = validate(get_config("dagrpo,prefill"))
+    ids, mask, _ = encode_prompts(tok, [{"question": q}], c.data, pad_id=0)
+    ids = np.asarray(ids)[0][np.asarray(mask)[0]].tolist()
+    assert ids[:len(chat)] == chat
+    assert tok.decode(ids[len(chat):]) == "The number is"
+    assert c.sampling.max_new_tokens == PROMPTS["prefill"][2] == 8
+    plain = get_config("dagrpo")
+    assert (c.advantage.advantage_transforms, c.loss.agg_mode, c.eval.num_samples) == (
+        plain.advantage.advantage_transforms, plain.loss.agg_mode, plain.eval.num_samples)
+    assert (plain.data.template, plain.sampling.max_new_tokens) == ("chat", 16)
+
+    class Args:
+        steps = eval_every = eval_prompts = num_samples = None
+        random_init_layers, quiet, out, prompt = 0, True, "runs/x", "prefill"
+    assert diversity.method_config("grpo", Args, 0).data.prompt_format == c.data.prompt_format
+    with pytest.raises(ValueError, match="unknown prompt 'nope'"):
+        get_config("grpo,nope")
+    with pytest.raises(SystemExit, match="--prompt: unknown 'nope'"):
+        diversity.main(["--prompt", "nope", "--report"])
+
+
 @pytest.mark.slow
 def test_comparison_end_to_end_tiny_model_with_resume(tmp_path, monkeypatch, capsys):
     import jaxgrpo.loop

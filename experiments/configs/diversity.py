@@ -86,23 +86,44 @@ TASK = "number_in_range"
 TASK_KWARGS = '{"divisors": [1]}'
 PROMPT_FORMAT = "{question}"
 
+# SmolLM2-135M-Instruct's own chat template written out (``data.template="plain"``) with the
+# assistant's turn begun: the completion continues "The number is" instead of opening with
+# "Sure, I'd be happy to help ...". tests/test_diversity.py checks it against the tokenizer's
+# template. Base pass@1 0.141 at 8 new tokens (the question prompt: 0.043), see
+# experiments/results/diversity_screen.md.
+RANGE_PREFILL = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                 "Hugging Face<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                 "<|im_start|>assistant\nThe number is")
 
-def get_config(method: str = "grpo"):
+# The testbed's prompts, the part after a comma (``diversity.py:grpo,prefill``):
+# name -> (data.template, data.prompt_format, sampling.max_new_tokens).
+PROMPTS = {
+    "question": ("chat", PROMPT_FORMAT, 16),  # the question alone (every 3-seed result above)
+    "prefill": ("plain", RANGE_PREFILL, 8),   # the answer right after the prefill: 8 tokens
+}
+
+
+def get_config(arg: str = "grpo"):
+    """``arg``: a method module, optionally ``,<prompt>`` (``PROMPTS``; default "question")."""
+    method, _, prompt = arg.partition(",")
+    prompt = prompt or "question"
     if method not in METHOD_MODULES:
         raise ValueError(f"experiments/configs/diversity.py:{method}: unknown method; choose "
                          f"from {METHOD_MODULES}")
+    if prompt not in PROMPTS:
+        raise ValueError(f"experiments/configs/diversity.py:{arg}: unknown prompt {prompt!r}; "
+                         f"choose from {tuple(PROMPTS)}")
     c = importlib.import_module(f"experiments.configs.{method}").get_config()
     c.name = f"diversity_{method}"
     c.steps = 60
     c.data.source = "reasoning_gym"  # make_task also builds our own tasks by name
     c.data.task = TASK
     c.data.task_kwargs = TASK_KWARGS
-    c.data.template = "chat"
-    c.data.prompt_format = PROMPT_FORMAT
+    c.data.template, c.data.prompt_format, max_new_tokens = PROMPTS[prompt]
     c.data.train_size = 2000
     c.data.eval_size = 64
     c.sampling.num_generations = 8
-    c.sampling.max_new_tokens = 16
+    c.sampling.max_new_tokens = max_new_tokens
     c.sampling.temperature = 1.0
     c.train.prompts_per_step = 8
     c.optim.lr = 1e-5

@@ -5,6 +5,8 @@ ProGRPO on a task with many correct answers per prompt (issue 12).
     python -m experiments.tables.diversity --methods GRPO --seeds 0   # one pilot run
     python -m experiments.tables.diversity --report                   # table + plots, no training
     python -m experiments.tables.diversity --quick                    # smoke: 2 steps, 1 seed
+    python -m experiments.tables.diversity --prompt prefill --out runs/diversity_prefill
+                                      # the prompt with the assistant's turn begun (base pass@1 ~14%)
 
 Each method trains from ``experiments/configs/diversity.py:<method>`` (the method's own advantage
 chain and loss on the config's task -- ``number_in_range`` -- identical model, data, sizes and seeds) and is
@@ -68,7 +70,7 @@ def method_config(module: str, args, seed: int):
     from experiments.configs.diversity import get_config
     from jaxgrpo.evaluate import default_ks
 
-    c = get_config(module)
+    c = get_config(f"{module},{getattr(args, 'prompt', None) or 'question'}")
     c.seed = seed
     if args.steps is not None:
         c.steps = args.steps
@@ -470,6 +472,10 @@ def main(argv=None):
     p.add_argument("--num_samples", type=int, default=None, help="n per prompt (default 32)")
     p.add_argument("--random_init_layers", type=int, default=0,
                    help="a small random decoder (tests / plumbing only)")
+    p.add_argument("--prompt", default="question",
+                   help="the testbed prompt (experiments/configs/diversity.py PROMPTS): "
+                        "'question' (the question alone) or 'prefill' (the assistant's turn "
+                        "begun with 'The number is', 8 new tokens)")
     p.add_argument("--out", default="runs/diversity")
     p.add_argument("--quick", action="store_true",
                    help="smoke: 2 steps, eval every step, 1 seed, 8 prompts x 4 samples")
@@ -493,7 +499,9 @@ def main(argv=None):
         args.steps, args.eval_every, args.seeds = 2, 1, "0"
         args.eval_prompts, args.num_samples = 8, 4
     methods, seeds = parse_runs(p, args, METHODS)
-    from experiments.configs.diversity import get_config
+    from experiments.configs.diversity import PROMPTS, get_config
+    if args.prompt not in PROMPTS:
+        raise SystemExit(f"--prompt: unknown {args.prompt!r}; choose from {tuple(PROMPTS)}")
     full = get_config(METHODS[REFERENCE]).eval
     final_size = (args.final_prompts or full.num_prompts, args.final_samples or full.num_samples)
     if min(final_size) < 1:
@@ -545,7 +553,7 @@ def main(argv=None):
     any_eval = next(iter(results[BASE].values()))
     ks = sorted({int(k.split("@")[1]) for e in results[BASE].values() for k in e
                  if k.startswith("pass@")})
-    args.task = c.data.task
+    args.task = c.data.task + ("" if args.prompt == "question" else f"`, prompt `{args.prompt}")
     args.describe = (f"{any_eval['num_prompts']} prompts × {any_eval['num_samples']} samples "
                      f"at temperature 1")
     table = build_table(results, final_step, ks, args,

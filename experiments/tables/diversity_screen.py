@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from experiments.configs.diversity import RANGE_PREFILL
+
 # The earlier testbed (sum_to_target, the config before 2026-12-02's screen): two positive whole
 # numbers adding up to a target in [4, 20], 24 new tokens, a worked example "1 + 4 = 5".
 SUM = {"data.task": "sum_to_target",
@@ -29,6 +31,11 @@ TERSE = "Answer with the two numbers only, as a + b."
 # width <= 20): copying it is never correct.
 RANGE_EXAMPLE = ("{question}\nExample: a whole number greater than 120 and less than 130 is "
                  "124.")
+
+# SmolLM2's chat template written out with the assistant's turn begun ("The number is"):
+# the config's "prefill" prompt (experiments/configs/diversity.py).
+PREFILL = {"data.template": "plain", "data.prompt_format": RANGE_PREFILL,
+           "sampling.max_new_tokens": 16}
 
 # name -> (description, config overrides of experiments/configs/diversity.py:grpo as
 # {dotted key: value}); that config is number_in_range (divisor 1), "{question}", 16 new tokens.
@@ -63,6 +70,13 @@ VARIANTS = {
     "range_example_tokens24": ("number_in_range, example 120 < 124 < 130, 24 tok",
                                {"data.prompt_format": RANGE_EXAMPLE,
                                 "sampling.max_new_tokens": 24}),
+    "range_prefill": ("number_in_range, chat template + assistant prefill 'The number is', 16 tok",
+                      PREFILL),
+    "range_prefill_tokens8": ("number_in_range, assistant prefill 'The number is', 8 tok (the "
+                              "config's prefill prompt)", {**PREFILL, "sampling.max_new_tokens": 8}),
+    "range_plain_answer": ("number_in_range, no chat template, '{question}\\nAnswer:', 16 tok",
+                           {"data.template": "plain",
+                            "data.prompt_format": "{question}\nAnswer:"}),
 }
 
 
