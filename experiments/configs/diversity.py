@@ -72,6 +72,23 @@ method at a time; experiments/results/diversity_seeds01_60steps.md, both seeds, 
   over seeds 0-1 (64 x 32, paired): GRPO below the base in distinct correct by 0.195 [0.096,
     0.295]; ProGRPO +2.98 and DRA-GRPO +2.70 over GRPO, positive on both seeds, 1-dof intervals
     containing 0; pass@1 -3.5 and -10.9 points
+steps = 60, seeds 0-2, every method (seed 2 and Dr.GRPO / DRA-Dr.GRPO seed 1 on 2026-12-04, a
+2-core AMD EPYC, one run at a time, 19-25 min per run with its evaluations; the whole 60-step
+comparison ~8.9 h of one 2-core CPU; experiments/results/diversity_seeds012_60steps.md):
+``python -m experiments.tables.diversity --methods GRPO,ProGRPO,DRA-GRPO,DaGRPO,Dr.GRPO,
+DRA-Dr.GRPO --seeds 0,1,2 --steps 60 --eval_every 10 --eval_prompts 32 --num_samples 16
+--final_eval``; 64 x 32, mean over seeds, pass@1 / pass@32 / distinct correct per prompt:
+  base 0.051 / 0.693 / 1.41; GRPO 0.988 / 1.000 / 1.40 (top share 0.96); Dr.GRPO 0.984 /
+    1.000 / 1.37; DaGRPO 0.949 / 0.964 / 0.99 (top share 1.00); ProGRPO 0.957 / 0.995 / 4.12;
+    DRA-GRPO 0.873 / 1.000 / 3.95; DRA-Dr.GRPO 0.941 / 1.000 / 3.21
+  method - GRPO, distinct correct, 95% t-interval over the 3 paired seeds: ProGRPO +2.72 [+1.05,
+    +4.40], DRA-Dr.GRPO +1.82 [+1.06, +2.58], DRA-GRPO +2.56 [-0.19, +5.31], Dr.GRPO -0.03
+    [-0.29, +0.24], DaGRPO -0.41 [-0.95, +0.14]; base - GRPO +0.02 [-0.72, +0.76]; pass@1
+    ProGRPO -3.1, DRA-GRPO -11.5, DRA-Dr.GRPO -4.7 points; no pass@32 below the base's
+Prompts (``PROMPTS``; ``diversity.py:grpo,prefill``, ``--prompt prefill`` in the comparison):
+  "question" (the default, every result above): base pass@1 0.043 in the screen's 32 x 8
+  "prefill": the assistant's turn begun "The number is", 8 new tokens: base pass@1 0.141, 22 of
+    32 prompts solved at n = 8 (2026-12-04, the AMD EPYC; experiments/results/diversity_screen.md)
 """
 import importlib
 
