@@ -5,9 +5,13 @@ bench's model directory and prompts, without the held-out evaluations. Prints on
 
     python -m experiments._bench_jaxgrpo --model-dir D --prompts P.jsonl --steps 6
 """
+import os
 import time
 
-T_START = time.perf_counter()
+# Process start, carried across the restart of jaxgrpo.runtime.tune_process (wall clock), so the
+# time to first step includes the first process's start-up as the peers' does.
+os.environ.setdefault("JAXGRPO_BENCH_T0", repr(time.time()))
+T_START = time.perf_counter() - (time.time() - float(os.environ["JAXGRPO_BENCH_T0"]))
 
 import json  # noqa: E402
 import resource  # noqa: E402
@@ -94,7 +98,7 @@ def main():
     p = a.prompts_per_step
     tp = int(trainer.c.data.max_prompt_tokens)
     print("BENCH " + json.dumps({
-        "framework": "jaxgrpo", "version": __import__("jaxgrpo").__version__,
+        "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "jaxgrpo"), "version": __import__("jaxgrpo").__version__,
         "overrides": a.set or [],
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
         "generate_s": samples, "update_s": updates, "compiles_per_step": n_compiles,
@@ -104,4 +108,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from jaxgrpo.runtime import tune_process
+
+    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
     main()

@@ -110,7 +110,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--peers", default="jaxgrpo,trl", help="comma-separated: jaxgrpo, trl, tunix")
+    ap.add_argument("--peers", default="jaxgrpo,trl",
+                    help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
+                         "without jaxgrpo.runtime's XLA flag and huge pages), trl, tunix")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
                     help="the PyTorch/TRL venv's python (bash experiments/bootstrap.sh bench)")
     ap.add_argument("--tunix-python", default=os.path.join(ROOT, ".venv-tunix", "bin", "python"),
@@ -132,6 +134,11 @@ def main(argv=None):
             extra = [x for kv in a.set for x in ("--set", kv)]
             recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
                                    *extra]))
+        elif peer == "jaxgrpo-untuned":  # the same, without jaxgrpo.runtime's CPU settings
+            extra = [x for kv in a.set for x in ("--set", kv)]
+            env = dict(os.environ, JAXGRPO_CPU_TUNING="0", JAXGRPO_BENCH_LABEL=peer)
+            recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
+                                   *extra], env=env))
         elif peer == "trl":
             if not os.path.exists(a.bench_python):
                 raise SystemExit(f"--bench-python {a.bench_python} not found: run "
@@ -143,7 +150,7 @@ def main(argv=None):
                                  "`bash experiments/bootstrap.sh tunix` first")
             recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common]))
         else:
-            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, trl, tunix)")
+            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, trl, tunix)")
     rows = [summarise(r) for r in recs]
     ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
     lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "

@@ -396,7 +396,8 @@ def _():
     assert "manual_computation" in hlo or "{manual}" in hlo, \
         "no manual (shard_map) region in the lowered program"
     gdiff = max(jax.tree.leaves(jax.tree.map(max_diff, grad, ref_grad)))
-    return {"loss_abs_diff": abs(float(loss) - float(ref_loss)), "grad_max_abs_diff": gdiff}
+    return {"loss_abs_diff": abs(float(loss) - float(ref_loss)), "ref_loss": float(ref_loss),
+            "grad_max_abs_diff": gdiff}
 
 
 print(json.dumps(RESULTS))

@@ -301,12 +301,16 @@ def _temp_bytes(impl, t, grad, **kw):
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_blockwise_temp_memory_far_below_naive(grad):
+    """Scratch memory of naive attention grows with T^2 (the scores), blockwise's with T (one
+    key block of scores per query): doubling T quadruples the one and doubles the other. (A
+    fixed ratio between them depends on how XLA fuses: with YNNPACK reductions off, naive needs
+    one score matrix instead of two.)"""
     t = 2048
-    naive = _temp_bytes("naive", t, grad)
-    block = _temp_bytes("blockwise", t, grad, block_size=128)
+    naive = {n: _temp_bytes("naive", n, grad) for n in (t // 2, t)}
+    block = {n: _temp_bytes("blockwise", n, grad, block_size=128) for n in (t // 2, t)}
     scores = 4 * 4 * t * t  # one f32 [B=1, H=4, T, S] score matrix: 64 MiB
-    assert naive >= scores
-    assert block < naive / 6 and block < scores / 2, (naive, block)
+    assert naive[t] >= scores and naive[t] >= 3.5 * naive[t // 2], naive
+    assert block[t] <= 2.2 * block[t // 2] and block[t] < scores / 3, block
 
 
 def test_unknown_impl_and_bad_block_rejected():

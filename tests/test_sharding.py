@@ -289,7 +289,9 @@ def test_non_divisible_model_still_shards(worker):
 
 def test_splash_attention_under_a_mesh_matches_single_device(worker):
     r = _result(worker, "splash_loss_and_grads_2x2x2")
-    assert r["loss_abs_diff"] < 1e-5 and r["grad_max_abs_diff"] < 1e-5, r
+    # The loss sums ~10^4 log-probs (|loss| ~ 50): float32 rounding, relative to its size.
+    assert r["loss_abs_diff"] < 1e-6 * max(1.0, abs(r["ref_loss"])), r
+    assert r["grad_max_abs_diff"] < 1e-5, r
 
 
 def test_adamw_step_sharded_matches_unsharded(worker):

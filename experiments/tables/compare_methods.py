@@ -172,4 +172,7 @@ def _plot(results, cols, path):
 
 
 if __name__ == "__main__":
+    from jaxgrpo.runtime import tune_process
+
+    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
     main()

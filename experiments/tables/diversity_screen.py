@@ -160,4 +160,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from jaxgrpo.runtime import tune_process
+
+    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
     main()

@@ -275,4 +275,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from jaxgrpo.runtime import tune_process
+
+    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
     main()
