@@ -202,6 +202,9 @@ def base_config() -> mc.ConfigDict:
     c.sampling.top_k = 0  # keep the k most likely tokens; 0 = off
     c.sampling.cache_dtype = ""  # KV-cache dtype of the sampler; "" = the compute dtype
     c.sampling.ignore_eos = False  # always generate max_new_tokens (benchmarks only)
+    # decode with the layers unrolled over per-layer weights and caches (no per-step slices of
+    # the stacks: ~10% faster 135M decode on the CPU, +4-5 s compile); False: the scanned stack
+    c.sampling.unroll_layers = False
 
     # Reward functions and weights; weight 0 disables one.
     c.rewards = mc.ConfigDict()

@@ -60,6 +60,7 @@ SAFE_ON_RESUME = (
     "checkpoint.async_save",
     "rewards.verifier_workers",  # process count of math-verify: the same scores
     "mesh.*",  # the device layout (resume on another slice); results equal up to float order
+    "sampling.unroll_layers",  # how the decode loop runs the layers: the same tokens
 )
 """Config keys that may differ between the saved config.json and a resume (fnmatch patterns).
 Everything else alters the model, the data or the optimisation and is refused."""

@@ -99,7 +99,8 @@ def sampling_config(c: mc.ConfigDict, eos_ids, pad_id: int,
         pad_token_id=pad_id, num_samples=c.sampling.num_generations,
         return_prompt_logprobs=prompt_logprobs,
         prompt_logprobs_chunk=c.train.logits_chunk or None,
-        cache_dtype=c.sampling.cache_dtype or None, ignore_eos=c.sampling.ignore_eos)
+        cache_dtype=c.sampling.cache_dtype or None, ignore_eos=c.sampling.ignore_eos,
+        unroll_layers=c.sampling.unroll_layers)
 
 
 # ----------------------------------------------------------------------------- stage functions

@@ -299,3 +299,23 @@ def test_bf16_cache_logprobs_close_to_teacher_forced(pair, prompts):
     assert err.max() < 5e-2 and err.max() > 0  # bf16 K/V rounding, nothing worse
     with pytest.raises(ValueError, match="cache_dtype"):
         SamplingConfig(max_new_tokens=4, cache_dtype="int8")
+
+
+@pytest.mark.parametrize("cache_dtype", [None, "bfloat16"])
+def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
+    """``unroll_layers`` (per-layer weights and caches) against the scanned layer stack (the
+    default): the same tokens and log-probs, EOS stops included, for both architectures (GQA, left
+    padding, a stop token sampled on the way) and a bf16 cache."""
+    _, m = pair
+    ids, mask = prompts
+    kw = dict(max_new_tokens=12, temperature=1.0, num_samples=3, eos_token_ids=(5, 11),
+              cache_dtype=cache_dtype)
+    scanned = _run(m, ids, mask, SamplingConfig(**kw), seed=3)
+    unrolled = _run(m, ids, mask, SamplingConfig(unroll_layers=True, **kw), seed=3)
+    np.testing.assert_array_equal(np.asarray(unrolled.completion_tokens),
+                                  np.asarray(scanned.completion_tokens))
+    np.testing.assert_array_equal(np.asarray(unrolled.completion_mask),
+                                  np.asarray(scanned.completion_mask))
+    assert not np.all(np.asarray(scanned.completion_mask))  # some row stopped early
+    np.testing.assert_allclose(np.asarray(unrolled.logprobs), np.asarray(scanned.logprobs),
+                               rtol=0, atol=1e-5)

@@ -64,6 +64,10 @@ class KVCache:
         return KVCache(k=jax.lax.dynamic_update_slice(self.k, k_new.astype(self.k.dtype), at),
                        v=jax.lax.dynamic_update_slice(self.v, v_new.astype(self.v.dtype), at))
 
+    def unstack(self) -> list:
+        """L per-layer ``(k, v)`` [B, KVH, S, D] (``Decoder.decode_unrolled``)."""
+        return [(self.k[i], self.v[i]) for i in range(self.k.shape[0])]
+
     def repeat(self, g: int) -> "KVCache":
         """Each batch row repeated ``g`` times, prompt-major (row p*g + j is a copy of row p)."""
         if g == 1:
@@ -296,6 +300,42 @@ class Decoder(nnx.Module):
             return x, None
         cache = cache.write(*new_kv, cache_index)
         return x, KVCache(k=constrain(cache.k, ACT_CACHE), v=constrain(cache.v, ACT_CACHE))
+
+    def unstack_layers(self) -> list:
+        """The stacked layer parameters as L per-layer ``nnx.State``s (slices of the stack: one
+        copy). For :meth:`decode_unrolled`, which then reads them in place at every step."""
+        _, state = nnx.split(self.layers)
+        return [jax.tree.map(lambda a: a[i], state) for i in range(self.num_layers)]
+
+    def decode_unrolled(self, input_ids, layer_states, caches, *, attention_mask, positions,
+                        cache_index):
+        """A decode step with the layers as a Python loop: logits [B, T, V] and the new caches.
+
+        ``layer_states``: :meth:`unstack_layers`; ``caches``: L per-layer ``(k, v)`` of shape
+        [B, KVH, S, D] (``KVCache.unstack``), written in place at slots [cache_index,
+        cache_index + T) when they are loop-carried. Same arguments and result as ``__call__``
+        with a stacked cache; the sampler uses it because the scanned loop cuts every layer's
+        weights and cache out of the stacks at every step (XLA:CPU copies those slices: ~4 s of
+        a 12 s 135M sample), while here each operand is an array of its own.
+        """
+        b, t = input_ids.shape
+        key_mask = attention_mask.astype(bool)
+        query_slots = cache_index + jnp.arange(t)
+        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
+        x = constrain(self.embed_tokens(input_ids), ACT_HIDDEN)
+        graphdef, _ = nnx.split(self.layers)
+        new_caches = []
+        for state_i, (k, v) in zip(layer_states, caches):
+            layer = nnx.merge(graphdef, state_i)
+            lkv = LayerKV(k=k[None], v=v[None], index=jnp.zeros((), jnp.int32))
+            x, (k_new, v_new) = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index)
+            x = constrain(x, ACT_HIDDEN)
+            at = (0, 0, cache_index, 0)
+            new_caches.append((jax.lax.dynamic_update_slice(k, k_new.astype(k.dtype), at),
+                               jax.lax.dynamic_update_slice(v, v_new.astype(v.dtype), at)))
+        return self.logits_from_hidden(self.norm(x)), new_caches
 
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache=None,
                       cache_index=None, lora: Optional[LoraBranch] = None):
