@@ -301,6 +301,13 @@ class Decoder(nnx.Module):
         cache = cache.write(*new_kv, cache_index)
         return x, KVCache(k=constrain(cache.k, ACT_CACHE), v=constrain(cache.v, ACT_CACHE))
 
+    def _embed(self, input_ids, positions):
+        """Token embeddings [B, T, E] and the RoPE cos / sin at ``positions`` [B, T]."""
+        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
+        return constrain(self.embed_tokens(input_ids), ACT_HIDDEN), cos, sin
+
     def unstack_layers(self) -> list:
         """The stacked layer parameters as L per-layer ``nnx.State``s (slices of the stack: one
         copy). For :meth:`decode_unrolled`, which then reads them in place at every step."""
@@ -314,17 +321,13 @@ class Decoder(nnx.Module):
         ``layer_states``: :meth:`unstack_layers`; ``caches``: L per-layer ``(k, v)`` of shape
         [B, KVH, S, D] (``KVCache.unstack``), written in place at slots [cache_index,
         cache_index + T) when they are loop-carried. Same arguments and result as ``__call__``
-        with a stacked cache; the sampler uses it because the scanned loop cuts every layer's
-        weights and cache out of the stacks at every step (XLA:CPU copies those slices: ~4 s of
-        a 12 s 135M sample), while here each operand is an array of its own.
+        with a stacked cache. The sampler uses it with ``SamplingConfig.unroll_layers``: the
+        scanned loop cuts every layer's weights and cache out of the stacks at every step
+        (XLA:CPU copies those slices), while here each operand is an array of its own.
         """
-        b, t = input_ids.shape
         key_mask = attention_mask.astype(bool)
-        query_slots = cache_index + jnp.arange(t)
-        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        cos, sin = jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
-        x = constrain(self.embed_tokens(input_ids), ACT_HIDDEN)
+        query_slots = cache_index + jnp.arange(input_ids.shape[1])
+        x, cos, sin = self._embed(input_ids, positions)
         graphdef, _ = nnx.split(self.layers)
         new_caches = []
         for state_i, (k, v) in zip(layer_states, caches):
@@ -354,10 +357,7 @@ class Decoder(nnx.Module):
                                  "cache slots, [B, S]) and positions ([B, T])")
             key_mask = attention_mask.astype(bool)
             query_slots = cache_index + jnp.arange(t)
-        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        cos, sin = jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
-        x = constrain(self.embed_tokens(input_ids), ACT_HIDDEN)
+        x, cos, sin = self._embed(input_ids, positions)
         x, new_cache = self._run_layers(x, cos, sin, key_mask, query_slots, cache, cache_index,
                                         lora)
         h = self.norm(x)
