@@ -89,6 +89,16 @@ Prompts (``PROMPTS``; ``diversity.py:grpo,prefill``, ``--prompt prefill`` in the
   "question" (the default, every result above): base pass@1 0.043 in the screen's 32 x 8
   "prefill": the assistant's turn begun "The number is", 8 new tokens: base pass@1 0.141, 22 of
     32 prompts solved at n = 8 (2026-12-04, the AMD EPYC; experiments/results/diversity_screen.md)
+steps = 60, prompt "prefill", seed 0, every method (GRPO and ProGRPO on 2026-12-04, 1,009 s and
+876 s per run; the other four on 2026-12-07 with jaxgrpo.runtime's CPU settings, ~7.5 min per
+run with its 64 x 32 evaluation; the 2-core AMD EPYC, quiet; one method per invocation:
+``python -m experiments.tables.diversity --prompt prefill --methods <method> --seeds 0 --steps 60
+--eval_every 10 --eval_prompts 32 --num_samples 16 --final_eval --out runs/diversity_prefill``;
+experiments/results/diversity_prefill_60steps.md), 64 x 32, pass@1 / pass@32 / distinct correct:
+  base 0.146 / 0.953 / 3.50 (top share 0.48); GRPO 0.994 / 1.000 / 1.06 (0.99); Dr.GRPO 0.999 /
+    1.000 / 1.09; DaGRPO 0.999 / 1.000 / 1.09; ProGRPO 0.989 / 1.000 / 1.22 (entropy 1.30 nats:
+    its diversity is in the words after the number); DRA-GRPO 0.973 / 1.000 / 3.84; DRA-Dr.GRPO
+    0.969 / 1.000 / 5.05 (the DRA runs dip to ~1.7-2.0 distinct at step 20, then recover)
 """
 import importlib
 
