@@ -102,7 +102,8 @@ experiments/results/diversity_prefill_60steps.md), 64 x 32, pass@1 / pass@32 / d
   seed 1 (2026-12-07, same settings): base 0.168 / 1.000 / 3.84; GRPO 1.000 / 1.000 / 1.23;
     ProGRPO 1.000 / 1.000 / 2.19; DRA-GRPO 0.983 / 1.000 / 5.84; DRA-Dr.GRPO 0.978 / 1.000 /
     4.95. Over seeds 0-1, paired: DRA-Dr.GRPO - GRPO +3.85 distinct [+2.16, +5.54]; base - GRPO
-    +2.52 [+1.43, +3.62]. Not run yet: seed 1 of Dr.GRPO and DaGRPO, seed 2 of all six.
+    +2.52 [+1.43, +3.62]. Dr.GRPO seed 1: 1.000 / 1.000 / 1.14. Not run yet: seed 1 of DaGRPO,
+    seed 2 of all six.
 """
 import importlib
 
