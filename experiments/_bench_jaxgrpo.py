@@ -98,7 +98,8 @@ def main():
     p = a.prompts_per_step
     tp = int(trainer.c.data.max_prompt_tokens)
     print("BENCH " + json.dumps({
-        "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "jaxgrpo"), "version": __import__("jaxgrpo").__version__,
+        "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "jaxgrpo"),
+        "version": __import__("jaxgrpo").__version__,
         "overrides": a.set or [],
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
         "generate_s": samples, "update_s": updates, "compiles_per_step": n_compiles,

@@ -130,13 +130,10 @@ def main(argv=None):
               "--group", "8", "--prompts-per-step", "4", "--new-tokens", "128", "--lr", "1e-6"]
     recs = []
     for peer in [p.strip() for p in a.peers.split(",") if p.strip()]:
-        if peer == "jaxgrpo":
+        if peer in ("jaxgrpo", "jaxgrpo-untuned"):  # untuned: without jaxgrpo.runtime's settings
             extra = [x for kv in a.set for x in ("--set", kv)]
-            recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
-                                   *extra]))
-        elif peer == "jaxgrpo-untuned":  # the same, without jaxgrpo.runtime's CPU settings
-            extra = [x for kv in a.set for x in ("--set", kv)]
-            env = dict(os.environ, JAXGRPO_CPU_TUNING="0", JAXGRPO_BENCH_LABEL=peer)
+            env = None if peer == "jaxgrpo" else dict(os.environ, JAXGRPO_CPU_TUNING="0",
+                                                       JAXGRPO_BENCH_LABEL=peer)
             recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
                                    *extra], env=env))
         elif peer == "trl":

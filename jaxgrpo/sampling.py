@@ -304,6 +304,9 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
     tok0, lp0 = select_tokens(logits0, draw(0), cfg)
     (toks, lps, done), tok0, _ = record((toks, lps, done), 0, tok0, lp0)
 
+    if cfg.unroll_layers:  # per-layer weights and caches, each its own array: no slices per step
+        layer_states, cache = model.unstack_layers(), cache.unstack()
+
     def cond(carry):
         i, _, _, _, done, _ = carry
         return (i < tc) & ~jnp.all(done)
@@ -311,7 +314,7 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
     def body(carry):
         i, tok, cache, (toks, lps), done, _ = carry
         # Feed token i-1 (already recorded) at cache slot tp + i - 1; sample token i.
-        if unrolled:
+        if cfg.unroll_layers:
             logits, cache = model.decode_unrolled(
                 tok[:, None], layer_states, cache, attention_mask=key_mask,
                 positions=(next_pos + i - 1)[:, None], cache_index=tp + i - 1)
@@ -323,9 +326,6 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
         (toks, lps, done), t, _ = record((toks, lps, done), i, t, lp)
         return i + 1, t, cache, (toks, lps), done, 0
 
-    unrolled = cfg.unroll_layers
-    if unrolled:  # per-layer weights and caches, each its own array: no slices per step
-        layer_states, cache = model.unstack_layers(), cache.unstack()
     carry = (jnp.int32(1), tok0, cache, (toks, lps), done, 0)
     _, _, _, (toks, lps), done, _ = jax.lax.while_loop(cond, body, carry)
 
