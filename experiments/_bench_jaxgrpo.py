@@ -101,6 +101,7 @@ def main():
         "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "jaxgrpo"),
         "version": __import__("jaxgrpo").__version__,
         "overrides": a.set or [],
+        "cpu_settings": {k: os.environ.get(k) for k in ("XLA_FLAGS", "GLIBC_TUNABLES")},
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
         "generate_s": samples, "update_s": updates, "compiles_per_step": n_compiles,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -208,7 +208,9 @@ def main():
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     from importlib.metadata import version
     print("BENCH " + json.dumps({
-        "framework": "tunix", "version": version("google-tunix"),
+        "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "tunix"),
+        "version": version("google-tunix"),
+        "cpu_settings": {k: os.environ.get(k) for k in ("XLA_FLAGS", "GLIBC_TUNABLES")},
         "load_s": t_ready - T_START, "first_step_end_s": step_end[0] - T_START,
         "step_s": steps, "generate_s": gen_time, "peak_rss_gb": rss_gb,
         "tokens_per_step": a.prompts_per_step * a.group * a.new_tokens,

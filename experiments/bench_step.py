@@ -112,7 +112,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--peers", default="jaxgrpo,trl",
                     help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
-                         "without jaxgrpo.runtime's XLA flag and huge pages), trl, tunix")
+                         "without jaxgrpo.runtime's XLA flag and huge pages), trl, tunix (with the "
+                         "same XLA flag and huge pages as jaxgrpo), tunix-untuned")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
                     help="the PyTorch/TRL venv's python (bash experiments/bootstrap.sh bench)")
     ap.add_argument("--tunix-python", default=os.path.join(ROOT, ".venv-tunix", "bin", "python"),
@@ -141,13 +142,21 @@ def main(argv=None):
                 raise SystemExit(f"--bench-python {a.bench_python} not found: run "
                                  "`bash experiments/bootstrap.sh bench` first")
             recs.append(run_child([a.bench_python, "experiments/_bench_trl.py", *common]))
-        elif peer == "tunix":
+        elif peer in ("tunix", "tunix-untuned"):
             if not os.path.exists(a.tunix_python):
                 raise SystemExit(f"--tunix-python {a.tunix_python} not found: run "
                                  "`bash experiments/bootstrap.sh tunix` first")
-            recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common]))
+            # Tunix is XLA:CPU too: "tunix" runs with the same process settings as jaxgrpo
+            # (jaxgrpo.runtime's XLA flag and malloc tunable, set in its environment), so the
+            # race compares the frameworks, not the settings; "tunix-untuned" without them.
+            from jaxgrpo.runtime import tuned_environment
+            env = dict(os.environ, JAXGRPO_BENCH_LABEL=peer,
+                       **(tuned_environment() if peer == "tunix" else {}))
+            recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common],
+                                  env=env))
         else:
-            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, trl, tunix)")
+            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, trl, tunix, "
+                           "tunix-untuned)")
     rows = [summarise(r) for r in recs]
     ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
     lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "
