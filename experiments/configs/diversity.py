@@ -89,10 +89,10 @@ Prompts (``PROMPTS``; ``diversity.py:grpo,prefill``, ``--prompt prefill`` in the
   "question" (the default, every result above): base pass@1 0.043 in the screen's 32 x 8
   "prefill": the assistant's turn begun "The number is", 8 new tokens: base pass@1 0.141, 22 of
     32 prompts solved at n = 8 (2026-12-04, the AMD EPYC; experiments/results/diversity_screen.md)
-steps = 60, prompt "prefill", seed 0, every method (GRPO and ProGRPO on 2026-12-04, 1,009 s and
-876 s per run; the other four on 2026-12-07 with jaxgrpo.runtime's CPU settings, ~7.5 min per
-run with its 64 x 32 evaluation; the 2-core AMD EPYC, quiet; one method per invocation:
-``python -m experiments.tables.diversity --prompt prefill --methods <method> --seeds 0 --steps 60
+steps = 60, prompt "prefill", seeds 0-2, every method (seed 0's GRPO and ProGRPO on 2026-12-04,
+1,009 s and 876 s per run; the other 16 runs on 2026-12-07 with jaxgrpo.runtime's CPU settings,
+~6.5-7.5 min per run with its 64 x 32 evaluation; the 2-core AMD EPYC, quiet; one method per invocation:
+``python -m experiments.tables.diversity --prompt prefill --methods <method> --seeds <s> --steps 60
 --eval_every 10 --eval_prompts 32 --num_samples 16 --final_eval --out runs/diversity_prefill``;
 experiments/results/diversity_prefill_60steps.md), 64 x 32, pass@1 / pass@32 / distinct correct:
   base 0.146 / 0.953 / 3.50 (top share 0.48); GRPO 0.994 / 1.000 / 1.06 (0.99); Dr.GRPO 0.999 /
@@ -100,10 +100,16 @@ experiments/results/diversity_prefill_60steps.md), 64 x 32, pass@1 / pass@32 / d
     its diversity is in the words after the number); DRA-GRPO 0.973 / 1.000 / 3.84; DRA-Dr.GRPO
     0.969 / 1.000 / 5.05 (the DRA runs dip to ~1.7-2.0 distinct at step 20, then recover)
   seed 1 (2026-12-07, same settings): base 0.168 / 1.000 / 3.84; GRPO 1.000 / 1.000 / 1.23;
-    ProGRPO 1.000 / 1.000 / 2.19; DRA-GRPO 0.983 / 1.000 / 5.84; DRA-Dr.GRPO 0.978 / 1.000 /
-    4.95. Over seeds 0-1, paired: DRA-Dr.GRPO - GRPO +3.85 distinct [+2.16, +5.54]; base - GRPO
-    +2.52 [+1.43, +3.62]. Dr.GRPO seed 1: 1.000 / 1.000 / 1.14. Not run yet: seed 1 of DaGRPO,
-    seed 2 of all six.
+    Dr.GRPO 1.000 / 1.000 / 1.14; DaGRPO 0.993 / 1.000 / 1.00; ProGRPO 1.000 / 1.000 / 2.19;
+    DRA-GRPO 0.983 / 1.000 / 5.84; DRA-Dr.GRPO 0.978 / 1.000 / 4.95
+  seed 2 (2026-12-07, same settings, 380-436 s per run): base 0.143 / 0.969 / 3.27; GRPO 1.000 /
+    1.000 / 1.11; Dr.GRPO 1.000 / 1.000 / 1.12; DaGRPO 1.000 / 1.000 / 1.06; ProGRPO 0.995 /
+    1.000 / 2.88; DRA-GRPO 0.947 / 1.000 / 6.05; DRA-Dr.GRPO 0.989 / 1.000 / 3.03
+  Over seeds 0-2, paired, distinct correct - GRPO's (95% t-interval): DRA-GRPO +4.11 [+1.22,
+    +7.00], DRA-Dr.GRPO +3.21 [+0.42, +6.00], ProGRPO +0.96 [-1.04, +2.96], Dr.GRPO -0.02
+    [-0.19, +0.15], DaGRPO -0.08 [-0.42, +0.26], base +2.40 [+1.83, +2.97]; pass@32 1.000 for
+    every trained run (base 0.974 +- 0.024). Table merged with ``--report --merge
+    experiments/results/diversity_prefill_seed0_60steps.json``.
 """
 import importlib
 
