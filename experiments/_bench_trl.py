@@ -9,6 +9,7 @@ import time
 
 T_START = time.perf_counter()
 
+import os  # noqa: E402
 import json  # noqa: E402
 
 import re  # noqa: E402
@@ -21,6 +22,11 @@ def main():
 
     ap = child_parser()
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-batches per optimizer step (per_device_train_batch_size = "
+                         "rows / N, gradient_accumulation_steps = N: one generation, one step)")
+    ap.add_argument("--no-gradient-checkpointing", action="store_true",
+                    help="turn off TRL's default gradient checkpointing")
     a = ap.parse_args()
 
     import torch
@@ -65,7 +71,10 @@ def main():
 
     out_dir = tempfile.mkdtemp(prefix="bench_trl_")
     cfg = GRPOConfig(
-        output_dir=out_dir, max_steps=a.steps, per_device_train_batch_size=a.prompts_per_step * a.group,
+        output_dir=out_dir, max_steps=a.steps,
+        per_device_train_batch_size=a.prompts_per_step * a.group // a.grad_accum,
+        gradient_accumulation_steps=a.grad_accum,
+        gradient_checkpointing=not a.no_gradient_checkpointing,
         num_generations=a.group, max_completion_length=a.new_tokens, learning_rate=a.lr,
         beta=0.0, temperature=1.0, top_p=1.0, top_k=0, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, adam_beta2=0.99,
@@ -79,12 +88,14 @@ def main():
     steps = [step_end[0] - t_ready] + [b - a_ for a_, b in zip(step_end, step_end[1:])]
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("BENCH " + json.dumps({
-        "framework": "trl", "version": __import__("trl").__version__,
+        "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "trl"),
+        "version": __import__("trl").__version__,
         "torch_threads": torch.get_num_threads(),
         "load_s": t_ready - T_START, "first_step_end_s": step_end[0] - T_START,
         "step_s": steps, "generate_s": gen_time, "peak_rss_gb": rss_gb,
         "tokens_per_step": a.prompts_per_step * a.group * a.new_tokens,
-        "gradient_checkpointing": bool(cfg.gradient_checkpointing)}), flush=True)
+        "gradient_checkpointing": bool(cfg.gradient_checkpointing),
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ the other (never together), so peak RSS is its own.
     python -m experiments.bench_step --model tiny --steps 6
     python -m experiments.bench_step --model smollm2 --steps 6
     python -m experiments.bench_step --peers jaxgrpo,trl,tunix   # --tunix-python: google-tunix
+    python -m experiments.bench_step --model smollm2 --steps 5 \
+        --peers jaxgrpo,trl,trl-accum4,tunix \
+        --set model.remat=none --set train.grad_accum=4   # the 2026-12-07 135M race
+
+Peers: ``jaxgrpo`` (with ``jaxgrpo.runtime``'s CPU settings, as every experiments command),
+``jaxgrpo-untuned`` (without), ``trl`` (TRL's defaults: one 32-row batch, gradient
+checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no checkpointing: what
+``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the same XLA flag and
+malloc tunable as jaxgrpo, set in its environment: Tunix is XLA:CPU too) and ``tunix-untuned``.
 
 Per framework it prints seconds per step (median of the steps after the first two: warm-up and
 compilation), time to first step (process start to the end of step 1: imports, load, compile),
@@ -112,7 +121,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--peers", default="jaxgrpo,trl",
                     help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
-                         "without jaxgrpo.runtime's XLA flag and huge pages), trl, tunix (with the "
+                         "without jaxgrpo.runtime's XLA flag and huge pages), trl, trl-accum4 (4 "
+                         "micro-batches, no gradient checkpointing), tunix (with the "
                          "same XLA flag and huge pages as jaxgrpo), tunix-untuned")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
                     help="the PyTorch/TRL venv's python (bash experiments/bootstrap.sh bench)")
@@ -137,11 +147,16 @@ def main(argv=None):
                                                        JAXGRPO_BENCH_LABEL=peer)
             recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
                                    *extra], env=env))
-        elif peer == "trl":
+        elif peer in ("trl", "trl-accum4"):
             if not os.path.exists(a.bench_python):
                 raise SystemExit(f"--bench-python {a.bench_python} not found: run "
                                  "`bash experiments/bootstrap.sh bench` first")
-            recs.append(run_child([a.bench_python, "experiments/_bench_trl.py", *common]))
+            # trl: TRL's defaults (one 32-row batch, gradient checkpointing); trl-accum4: 4
+            # micro-batches of 8 rows without checkpointing (jaxgrpo's train.grad_accum=4
+            # model.remat=none), one optimizer step per generation in both.
+            extra = [] if peer == "trl" else ["--grad-accum", "4", "--no-gradient-checkpointing"]
+            recs.append(run_child([a.bench_python, "experiments/_bench_trl.py", *common, *extra],
+                                  env=dict(os.environ, JAXGRPO_BENCH_LABEL=peer)))
         elif peer in ("tunix", "tunix-untuned"):
             if not os.path.exists(a.tunix_python):
                 raise SystemExit(f"--tunix-python {a.tunix_python} not found: run "
@@ -155,8 +170,8 @@ def main(argv=None):
             recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common],
                                   env=env))
         else:
-            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, trl, tunix, "
-                           "tunix-untuned)")
+            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, trl, "
+                             "trl-accum4, tunix, tunix-untuned)")
     rows = [summarise(r) for r in recs]
     ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
     lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "
