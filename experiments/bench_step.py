@@ -115,6 +115,13 @@ def run_child(cmd, env=None) -> dict:
     raise RuntimeError(f"benchmark child failed (exit {p.returncode}): {' '.join(cmd)}")
 
 
+def need_python(flag: str, path: str, venv: str) -> None:
+    """Exit with the set-up command when a peer's python (its own venv) is missing."""
+    if not os.path.exists(path):
+        raise SystemExit(f"{flag} {path} not found: run `bash experiments/bootstrap.sh {venv}` "
+                         "first")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(SHAPES), default="tiny")
@@ -148,9 +155,7 @@ def main(argv=None):
             recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
                                    *extra], env=env))
         elif peer in ("trl", "trl-accum4"):
-            if not os.path.exists(a.bench_python):
-                raise SystemExit(f"--bench-python {a.bench_python} not found: run "
-                                 "`bash experiments/bootstrap.sh bench` first")
+            need_python("--bench-python", a.bench_python, "bench")
             # trl: TRL's defaults (one 32-row batch, gradient checkpointing); trl-accum4: 4
             # micro-batches of 8 rows without checkpointing (jaxgrpo's train.grad_accum=4
             # model.remat=none), one optimizer step per generation in both.
@@ -158,9 +163,7 @@ def main(argv=None):
             recs.append(run_child([a.bench_python, "experiments/_bench_trl.py", *common, *extra],
                                   env=dict(os.environ, JAXGRPO_BENCH_LABEL=peer)))
         elif peer in ("tunix", "tunix-untuned"):
-            if not os.path.exists(a.tunix_python):
-                raise SystemExit(f"--tunix-python {a.tunix_python} not found: run "
-                                 "`bash experiments/bootstrap.sh tunix` first")
+            need_python("--tunix-python", a.tunix_python, "tunix")
             # Tunix is XLA:CPU too: "tunix" runs with the same process settings as jaxgrpo
             # (jaxgrpo.runtime's XLA flag and malloc tunable, set in its environment), so the
             # race compares the frameworks, not the settings; "tunix-untuned" without them.

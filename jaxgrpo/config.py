@@ -203,7 +203,8 @@ def base_config() -> mc.ConfigDict:
     c.sampling.cache_dtype = ""  # KV-cache dtype of the sampler; "" = the compute dtype
     c.sampling.ignore_eos = False  # always generate max_new_tokens (benchmarks only)
     # decode with the layers unrolled over per-layer weights and caches (no per-step slices of
-    # the stacks: ~10% faster 135M decode on the CPU, +4-5 s compile); False: the scanned stack
+    # the stacks; 135M on the CPU: 9.9-11.0 against 11.1-11.8 s per call in one measurement, the
+    # same within the noise in a later sweep; +4-5 s compile); False: the scanned stack
     c.sampling.unroll_layers = False
 
     # Reward functions and weights; weight 0 disables one.

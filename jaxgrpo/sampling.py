@@ -67,8 +67,8 @@ class SamplingConfig:
         call) instead of the scanned stack, whose every step slices (copies) each layer's weights
         and cache. Same tokens and log-probs; one more copy of the layer weights while sampling
         and a program that grows with depth. Measured at SmolLM2-135M (32 rows x 128 tokens,
-        XLA:CPU, 2 cores): 9.9-11.0 s against 11.1-11.8 s per call, +4-5 s of compilation, so
-        off by default (it pays for long completions only).
+        XLA:CPU, 2 cores): 9.9-11.0 s against 11.1-11.8 s per call, the same within the noise
+        in a later sweep, +4-5 s of compilation, so off by default.
     """
 
     max_new_tokens: int
