@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import warm_memory
 from jaxgrpo.data import decode_completions, encode_rows
 from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.metrics import (distinct_correct, maj_at_k_mean, mean_pairwise_cosine_distance,
@@ -279,7 +280,7 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
                          top_p=top_p, greedy=greedy, eos_token_ids=tuple(eos_token_ids),
                          pad_token_id=pad_token_id, num_samples=num_samples,
                          return_prompt_logprobs=False)
-    sampler = make_sampler(graphdef, cfg)
+    sampler = warm_memory.wrap(make_sampler(graphdef, cfg))  # CPU: warm host memory lent
     entropy_fn = _make_entropy_fn(graphdef, float(temperature)) if compute_entropy else None
 
     tokens, mask, n_trunc = encode_rows(

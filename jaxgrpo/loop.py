@@ -29,6 +29,7 @@ from flax import nnx
 
 from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
+from jaxgrpo import warm_memory
 from jaxgrpo.checkpoint import Checkpointer
 from jaxgrpo.config import validate
 from jaxgrpo.data import PromptIterator
@@ -270,6 +271,7 @@ class Trainer:
 
     def close(self):
         self.env.close()
+        warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
 
 
 def _progress(total: int, initial: int, enabled: bool):

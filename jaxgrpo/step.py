@@ -46,6 +46,7 @@ from flax import nnx
 from jax.experimental import checkify
 
 from jaxgrpo import sharding as shd
+from jaxgrpo import warm_memory
 from jaxgrpo.advantages import required_inputs
 from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
@@ -158,8 +159,10 @@ class Step:
         self.anchors = bool(c.anchors.enabled)
         self.group = c.sampling.num_generations
         check = _checks_nonfinite(c)
-        self.sampler = make_sampler(graphdef, sampling_config(
-            c, self.eos_ids, self.pad_id, prompt_logprobs="prompt_logprobs" in self.needs))
+        # The sampler and the update run with the process's warm host memory lent to them
+        # where that helps (jaxgrpo.warm_memory: CPU backend on a VM that reports free pages).
+        self.sampler = warm_memory.wrap(make_sampler(graphdef, sampling_config(
+            c, self.eos_ids, self.pad_id, prompt_logprobs="prompt_logprobs" in self.needs)))
         self._policy_embed = make_policy_embed(graphdef, rest)
         self._policy_embed_jit = jax.jit(self._policy_embed)
         # The update as a pure function; jitted here (donating the state), with checkify when
@@ -168,7 +171,8 @@ class Step:
         # Jitted so that the state comes back with the shardings it went in with (no recompile
         # at step 2, ``StateShardedJit``); the checkify variant is a plain jit.
         self._update_jit = (_jit_checked(self._update_fn, check, donate=(0,)) if check else
-                            make_update_fn(c, graphdef, rest, tx, mesh=mesh))
+                            warm_memory.wrap(make_update_fn(c, graphdef, rest, tx, mesh=mesh),
+                                             donates_state=True))
         # Timed separately for the log only (time/advantages); the update computes its own.
         self._advantages_jit = _jit_checked(advantage_fn_from_config(c), check)
         self._fused_run = self._make_fused(check) if env.token_reward is not None else None
@@ -370,7 +374,8 @@ class Step:
         if check:
             run = _jit_checked(step, check, donate=(0,))
         else:
-            run = StateShardedJit(lambda mesh: step, self.mesh, replicate_aux=False)
+            run = warm_memory.wrap(StateShardedJit(lambda mesh: step, self.mesh,
+                                                   replicate_aux=False), donates_state=True)
 
         def jitted(*args):
             state, (ro, metrics) = run(*args)

@@ -393,13 +393,21 @@ def test_dynamic_sampling_that_can_never_fill_names_the_keys(tiny_llama_dir, tin
             "train.dynamic_sampling": True, "train.fused": True}))
 
 
-def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tmp_path):
+@pytest.mark.parametrize("warm", ["0", "1"])
+def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tmp_path,
+                                             monkeypatch, warm):
     """The Trainer's step compiles its sampler and update once: steps 2 and 3 compile nothing
-    (the initial state is laid out as the update returns it, rng and step included)."""
+    (the initial state is laid out as the update returns it, rng and step included). With warm
+    host memory (jaxgrpo.warm_memory) reading each function's need compiles nothing more, and
+    the reserve is lent from step 2 on."""
     import logging
 
+    from jaxgrpo import warm_memory
+
+    monkeypatch.setenv(warm_memory.SWITCH, warm)
     # One width: trimming to the longest completion compiles once per bucket seen (tested above).
     t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{"train.completion_buckets": 1})
+    assert isinstance(t.step.sampler, warm_memory.WarmCall) == (warm == "1")
     records = []
 
     class Catch(logging.Handler):
@@ -415,11 +423,16 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
     jax.clear_caches()
     try:
         t.train_step(0)
-        assert any("sampler" in r for r in records) and any("update" in r for r in records)
+        assert sum("sampler" in r for r in records) == 1, records
+        assert sum("update" in r for r in records) == 1, records
         records.clear()
         t.train_step(1)
         t.train_step(2)
         assert records == [], records
+        if warm == "1":
+            needs = [*t.step.sampler.needs.values(), *t.step._update_jit.needs.values()]
+            assert len(needs) == 2 and min(needs) > 0
+            assert warm_memory.reserve().held_bytes >= max(needs)
     finally:
         jax.config.update("jax_log_compiles", False)
         logging.getLogger("jax").removeHandler(handler)
