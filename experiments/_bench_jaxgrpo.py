@@ -67,6 +67,7 @@ def main():
 
     import jax
 
+    from jaxgrpo import warm_memory
     from jaxgrpo.loop import Trainer
 
     compiles = []
@@ -101,7 +102,8 @@ def main():
         "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "jaxgrpo"),
         "version": __import__("jaxgrpo").__version__,
         "overrides": a.set or [],
-        "cpu_settings": {k: os.environ.get(k) for k in ("XLA_FLAGS", "GLIBC_TUNABLES")},
+        "cpu_settings": {**{k: os.environ.get(k) for k in ("XLA_FLAGS", "GLIBC_TUNABLES")},
+                         "warm_memory": warm_memory.enabled()},
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
         "generate_s": samples, "update_s": updates, "compiles_per_step": n_compiles,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -17,7 +17,8 @@ the other (never together), so peak RSS is its own.
         --set model.remat=none --set train.grad_accum=4   # the 2026-12-07 135M race
 
 Peers: ``jaxgrpo`` (with ``jaxgrpo.runtime``'s CPU settings, as every experiments command),
-``jaxgrpo-untuned`` (without), ``trl`` (TRL's defaults: one 32-row batch, gradient
+``jaxgrpo-untuned`` (without), ``jaxgrpo-cold`` (with them, but without ``jaxgrpo.warm_memory``:
+``JAXGRPO_WARM_MEMORY=0``), ``trl`` (TRL's defaults: one 32-row batch, gradient
 checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no checkpointing: what
 ``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the same XLA flag and
 malloc tunable as jaxgrpo, set in its environment: Tunix is XLA:CPU too) and ``tunix-untuned``.
@@ -128,7 +129,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--peers", default="jaxgrpo,trl",
                     help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
-                         "without jaxgrpo.runtime's XLA flag and huge pages), trl, trl-accum4 (4 "
+                         "without jaxgrpo.runtime's XLA flag and huge pages), jaxgrpo-cold "
+                         "(JAXGRPO_WARM_MEMORY=0: without warm host memory), trl, trl-accum4 (4 "
                          "micro-batches, no gradient checkpointing), tunix (with the "
                          "same XLA flag and huge pages as jaxgrpo), tunix-untuned")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
@@ -148,10 +150,13 @@ def main(argv=None):
               "--group", "8", "--prompts-per-step", "4", "--new-tokens", "128", "--lr", "1e-6"]
     recs = []
     for peer in [p.strip() for p in a.peers.split(",") if p.strip()]:
-        if peer in ("jaxgrpo", "jaxgrpo-untuned"):  # untuned: without jaxgrpo.runtime's settings
+        if peer in ("jaxgrpo", "jaxgrpo-untuned", "jaxgrpo-cold"):
+            # untuned: without jaxgrpo.runtime's settings; cold: without jaxgrpo.warm_memory
             extra = [x for kv in a.set for x in ("--set", kv)]
-            env = None if peer == "jaxgrpo" else dict(os.environ, JAXGRPO_CPU_TUNING="0",
-                                                       JAXGRPO_BENCH_LABEL=peer)
+            switch = {"jaxgrpo-untuned": {"JAXGRPO_CPU_TUNING": "0"},
+                      "jaxgrpo-cold": {"JAXGRPO_WARM_MEMORY": "0"}}.get(peer)
+            env = None if switch is None else dict(os.environ, JAXGRPO_BENCH_LABEL=peer,
+                                                    **switch)
             recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
                                    *extra], env=env))
         elif peer in ("trl", "trl-accum4"):
@@ -173,8 +178,8 @@ def main(argv=None):
             recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common],
                                   env=env))
         else:
-            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, trl, "
-                             "trl-accum4, tunix, tunix-untuned)")
+            raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, jaxgrpo-cold, "
+                             "trl, trl-accum4, tunix, tunix-untuned)")
     rows = [summarise(r) for r in recs]
     ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
     lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "
