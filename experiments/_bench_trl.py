@@ -27,9 +27,9 @@ def main():
     ap.add_argument("--no-gradient-checkpointing", action="store_true",
                     help="turn off TRL's default gradient checkpointing")
     a = ap.parse_args()
-    rows = a.prompts_per_step * a.group
-    if a.grad_accum < 1 or rows % a.grad_accum:
-        ap.error(f"--grad-accum {a.grad_accum} must divide the {rows} rows of a step "
+    step_rows = a.prompts_per_step * a.group
+    if a.grad_accum < 1 or step_rows % a.grad_accum:
+        ap.error(f"--grad-accum {a.grad_accum} must divide the {step_rows} rows of a step "
                  "(--prompts-per-step x --group)")
 
     import torch
@@ -75,7 +75,7 @@ def main():
     out_dir = tempfile.mkdtemp(prefix="bench_trl_")
     cfg = GRPOConfig(
         output_dir=out_dir, max_steps=a.steps,
-        per_device_train_batch_size=rows // a.grad_accum,
+        per_device_train_batch_size=step_rows // a.grad_accum,
         gradient_accumulation_steps=a.grad_accum,
         gradient_checkpointing=not a.no_gradient_checkpointing,
         num_generations=a.group, max_completion_length=a.new_tokens, learning_rate=a.lr,
