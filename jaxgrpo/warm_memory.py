@@ -10,15 +10,20 @@ same memory freed a moment before 0.23-0.36 s. A GRPO step alternates two long e
 (sampling ~11 s, the update ~17 s at SmolLM2-135M), so each found its pages handed back: the
 135M update spent ~9 s of kernel time (2 cores) supplying its 3.5 GB of temporaries.
 
-``WarmReserve`` holds that memory between executions instead: before an execution it lets go of
-as much as the execution needs, so the execution's temporaries land on pages freed a moment
-before, and afterwards it takes the same amount back from the pages the execution just freed.
-Peak memory stays what the largest execution needs (the reserve never holds more than that,
-and holds nothing of it while that execution runs); what it adds is the memory held between
-executions. How much each jitted function needs is read from XLA itself:
-``fn.lower(*args).compile().memory_analysis()`` (temporaries + outputs not aliased to donated
-inputs), asked once per argument signature after the first call, when that compilation is
-already in JAX's cache (no second compile; tests/test_step.py counts them).
+``WarmReserve`` holds that memory between executions instead: during an execution it lets go of
+as much as the execution needs, paced by the process's resident size so that each freed chunk
+is taken up within milliseconds (freed in one block of gigabytes it was handed to the
+hypervisor before the execution reached it), and afterwards it takes the same amount back from
+the pages the execution just freed. Peak memory stays what the largest execution needs (the
+reserve never holds more than that, and holds nothing of it while that execution runs); what it
+adds is the memory held between executions. How much each jitted function needs is read from
+XLA itself: ``fn.lower(*args).compile().memory_analysis()`` (temporaries + outputs not aliased
+to donated inputs), asked once per argument signature after the first call, when that
+compilation is already in JAX's cache (no second compile; tests/test_step.py counts them).
+Whether lending pays is measured too: taking the memory back costs a fresh-page supply of its
+own, so :class:`WarmCall` lends only to a function whose second call, run without the reserve,
+spent enough kernel time per GiB of need (the 135M update does; the tiny bench's short steps,
+whose freed pages are still warm when reused, do not).
 
 :func:`wrap` puts a jitted function behind the process's reserve when :func:`enabled` (else
 returns it unchanged): ``JAXGRPO_WARM_MEMORY`` = ``auto`` (default: on for the CPU backend, under
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -39,14 +45,26 @@ import numpy as np
 
 from jaxgrpo.runtime import tuning_enabled
 
-__all__ = ["SWITCH", "CHUNK_BYTES", "free_page_reporting", "enabled", "WarmReserve",
-           "reserve", "release", "needed_bytes", "WarmCall", "wrap"]
+__all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "free_page_reporting",
+           "enabled", "WarmReserve", "reserve", "release", "needed_bytes", "WarmCall", "wrap"]
 
 SWITCH = "JAXGRPO_WARM_MEMORY"
 CHUNK_BYTES = 64 << 20  # the reserve's unit: 32 huge pages
+AHEAD_BYTES = 256 << 20  # paced lending: at most this much handed out and not yet taken up
+POLL_S = 0.002  # paced lending: how often the process's resident size is read
+PAYS_KERNEL_S_PER_GB = 0.5  # WarmCall lends where a call without it spent this much kernel time
 _VIRTIO_BALLOON_ID = 5  # virtio device id of a memory balloon
 _F_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING, a bit of the device's feature string
 _PAGE = 4096
+
+
+def _rss_bytes(fd: Optional[int] = None) -> int:
+    """This process's resident set size (``/proc/self/statm``; 0 where there is none)."""
+    try:
+        raw = os.pread(fd, 128, 0) if fd is not None else open("/proc/self/statm", "rb").read()
+        return int(raw.split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def free_page_reporting(root: str = "/sys/bus/virtio/devices") -> bool:
@@ -136,6 +154,67 @@ class WarmReserve:
                 if not self.failed:
                     self._take(n)
 
+    @contextmanager
+    def lend_paced(self, nbytes: int, ahead: int = AHEAD_BYTES,
+                   poll_s: float = POLL_S) -> Iterator[None]:
+        """:meth:`lend`, handing the memory out as the body takes it up rather than all at once.
+
+        ``ahead`` bytes are freed before the body; a thread then reads the process's resident
+        size every ``poll_s`` and frees one more chunk whenever less than ``ahead`` of what it
+        freed is still untouched, up to ``nbytes``. Memory freed in one block of gigabytes is
+        reported to the hypervisor before an execution reaches it (measured here: the tiny
+        update 1.5 -> 3.1-3.6 s with 2 GB freed up front); paced, each chunk is taken up
+        within milliseconds of its release. Afterwards the reserve holds ``max(held before,
+        nbytes)``, as with :meth:`lend`.
+        """
+        n = -(-max(int(nbytes), 0) // self.chunk_bytes)
+        with self._lock:
+            target = max(len(self._chunks), n)
+        try:
+            fd = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:  # nothing to pace by: lend up front
+            fd = None
+        stop = threading.Event()
+        given = [0]
+
+        def give_one() -> bool:
+            with self._lock:
+                if given[0] >= n or not self._chunks:
+                    return False
+                self._give(1)
+                given[0] += 1
+                return True
+
+        base = _rss_bytes(fd) if fd is not None else 0
+        while given[0] * self.chunk_bytes < (ahead if fd is not None else n * self.chunk_bytes):
+            if not give_one():
+                break
+
+        def pace() -> None:
+            # untaken = base - rss: what was freed and the body has not touched yet
+            while not stop.is_set():
+                if base - _rss_bytes(fd) < ahead:
+                    if not give_one():
+                        return
+                else:
+                    stop.wait(poll_s)
+
+        thread = None
+        if fd is not None and given[0] < n:
+            thread = threading.Thread(target=pace, name="warm-memory-pace", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join()
+            if fd is not None:
+                os.close(fd)
+            with self._lock:  # held again: max(held before, n)
+                if not self.failed:
+                    self._take(target - len(self._chunks))
+
     def release(self) -> None:
         """Give all held memory back to the kernel."""
         with self._lock:
@@ -172,37 +251,66 @@ def _signature(args) -> Any:
 
 
 class WarmCall:
-    """``fn(*args)`` (a jitted function with ``.lower``) run with the reserve's memory lent to it;
-    blocks until the outputs are ready (the memory is taken back after the execution).
+    """``fn(*args)`` (a jitted function with ``.lower``) run with the reserve's memory lent to it
+    where that pays; blocks until the outputs are ready (the memory is taken back afterwards).
+
+    Per argument signature: the first call (it compiles) lends whatever the reserve holds and
+    then reads the call's need from XLA. The second runs without the reserve and measures the
+    process's kernel time: lending costs about one fresh-page supply of the need per call (the
+    reserve touches it again afterwards), so it is used for this signature only when that call
+    spent at least ``min_kernel_s_per_gb`` seconds of kernel time per GiB of need (measured
+    here: the SmolLM2-135M update 2.3-2.9 s/GiB after a 10 s sampling phase, lent 1.1-1.5 s of
+    kernel time instead of 8.7-10.5 s; the tiny bench update 0.09 s/GiB, which lending made
+    1.3-2.2x slower). From the third call on the need is lent when it pays; otherwise only what
+    the reserve already holds for other functions, up to the need, so that held memory never
+    adds to a call's peak (except that one measured call's).
 
     ``donates_state``: ``fn`` donates its first argument and returns the new one first (as
     ``out[0]``), which stands in for the deleted input when the need is read after the call.
     """
 
     def __init__(self, fn: Callable, *, donates_state: bool = False,
-                 warm: Optional[WarmReserve] = None):
+                 warm: Optional[WarmReserve] = None,
+                 min_kernel_s_per_gb: Optional[float] = None):
         self.fn = fn
         self.donates_state = donates_state
         self.warm = warm if warm is not None else _RESERVE
+        self.min_kernel_s_per_gb = (PAYS_KERNEL_S_PER_GB if min_kernel_s_per_gb is None
+                                    else float(min_kernel_s_per_gb))
         self.needs: Dict[Any, int] = {}
+        self.kernel_s: Dict[Any, float] = {}  # the measured call's kernel time, per signature
+        self.lends: Dict[Any, bool] = {}  # whether lending pays, per signature
 
     def __getattr__(self, name):  # lower, _cache_size, ... of the wrapped function
         return getattr(self.fn, name)
 
+    def _run(self, args, nbytes: int):
+        if nbytes <= 0:
+            return jax.block_until_ready(self.fn(*args))
+        with self.warm.lend_paced(nbytes):
+            return jax.block_until_ready(self.fn(*args))
+
     def __call__(self, *args):
         sig = _signature(args[1:] if self.donates_state else args)
         need = self.needs.get(sig)
-        # Need not known yet (first call of this signature): lend all that is held, so that the
-        # reserve never adds to the call's peak.
-        with self.warm.lend(self.warm.held_bytes if need is None else need):
-            out = jax.block_until_ready(self.fn(*args))
-        if need is None:
+        if need is None:  # compiles: lend all that is held (the reserve never adds to its peak)
+            out = self._run(args, self.warm.held_bytes)
             after = ((out[0],) + tuple(args[1:])) if self.donates_state else args
             # The first call compiled it: lowering the same signature is a cache hit.
             self.needs[sig] = needed_bytes(self.fn.lower(*after).compile())
-            with self.warm.lend(self.needs[sig]):  # fill the reserve while the pages are warm
-                pass
-        return out
+            return out
+        lend = self.lends.get(sig)
+        if lend is None:  # measure the kernel's page supply without the reserve
+            k0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            out = jax.block_until_ready(self.fn(*args))
+            kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - k0
+            self.kernel_s[sig] = kernel
+            self.lends[sig] = need > 0 and kernel >= self.min_kernel_s_per_gb * need / 2**30
+            if self.lends[sig]:
+                with self.warm.lend(need):  # fill the reserve while the freed pages are warm
+                    pass
+            return out
+        return self._run(args, need if lend else min(need, self.warm.held_bytes))
 
 
 def wrap(fn: Callable, *, donates_state: bool = False) -> Callable:

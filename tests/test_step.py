@@ -399,12 +399,13 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
     """The Trainer's step compiles its sampler and update once: steps 2 and 3 compile nothing
     (the initial state is laid out as the update returns it, rng and step included). With warm
     host memory (jaxgrpo.warm_memory) reading each function's need compiles nothing more, and
-    the reserve is lent from step 2 on."""
+    the reserve is filled at step 2 and lent from step 3 on."""
     import logging
 
     from jaxgrpo import warm_memory
 
     monkeypatch.setenv(warm_memory.SWITCH, warm)
+    monkeypatch.setattr(warm_memory, "PAYS_KERNEL_S_PER_GB", 0.0)  # lending pays here
     # One width: trimming to the longest completion compiles once per bucket seen (tested above).
     t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{"train.completion_buckets": 1})
     assert isinstance(t.step.sampler, warm_memory.WarmCall) == (warm == "1")
@@ -433,6 +434,8 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
             needs = [*t.step.sampler.needs.values(), *t.step._update_jit.needs.values()]
             assert len(needs) == 2 and min(needs) > 0
             assert warm_memory.reserve().held_bytes >= max(needs)
+            lends = [*t.step.sampler.lends.values(), *t.step._update_jit.lends.values()]
+            assert lends == [True, True]
     finally:
         jax.config.update("jax_log_compiles", False)
         logging.getLogger("jax").removeHandler(handler)
