@@ -83,13 +83,15 @@ def main():
     jax.config.update("jax_log_compiles", True)
     handler = logging.StreamHandler(Count())
     logging.getLogger("jax").addHandler(handler)
-    steps, samples, updates, ends, n_compiles = [], [], [], [], []
+    steps, samples, updates, ends, n_compiles, kernel = [], [], [], [], [], []
     try:
         for i in range(a.steps):
             t0 = time.perf_counter()
+            k0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             before = len(compiles)
             m = trainer.train_step(i)
             ends.append(time.perf_counter())
+            kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - k0)
             steps.append(ends[-1] - t0)
             samples.append(m["time/sample"])
             updates.append(m["time/update"])
@@ -106,6 +108,7 @@ def main():
                          "warm_memory": warm_memory.enabled()},
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
         "generate_s": samples, "update_s": updates, "compiles_per_step": n_compiles,
+        "kernel_s": kernel,  # the process's system CPU time per step (page supply, mostly)
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "tokens_per_step": p * a.group * a.new_tokens, "max_prompt_tokens": tp,
         "devices": [str(d) for d in jax.devices()]}), flush=True)
