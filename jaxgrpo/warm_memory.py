@@ -45,7 +45,8 @@ import numpy as np
 
 from jaxgrpo.runtime import tuning_enabled
 
-__all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "free_page_reporting",
+__all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "PAYS_MIN_KERNEL_S",
+           "free_page_reporting",
            "enabled", "WarmReserve", "reserve", "release", "needed_bytes", "WarmCall", "wrap"]
 
 SWITCH = "JAXGRPO_WARM_MEMORY"
@@ -53,6 +54,7 @@ CHUNK_BYTES = 64 << 20  # the reserve's unit: 32 huge pages
 AHEAD_BYTES = 256 << 20  # paced lending: at most this much handed out and not yet taken up
 POLL_S = 0.002  # paced lending: how often the process's resident size is read
 PAYS_KERNEL_S_PER_GB = 0.5  # WarmCall lends where a call without it spent this much kernel time
+PAYS_MIN_KERNEL_S = 1.0  # ... per GiB of need, and at least this much in all
 _VIRTIO_BALLOON_ID = 5  # virtio device id of a memory balloon
 _F_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING, a bit of the device's feature string
 _PAGE = 4096
@@ -191,13 +193,17 @@ class WarmReserve:
                 break
 
         def pace() -> None:
-            # untaken = base - rss: what was freed and the body has not touched yet
+            # untaken = base - rss: what was freed and the body has not touched yet. While the
+            # body takes nothing up, the reads back off to 32 x poll_s (fewer wake-ups).
+            wait = poll_s
             while not stop.is_set():
                 if base - _rss_bytes(fd) < ahead:
                     if not give_one():
                         return
+                    wait = poll_s
                 else:
-                    stop.wait(poll_s)
+                    stop.wait(wait)
+                    wait = min(2 * wait, 32 * poll_s)
 
         thread = None
         if fd is not None and given[0] < n:
@@ -258,10 +264,11 @@ class WarmCall:
     then reads the call's need from XLA. The second runs without the reserve and measures the
     process's kernel time: lending costs about one fresh-page supply of the need per call (the
     reserve touches it again afterwards), so it is used for this signature only when that call
-    spent at least ``min_kernel_s_per_gb`` seconds of kernel time per GiB of need (measured
-    here: the SmolLM2-135M update 2.3-2.9 s/GiB after a 10 s sampling phase, lent 1.1-1.5 s of
-    kernel time instead of 8.7-10.5 s; the tiny bench update 0.09 s/GiB, which lending made
-    1.3-2.2x slower). From the third call on the need is lent when it pays; otherwise only what
+    spent at least ``min_kernel_s_per_gb`` seconds of kernel time per GiB of need and
+    ``min_kernel_s`` in all (the thread pool's own system calls count too; measured here: the
+    SmolLM2-135M update 2.5 s/GiB, 9.6 s, after a 10 s sampling phase, lent 1.1-1.7 s of kernel
+    time instead of 8.6-9.6 s; its sampler 0.44 s, not lent; the tiny bench update 0.17 s,
+    which lending made 1.3-2.2x slower). From the third call on the need is lent when it pays; otherwise only what
     the reserve already holds for other functions, up to the need, so that held memory never
     adds to a call's peak (except that one measured call's).
 
@@ -271,12 +278,14 @@ class WarmCall:
 
     def __init__(self, fn: Callable, *, donates_state: bool = False,
                  warm: Optional[WarmReserve] = None,
-                 min_kernel_s_per_gb: Optional[float] = None):
+                 min_kernel_s_per_gb: Optional[float] = None,
+                 min_kernel_s: Optional[float] = None):
         self.fn = fn
         self.donates_state = donates_state
         self.warm = warm if warm is not None else _RESERVE
         self.min_kernel_s_per_gb = (PAYS_KERNEL_S_PER_GB if min_kernel_s_per_gb is None
                                     else float(min_kernel_s_per_gb))
+        self.min_kernel_s = PAYS_MIN_KERNEL_S if min_kernel_s is None else float(min_kernel_s)
         self.needs: Dict[Any, int] = {}
         self.kernel_s: Dict[Any, float] = {}  # the measured call's kernel time, per signature
         self.lends: Dict[Any, bool] = {}  # whether lending pays, per signature
@@ -305,7 +314,8 @@ class WarmCall:
             out = jax.block_until_ready(self.fn(*args))
             kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - k0
             self.kernel_s[sig] = kernel
-            self.lends[sig] = need > 0 and kernel >= self.min_kernel_s_per_gb * need / 2**30
+            self.lends[sig] = need > 0 and kernel >= max(self.min_kernel_s_per_gb * need / 2**30,
+                                                         self.min_kernel_s)
             if self.lends[sig]:
                 with self.warm.lend(need):  # fill the reserve while the freed pages are warm
                     pass

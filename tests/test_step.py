@@ -406,6 +406,7 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
 
     monkeypatch.setenv(warm_memory.SWITCH, warm)
     monkeypatch.setattr(warm_memory, "PAYS_KERNEL_S_PER_GB", 0.0)  # lending pays here
+    monkeypatch.setattr(warm_memory, "PAYS_MIN_KERNEL_S", 0.0)
     # One width: trimming to the longest completion compiles once per bucket seen (tested above).
     t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{"train.completion_buckets": 1})
     assert isinstance(t.step.sampler, warm_memory.WarmCall) == (warm == "1")

@@ -98,7 +98,8 @@ def test_wrapped_call_gives_the_same_results_and_compiles_once():
     jitted = jax.jit(fresh, donate_argnums=(0,))
     warm = wm.WarmReserve(chunk_bytes=MIB)
     spy = _Spy(jitted, warm)
-    call = wm.WarmCall(spy, donates_state=True, warm=warm, min_kernel_s_per_gb=0.0)  # pays
+    call = wm.WarmCall(spy, donates_state=True, warm=warm, min_kernel_s_per_gb=0.0,
+                       min_kernel_s=0.0)  # pays
     compiles = []
 
     class Catch(logging.Handler):
