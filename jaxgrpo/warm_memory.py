@@ -258,7 +258,8 @@ def _signature(args) -> Any:
 
 class WarmCall:
     """``fn(*args)`` (a jitted function with ``.lower``) run with the reserve's memory lent to it
-    where that pays; blocks until the outputs are ready (the memory is taken back afterwards).
+    where that pays; a call that borrows (or is measured) blocks until its outputs are ready, so
+    that the memory is taken back after the execution.
 
     Per argument signature: the first call (it compiles) lends whatever the reserve holds and
     then reads the call's need from XLA. The second runs without the reserve and measures the
@@ -294,8 +295,8 @@ class WarmCall:
         return getattr(self.fn, name)
 
     def _run(self, args, nbytes: int):
-        if nbytes <= 0:
-            return jax.block_until_ready(self.fn(*args))
+        if nbytes <= 0:  # nothing lent: as the plain function (asynchronous dispatch)
+            return self.fn(*args)
         with self.warm.lend_paced(nbytes):
             return jax.block_until_ready(self.fn(*args))
 
