@@ -46,8 +46,8 @@ import numpy as np
 from jaxgrpo.runtime import tuning_enabled
 
 __all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "PAYS_MIN_KERNEL_S",
-           "free_page_reporting",
-           "enabled", "WarmReserve", "reserve", "release", "needed_bytes", "WarmCall", "wrap"]
+           "free_page_reporting", "enabled", "WarmReserve", "reserve", "release", "needed_bytes",
+           "WarmCall", "wrap"]
 
 SWITCH = "JAXGRPO_WARM_MEMORY"
 CHUNK_BYTES = 64 << 20  # the reserve's unit: 32 huge pages
@@ -60,11 +60,10 @@ _F_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING, a bit of the device's feature st
 _PAGE = 4096
 
 
-def _rss_bytes(fd: Optional[int] = None) -> int:
-    """This process's resident set size (``/proc/self/statm``; 0 where there is none)."""
+def _rss_bytes(fd: int) -> int:
+    """This process's resident set size, read from ``fd`` (open on ``/proc/self/statm``)."""
     try:
-        raw = os.pread(fd, 128, 0) if fd is not None else open("/proc/self/statm", "rb").read()
-        return int(raw.split()[1]) * _PAGE
+        return int(os.pread(fd, 128, 0).split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -142,40 +141,29 @@ class WarmReserve:
             self._chunks.pop().close()  # munmap: the pages go back to the kernel, warm
 
     @contextmanager
-    def lend(self, nbytes: int) -> Iterator[None]:
+    def lend(self, nbytes: int, ahead: Optional[int] = None,
+             poll_s: float = POLL_S) -> Iterator[None]:
         """Free ``nbytes`` (rounded up to chunks; as much as is held) for the body, then hold
-        ``nbytes`` again (taking back what the body freed; the reserve grows to ``nbytes`` the
-        first time)."""
-        n = -(-max(int(nbytes), 0) // self.chunk_bytes)
-        with self._lock:
-            self._give(n)
-        try:
-            yield
-        finally:
-            with self._lock:  # held again: max(held before, n)
-                if not self.failed:
-                    self._take(n)
+        ``max(held before, nbytes)`` again (taking back what the body freed; the reserve grows
+        to ``nbytes`` the first time).
 
-    @contextmanager
-    def lend_paced(self, nbytes: int, ahead: int = AHEAD_BYTES,
-                   poll_s: float = POLL_S) -> Iterator[None]:
-        """:meth:`lend`, handing the memory out as the body takes it up rather than all at once.
-
-        ``ahead`` bytes are freed before the body; a thread then reads the process's resident
-        size every ``poll_s`` and frees one more chunk whenever less than ``ahead`` of what it
-        freed is still untouched, up to ``nbytes``. Memory freed in one block of gigabytes is
-        reported to the hypervisor before an execution reaches it (measured here: the tiny
-        update 1.5 -> 3.1-3.6 s with 2 GB freed up front); paced, each chunk is taken up
-        within milliseconds of its release. Afterwards the reserve holds ``max(held before,
-        nbytes)``, as with :meth:`lend`.
+        ``ahead=None`` frees it all before the body. Otherwise the memory is handed out as the
+        body takes it up: ``ahead`` bytes before the body, then a thread reads the process's
+        resident size every ``poll_s`` (backing off while nothing is taken up) and frees one
+        more chunk whenever less than ``ahead`` of what it freed is still untouched. Memory freed
+        in one block of gigabytes is reported to the hypervisor before an execution reaches it
+        (measured here: the tiny update 1.5 -> 3.1-3.6 s with 2 GB freed up front); paced, each
+        chunk is taken up within milliseconds of its release.
         """
         n = -(-max(int(nbytes), 0) // self.chunk_bytes)
         with self._lock:
             target = max(len(self._chunks), n)
-        try:
-            fd = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:  # nothing to pace by: lend up front
-            fd = None
+        fd = None
+        if ahead is not None:
+            try:
+                fd = os.open("/proc/self/statm", os.O_RDONLY)
+            except OSError:  # nothing to pace by: lend up front
+                pass
         stop = threading.Event()
         given = [0]
 
@@ -269,9 +257,9 @@ class WarmCall:
     ``min_kernel_s`` in all (the thread pool's own system calls count too; measured here: the
     SmolLM2-135M update 2.5 s/GiB, 9.6 s, after a 10 s sampling phase, lent 1.1-1.7 s of kernel
     time instead of 8.6-9.6 s; its sampler 0.44 s, not lent; the tiny bench update 0.17 s,
-    which lending made 1.3-2.2x slower). From the third call on the need is lent when it pays; otherwise only what
-    the reserve already holds for other functions, up to the need, so that held memory never
-    adds to a call's peak (except that one measured call's).
+    which lending made 1.3-2.2x slower). From the third call on the need is lent when it pays;
+    otherwise only what the reserve already holds for other functions, up to the need, so that
+    held memory never adds to a call's peak (except that one measured call's).
 
     ``donates_state``: ``fn`` donates its first argument and returns the new one first (as
     ``out[0]``), which stands in for the deleted input when the need is read after the call.
@@ -297,7 +285,7 @@ class WarmCall:
     def _run(self, args, nbytes: int):
         if nbytes <= 0:  # nothing lent: as the plain function (asynchronous dispatch)
             return self.fn(*args)
-        with self.warm.lend_paced(nbytes):
+        with self.warm.lend(nbytes, ahead=AHEAD_BYTES):
             return jax.block_until_ready(self.fn(*args))
 
     def __call__(self, *args):
