@@ -115,6 +115,12 @@ def main(argv=None) -> int:
     from jaxgrpo.sharding import initialize_distributed
     initialize_distributed()
     enable_compilation_cache()
+    from jaxgrpo import warm_memory
+    try:  # an environment switch with a bad value: one line before anything loads
+        warm_memory.switch_mode()
+    except errors.ConfigError as e:
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        return errors.EXIT_CONFIG_ERROR
     config = parse_config(argv)
     from jaxgrpo.loop import Trainer
 

@@ -43,10 +43,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import jax
 import numpy as np
 
+from jaxgrpo.errors import ConfigError
 from jaxgrpo.runtime import tuning_enabled
 
 __all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "PAYS_MIN_KERNEL_S",
-           "free_page_reporting", "enabled", "WarmReserve", "reserve", "release", "needed_bytes",
+           "free_page_reporting", "switch_mode", "enabled", "WarmReserve", "reserve", "release", "needed_bytes",
            "WarmCall", "wrap"]
 
 SWITCH = "JAXGRPO_WARM_MEMORY"
@@ -89,13 +90,21 @@ def free_page_reporting(root: str = "/sys/bus/virtio/devices") -> bool:
     return False
 
 
-def enabled(env=os.environ, backend: Optional[str] = None) -> bool:
-    """Whether :func:`wrap` lends memory: ``JAXGRPO_WARM_MEMORY`` (``auto`` | ``1`` | ``0``), on
-    the CPU backend only (an accelerator's memory is its own). Raises ValueError (naming the
-    variable) on another value."""
+def switch_mode(env=os.environ) -> str:
+    """The ``JAXGRPO_WARM_MEMORY`` setting, lower-cased; raises :class:`ConfigError` (a
+    ValueError naming the variable) on a value other than auto / 1 / 0 / on / off / true /
+    false. The CLI asks before it loads anything."""
     mode = env.get(SWITCH, "auto").strip().lower()
     if mode not in ("auto", "1", "0", "on", "off", "true", "false"):
-        raise ValueError(f"{SWITCH}={env.get(SWITCH)!r}: use auto, 1 or 0")
+        raise ConfigError(f"{SWITCH}={env.get(SWITCH)!r}: use auto, 1 or 0")
+    return mode
+
+
+def enabled(env=os.environ, backend: Optional[str] = None) -> bool:
+    """Whether :func:`wrap` lends memory: ``JAXGRPO_WARM_MEMORY`` (``auto`` | ``1`` | ``0``), on
+    the CPU backend only (an accelerator's memory is its own). Raises ConfigError (naming the
+    variable) on another value."""
+    mode = switch_mode(env)
     if mode in ("0", "off", "false"):
         return False
     if (backend or jax.default_backend()) != "cpu":

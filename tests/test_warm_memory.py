@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgrpo import warm_memory as wm
+from jaxgrpo.errors import ConfigError
 
 MIB = 1 << 20
 
@@ -40,8 +41,9 @@ def test_switch():
     assert not wm.enabled(off, backend="cpu")
     # auto follows the CPU settings switch (and the balloon probe)
     assert not wm.enabled({wm.SWITCH: "auto", "JAXGRPO_CPU_TUNING": "0"}, backend="cpu")
-    with pytest.raises(ValueError, match=wm.SWITCH):
+    with pytest.raises(ConfigError, match=wm.SWITCH):
         wm.enabled({wm.SWITCH: "sometimes"}, backend="cpu")
+    assert wm.switch_mode({wm.SWITCH: " On "}) == "on"
 
 
 def test_reserve_lends_what_is_asked_and_holds_the_largest_need():
