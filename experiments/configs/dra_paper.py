@@ -6,10 +6,10 @@ Command (GPU/TPU mesh; local model directory and data file required):
       --config.data.path=/data/open-rs.jsonl
   Add --config.advantage.baseline=grpo --config.loss.agg_mode=seq-mean-token-mean for DRA-GRPO.
 Hardware: the paper used 4x A100-40GB for 12.5 h; here data=1, fsdp=all devices.
-  Memory (experiments/memory_plan.py, XLA:TPU ahead-of-time compile, 28 layers, update
-  arguments + temporaries per device; model.remat=full): 17.4 GB on 4 chips with
-  --config.train.grad_accum=4 (3 sequences/device), 29.2 GB on 8 chips with grad_accum=1
-  (6 sequences/device). Without remat XLA:TPU refuses it (148.7 GB of temporaries on 4 chips).
+  Memory (experiments/memory_plan.py, XLA:TPU ahead-of-time compile under the mesh, 28 layers,
+  update arguments + temporaries per device; README "Paper scale"): 17.77 GB on 4 chips (v5p-8)
+  with --config.train.grad_accum=4 (3 sequences/device), 13.72 GB on 8 chips (v5p-16) with
+  grad_accum=1 (6 sequences/device); with model.remat=none 68.05 GB on 4 chips.
 Expected (paper, pass@1): AIME24 36.7, MATH-500 85.2, AMC23 85.0, Minerva 30.5,
   OlympiadBench 53.8, average 58.2 (base model 48.9). Evaluate with
   experiments/tables/dra_table.py. Not run by us: no GPU was available when this was written.
