@@ -19,8 +19,8 @@ Any ``--config.<key>=<value>`` override of ``experiments.run`` works. What it do
    (``jax.experimental.topologies``; the XLA:TPU compiler refuses a program that does not fit in
    HBM, a direct yes or no);
 3. prints per-device bytes: parameters, optimizer state, reference parameters, gradients,
-   logits and KV cache (those from the shapes; marked "estimate" where the layout is XLA's
-   choice), then the compiled arguments, temporaries and outputs from
+   logits, activations and KV cache (those from the shapes; marked "estimate" where the layout
+   is XLA's choice), then the compiled arguments, temporaries and outputs from
    ``compiled.memory_analysis()``. The last line is ``peak_gb_per_device=<GB>`` for the update:
    arguments + temporaries (of the TPU compile with ``--tpu``, else the CPU one; extrapolated to
    the model's depth with ``--layers``).
@@ -501,6 +501,15 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
     print(f"  logits             {gb(rows_dev * logit_t * vocab * 4)}   (estimate: f32 "
           f"[{rows_dev:g} rows/device, {logit_t} tokens, {vocab}] of one micro-batch"
           + (f", train.logits_chunk={chunk}" if chunk else ", full vocabulary, unchunked") + ")")
+    acts = rows_dev * (tp + tc) * cfg.hidden_size * itemsize * full_depth
+    kept = (f"[{rows_dev:g} rows/device, {tp + tc} tokens, {cfg.hidden_size}] x {full_depth} "
+            f"layers in {c.model.dtype}")
+    print(f"  activations        {gb(acts)}   "
+          + (f"(estimate: with model.remat='full' the backward keeps each layer's input, {kept}"
+             if c.model.remat == "full" else
+             f"(estimate, a lower bound: each layer's input, {kept}; "
+             f"model.remat={c.model.remat!r} also keeps intermediates")
+          + "; part of the compiled temporaries below)")
     print(f"  rollout inputs     {gb(s['rollout'])}")
     print(f"  KV cache (sampler) {gb(kv_dev)}   (estimate: {rows_s} rows x {kv_slots} slots x "
           f"{full_depth} layers, K+V in {c.model.dtype}, rows split over data x fsdp)")

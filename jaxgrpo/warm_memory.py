@@ -47,8 +47,8 @@ from jaxgrpo.errors import ConfigError
 from jaxgrpo.runtime import tuning_enabled
 
 __all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "PAYS_MIN_KERNEL_S",
-           "free_page_reporting", "switch_mode", "enabled", "WarmReserve", "reserve", "release", "needed_bytes",
-           "WarmCall", "wrap"]
+           "free_page_reporting", "switch_mode", "enabled", "WarmReserve", "reserve", "release",
+           "needed_bytes", "WarmCall", "wrap"]
 
 SWITCH = "JAXGRPO_WARM_MEMORY"
 CHUNK_BYTES = 64 << 20  # the reserve's unit: 32 huge pages

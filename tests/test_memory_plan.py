@@ -67,7 +67,7 @@ def test_output_format_and_peak_line(plan):
     assert peak > 0
     text = plan["stdout"]
     for label in ("params", "optimizer state", "reference params", "gradients", "logits",
-                  "KV cache (sampler)", "-- update (compiled; memory_analysis)",
+                  "activations", "KV cache (sampler)", "-- update (compiled; memory_analysis)",
                   "-- sampler (compiled; memory_analysis)"):
         assert label in text, label
     arg = int(re.search(r"^update\.argument_bytes=(\d+)$", text, re.M).group(1))
