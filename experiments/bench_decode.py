@@ -77,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--cache-dtype", default="float32")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--impls", default="naive,blockwise")
     ap.add_argument("--tiny", action="store_true", help="smoke run: 2 layers, 3 repeats")
     args = ap.parse_args(argv)
