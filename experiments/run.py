@@ -112,15 +112,15 @@ def main(argv=None) -> int:
         return errors.EXIT_OK
     # Multi-host (SLURM, Open MPI, TPU pod slices, JAX_COORDINATOR_ADDRESS): initialise JAX's
     # distributed runtime before anything touches a backend; a no-op on one machine.
-    from jaxgrpo.sharding import initialize_distributed
-    initialize_distributed()
-    enable_compilation_cache()
     from jaxgrpo import warm_memory
-    try:  # an environment switch with a bad value: one line before anything loads
+    from jaxgrpo.sharding import initialize_distributed
+    try:  # an environment variable with a bad value: one line before anything loads
         warm_memory.switch_mode()
+        initialize_distributed()
     except errors.ConfigError as e:
         print(f"config error: {_one_line(e)}", file=sys.stderr)
         return errors.EXIT_CONFIG_ERROR
+    enable_compilation_cache()
     config = parse_config(argv)
     from jaxgrpo.loop import Trainer
 

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
 from jaxgrpo.data import decode_completions, encode_rows
 from jaxgrpo.logprobs import completion_logprobs
@@ -298,12 +299,15 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
         pt, pm = jnp.asarray(tokens[idx]), jnp.asarray(mask[idx])
         out = sampler(state, pt, pm, jax.random.fold_in(key, b))
         sl = slice(start, start + keep)
-        comp_tok[sl] = np.asarray(out.completion_tokens).reshape(batch, n, -1)[:keep]
-        comp_mask[sl] = np.asarray(out.completion_mask).reshape(batch, n, -1)[:keep]
-        truncated[sl] = np.asarray(out.truncated).reshape(batch, n)[:keep]
+        # to_host: a plain copy on one host; gathers the other hosts' rows on several.
+        toks, cmask, trunc = shd.to_host((out.completion_tokens, out.completion_mask,
+                                          out.truncated))
+        comp_tok[sl] = toks.reshape(batch, n, -1)[:keep]
+        comp_mask[sl] = cmask.reshape(batch, n, -1)[:keep]
+        truncated[sl] = trunc.reshape(batch, n)[:keep]
         if entropy_fn is not None:
             ent = entropy_fn(state, pt, pm, out.completion_tokens, out.completion_mask)
-            entropy[sl] = np.asarray(ent).reshape(batch, n)[:keep]
+            entropy[sl] = shd.to_host(ent).reshape(batch, n)[:keep]
 
     lengths = comp_mask.sum(axis=-1)
     texts = decode_completions(tokenizer, comp_tok.reshape(p * n, -1),

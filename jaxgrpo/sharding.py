@@ -62,6 +62,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgrpo.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -531,22 +533,45 @@ def _multi_host_from_env(env=os.environ) -> bool:
     return len([h for h in hosts.split(",") if h.strip()]) > 1
 
 
-def initialize_distributed(multi_host: Optional[bool] = None, **kwargs) -> bool:
+PROCESS_ENV = (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+
+
+def _process_kwargs_from_env(env=os.environ) -> dict:
+    """``num_processes`` / ``process_id`` from ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (set
+    beside ``JAX_COORDINATOR_ADDRESS`` where no cluster manager describes the processes: plain
+    ssh, a local test). A value that is not a non-negative int raises ConfigError naming it."""
+    out = {}
+    for key, name in PROCESS_ENV:
+        if env.get(name, "").strip():
+            try:
+                out[key] = int(env[name])
+            except ValueError:
+                out[key] = -1
+            if out[key] < 0:
+                raise ConfigError(f"{name}={env[name]!r}: must be an int >= 0")
+    return out
+
+
+def initialize_distributed(multi_host: Optional[bool] = None, env=os.environ, **kwargs) -> bool:
     """Call ``jax.distributed.initialize(**kwargs)`` when this run spans several processes.
 
     ``multi_host=None`` decides from the environment: ``JAXGRPO_MULTI_HOST=1``,
     ``JAX_COORDINATOR_ADDRESS``, a SLURM step or Open MPI job with more than one task, or a
     multi-host TPU slice. ``kwargs`` (``coordinator_address``, ``num_processes``,
-    ``process_id``, ...) go to JAX unchanged. Call it first thing in the program, before any
-    JAX computation. Returns whether JAX's distributed runtime is (now) initialised; a second
-    call is a no-op.
+    ``process_id``, ...) go to JAX unchanged; without them ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` are read (JAX itself reads ``JAX_COORDINATOR_ADDRESS`` but takes the
+    other two from a cluster manager only). Call it first thing in the program, before any JAX
+    computation. Returns whether JAX's distributed runtime is (now) initialised; a second call
+    is a no-op.
     """
     if jax.distributed.is_initialized():
         return True
     if multi_host is None:
-        multi_host = bool(kwargs) or _multi_host_from_env()
+        multi_host = bool(kwargs) or _multi_host_from_env(env)
     if not multi_host:
         return False
+    if not kwargs:
+        kwargs = _process_kwargs_from_env(env)
     jax.distributed.initialize(**kwargs)
     logger.info("jax.distributed initialised: process %d of %d, %d global devices",
                 jax.process_index(), jax.process_count(), jax.device_count())

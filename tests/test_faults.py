@@ -493,14 +493,18 @@ def test_8_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     assert p.stderr.strip() == "config error: config.sampling.top_k=-5: must be >= 0"
 
 
-def test_8_a_bad_environment_switch_is_one_line_before_anything_loads(tmp_path):
-    env = dict(os.environ, JAXGRPO_WARM_MEMORY="sometimes")
+@pytest.mark.parametrize("env, message", [
+    ({"JAXGRPO_WARM_MEMORY": "sometimes"}, "JAXGRPO_WARM_MEMORY='sometimes': use auto, 1 or 0"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": "one"}, "JAX_PROCESS_ID='one': must be an int >= 0"),
+])
+def test_8_a_bad_environment_variable_is_one_line_before_anything_loads(tmp_path, env, message):
     run = tmp_path / "run"
     p = subprocess.run([sys.executable, "-m", "experiments.run", f"--config.run_dir={run}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == EXIT_CONFIG_ERROR, p.stderr[-2000:]
-    assert p.stderr.strip() == ("config error: JAXGRPO_WARM_MEMORY='sometimes': "
-                                "use auto, 1 or 0")
+    assert p.stderr.strip() == f"config error: {message}"
     assert not run.exists()  # refused before the run directory (or a model) was made
 
 

@@ -152,3 +152,88 @@ def test_only_process_0_writes_host_files(tiny_llama_dir, tiny_run_config, tmp_p
     names = set(os.listdir(run_dir))
     assert {"config.json", "metrics.jsonl", "samples.jsonl", "summary.json",
             "eval_step0.jsonl", "eval_step2.jsonl"} <= names, names
+
+
+def _cli_env(devices: int, **extra):
+    env = _env(devices)
+    env.pop("JAXGRPO_BENCH_T0", None)
+    env.update(JAXGRPO_COMPILATION_CACHE="0", **extra)
+    return env
+
+
+def _records(run_dir, name):
+    with open(os.path.join(run_dir, name)) as f:
+        return [json.loads(line) for line in f]
+
+
+def _without_timings(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not k.startswith("time/") and k != "tokens_per_s"}
+
+
+@pytest.mark.slow
+def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_dir,
+                                                                   tiny_run_config, tmp_path):
+    """`python -m experiments.run` started twice with JAX_COORDINATOR_ADDRESS /
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID (4 CPU devices each, one (1, 4, 2) mesh, fsdp across the
+    processes) trains 2 steps with evaluations and checkpoints, then resumes to step 3, and
+    writes the metrics, samples and evaluations of one process with 8 devices."""
+    from test_faults import _cfg_file
+
+    from jaxgrpo.errors import EXIT_OK
+
+    runs = {}
+    for mode in ("single", "multi"):
+        (tmp_path / mode).mkdir()
+        c = tiny_run_config(tiny_llama_dir, tmp_path / mode / "run", steps=2, **{
+            "checkpoint.every": 1, "log.samples_every": 1, "train.prompts_per_step": 4,
+            "eval.num_prompts": 4, "optim.lr": 1e-6, "mesh.data": 1, "mesh.fsdp": 4,
+            "mesh.tensor": 2})
+        runs[mode] = (_cfg_file(tmp_path / mode, c), str(tmp_path / mode / "run"))
+
+    def run(mode, steps):
+        cfg, _ = runs[mode]
+        cmd = [sys.executable, "-m", "experiments.run", f"--config={cfg}",
+               f"--config.steps={steps}"]
+        if mode == "single":
+            p = subprocess.run(cmd, cwd=ROOT, env=_cli_env(8), capture_output=True, text=True,
+                               timeout=TIMEOUT)
+            assert p.returncode == EXIT_OK, p.stdout[-3000:] + p.stderr[-3000:]
+            return
+        port = _free_port()
+        procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env=_cli_env(
+                                      4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                      JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+                 for i in range(2)]
+        logs = []
+        try:
+            for p in procs:
+                logs.append(p.communicate(timeout=TIMEOUT)[0])
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        for i, p in enumerate(procs):
+            assert p.returncode == EXIT_OK, f"process {i}:\n{logs[i][-4000:]}"
+
+    for mode in ("single", "multi"):
+        run(mode, 2)
+        run(mode, 3)  # resumes from the step-2 checkpoint
+    one, two = runs["single"][1], runs["multi"][1]
+    m1, m2 = _records(one, "metrics.jsonl"), _records(two, "metrics.jsonl")
+    assert [r["step"] for r in m1] == [r["step"] for r in m2]
+    assert [r["step"] for r in m1 if r["kind"] == "train"] == [1, 2, 3]
+    for a, b in zip(m1, m2):
+        a, b = _without_timings(a), _without_timings(b)
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float):
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+            else:
+                assert b[k] == a[k], k
+    assert next(r for r in m1 if r["kind"] == "train")["grad_norm"] > 0
+    for name in ("samples.jsonl", "eval_step0.jsonl", "eval_step3.jsonl"):
+        assert _records(two, name) == _records(one, name), name
+    assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == \
+        sorted(os.listdir(os.path.join(one, "checkpoints")))

@@ -238,6 +238,25 @@ def test_initialize_distributed_only_when_multi_host(monkeypatch):
     assert calls == [{}, {"coordinator_address": "h:1", "num_processes": 2, "process_id": 0}]
 
 
+def test_initialize_distributed_reads_the_process_count_and_id_from_the_environment(monkeypatch):
+    """JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (no cluster manager): the
+    count and id reach jax.distributed.initialize; a bad value is a ConfigError naming it."""
+    from jaxgrpo.errors import ConfigError
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "1"}
+    assert shd.initialize_distributed(env=env) is True
+    assert calls == [{"num_processes": 2, "process_id": 1}]
+    assert shd.initialize_distributed(env={"JAX_COORDINATOR_ADDRESS": "h:1"}) is True
+    assert calls[-1] == {}  # JAX's own detection (a cluster manager) decides
+    with pytest.raises(ConfigError, match="JAX_PROCESS_ID='one'"):
+        shd.initialize_distributed(env=dict(env, JAX_PROCESS_ID="one"))
+    with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='-2'"):
+        shd.initialize_distributed(env=dict(env, JAX_NUM_PROCESSES="-2"))
+
+
 # ------------------------------------------------------------- 8 fake devices (subprocess)
 
 
