@@ -402,9 +402,12 @@ class Step:
                     ) -> Dict[str, Any]:
         """The host-side info of a fused step (texts are decoded for the samples log)."""
         g = self.group
-        ctoks = np.asarray(ro.completion_tokens[:, :g]).reshape(-1, ro.completion_tokens.shape[-1])
-        cmask = np.asarray(ro.completion_mask[:, :g]).reshape(ctoks.shape)
-        rewards = np.asarray(ro.rewards[:, :g]).reshape(-1)
+        # to_host: gathers the other hosts' rows of the batch-sharded rollout on several hosts.
+        ctoks, cmask, rewards = shd.to_host((ro.completion_tokens, ro.completion_mask,
+                                             ro.rewards))
+        ctoks = ctoks[:, :g].reshape(-1, ctoks.shape[-1])
+        cmask = cmask[:, :g].reshape(ctoks.shape)
+        rewards = rewards[:, :g].reshape(-1)
         w = self.env.token_reward.weight
         # Truncated: the last slot holds a token that is not an EOS (no EOS within Tc).
         truncated = cmask[:, -1] & ~np.isin(ctoks[:, -1], self.eos_ids)
