@@ -542,13 +542,11 @@ def _process_kwargs_from_env(env=os.environ) -> dict:
     ssh, a local test). A value that is not a non-negative int raises ConfigError naming it."""
     out = {}
     for key, name in PROCESS_ENV:
-        if env.get(name, "").strip():
-            try:
-                out[key] = int(env[name])
-            except ValueError:
-                out[key] = -1
-            if out[key] < 0:
-                raise ConfigError(f"{name}={env[name]!r}: must be an int >= 0")
+        value = env.get(name, "").strip()
+        if value and not value.isdigit():
+            raise ConfigError(f"{name}={env[name]!r}: must be an int >= 0")
+        if value:
+            out[key] = int(value)
     return out
 
 
