@@ -171,7 +171,7 @@ def _without_timings(rec: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["host", "fused"])
+@pytest.mark.parametrize("path", ["host", "fused", "dra"])
 def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_dir,
                                                                    tiny_run_config, tmp_path,
                                                                    path):
@@ -179,13 +179,16 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
     JAX_NUM_PROCESSES / JAX_PROCESS_ID (4 CPU devices each, one (1, 4, 2) mesh, fsdp across the
     processes) trains 2 steps with evaluations and checkpoints, then resumes to step 3, and
     writes the metrics, samples and evaluations of one process with 8 devices: the host step
-    (text rewards) and the fused one (one jit, digit rewards on token ids)."""
+    (text rewards), the fused one (one jit, digit rewards on token ids) and DRA (the policy's
+    embeddings of the completions)."""
     from test_faults import _cfg_file
     from test_step import DIGITS
 
     from jaxgrpo.errors import EXIT_OK
 
-    extra = dict(DIGITS, **{"train.fused": True}) if path == "fused" else {}
+    extra = {"host": {}, "fused": dict(DIGITS, **{"train.fused": True}),
+             # DRA on the policy's own embeddings, as the paper configs run it
+             "dra": {"advantage.reward_transforms": "dra", "embedding.model": "policy"}}[path]
     runs = {}
     for mode in ("single", "multi"):
         (tmp_path / mode).mkdir()
@@ -237,11 +240,20 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
                 np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
             else:
                 assert b[k] == a[k], k
-    if path == "host":  # the cosine length reward spreads: real updates are compared
+    if path != "fused":  # the cosine length reward spreads: real updates are compared
         assert next(r for r in m1 if r["kind"] == "train")["grad_norm"] > 0
     # (the random tiny policy writes no digits: the fused run's rewards, advantages and
     # gradients are 0, so there its sampling, evaluation and checkpoints are what is compared)
     for name in ("samples.jsonl", "eval_step0.jsonl", "eval_step3.jsonl"):
-        assert _records(two, name) == _records(one, name), name
+        got, want = _records(two, name), _records(one, name)
+        assert len(got) == len(want) > 0, name
+        for a, b in zip(got, want):  # texts, answers, lengths exact; floats to rounding
+            assert a.keys() == b.keys(), name
+            for k in a:
+                if isinstance(b[k], float) or (isinstance(b[k], list) and b[k]
+                                               and isinstance(b[k][0], float)):
+                    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=f"{name}: {k}")
+                else:
+                    assert a[k] == b[k], f"{name}: {k}"
     assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == \
         sorted(os.listdir(os.path.join(one, "checkpoints")))
