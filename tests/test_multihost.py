@@ -34,13 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multihost")
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, WORKER, "multi", str(tmp / "multi.json"),
-                               str(tmp / "ckpt_multi"), str(port), str(i)],
-                              cwd=ROOT, env=_env(4), stdout=subprocess.PIPE,
+def _run_two(cmd_of, env_of):
+    """Start processes 0 and 1 (``cmd_of(i)``, ``env_of(i)``) together, wait for both, and
+    assert that both exited 0."""
+    procs = [subprocess.Popen(cmd_of(i), cwd=ROOT, env=env_of(i), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
     try:
@@ -53,6 +50,14 @@ def runs(tmp_path_factory):
                 p.wait()
     for i, p in enumerate(procs):
         assert p.returncode == 0, f"process {i}:\n{logs[i][-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multihost")
+    port = _free_port()
+    _run_two(lambda i: [sys.executable, WORKER, "multi", str(tmp / "multi.json"),
+                        str(tmp / "ckpt_multi"), str(port), str(i)], lambda i: _env(4))
     single = subprocess.run([sys.executable, WORKER, "single", str(tmp / "single.json"),
                              str(tmp / "ckpt_single"), str(tmp / "ckpt_multi")],
                             cwd=ROOT, env=_env(8), capture_output=True, text=True,
@@ -156,7 +161,6 @@ def test_only_process_0_writes_host_files(tiny_llama_dir, tiny_run_config, tmp_p
 
 def _cli_env(devices: int, **extra):
     env = _env(devices)
-    env.pop("JAXGRPO_BENCH_T0", None)
     env.update(JAXGRPO_COMPILATION_CACHE="0", **extra)
     return env
 
@@ -208,22 +212,9 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
             assert p.returncode == EXIT_OK, p.stdout[-3000:] + p.stderr[-3000:]
             return
         port = _free_port()
-        procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env=_cli_env(
-                                      4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                      JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-                 for i in range(2)]
-        logs = []
-        try:
-            for p in procs:
-                logs.append(p.communicate(timeout=TIMEOUT)[0])
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        for i, p in enumerate(procs):
-            assert p.returncode == EXIT_OK, f"process {i}:\n{logs[i][-4000:]}"
+        _run_two(lambda i: cmd, lambda i: _cli_env(
+            4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(i)))
 
     for mode in ("single", "multi"):
         run(mode, 2)
