@@ -227,13 +227,20 @@ def model_factory(c, cfg):
 def sampling_config(c, cfg):
     """The ``SamplingConfig`` the training step builds (``jaxgrpo.step.sampling_config``: the
     config's sampling keys, ``train.logits_chunk`` as the prompt log-prob chunk, the prompt
-    log-prob pass only when the advantage chain reads it)."""
+    log-prob pass only when the advantage chain reads it). The decode loop is the scanned stack,
+    as ``sampling.unroll_layers="auto"`` runs it on a GPU / TPU: the plan is traced on the CPU
+    backend, where "auto" would unroll it."""
+    import dataclasses
+
     from jaxgrpo.step import rollout_needs, sampling_config as step_sampling_config
 
-    return step_sampling_config(
+    scfg = step_sampling_config(
         c, tuple(cfg.eos_token_ids) or (0,),
         cfg.pad_token_id if cfg.pad_token_id is not None else 0,
         prompt_logprobs="prompt_logprobs" in rollout_needs(c))
+    if scfg.unroll_layers is None:
+        scfg = dataclasses.replace(scfg, unroll_layers=False)
+    return scfg
 
 
 # ------------------------------------------------------------------------------ abstract args

@@ -49,6 +49,7 @@ CHOICES = {
     "model.remat": REMAT_POLICIES,
     "model.attention": ATTENTION_IMPLS,
     "sampling.cache_dtype": ("", "float32", "bfloat16"),
+    "sampling.unroll_layers": ("auto", "true", "false"),
     "data.source": DATA_SOURCES,
     "data.template": TEMPLATES,
     "loss.kl_estimator": losses.KL_ESTIMATORS,
@@ -203,9 +204,9 @@ def base_config() -> mc.ConfigDict:
     c.sampling.cache_dtype = ""  # KV-cache dtype of the sampler; "" = the compute dtype
     c.sampling.ignore_eos = False  # always generate max_new_tokens (benchmarks only)
     # decode with the layers unrolled over per-layer weights and caches (no per-step slices of
-    # the stacks; 135M on the CPU: 9.9-11.0 against 11.1-11.8 s per call in one measurement, the
-    # same within the noise in a later sweep; +4-5 s compile); False: the scanned stack
-    c.sampling.unroll_layers = False
+    # the stacks, which XLA:CPU copies): "true", "false" (the scanned stack), or "auto":
+    # unrolled on the CPU backend, scanned on GPU / TPU (jaxgrpo.sampling.decode_unrolled)
+    c.sampling.unroll_layers = "auto"
 
     # Reward functions and weights; weight 0 disables one.
     c.rewards = mc.ConfigDict()
@@ -509,6 +510,12 @@ def check_template(key: str, fmt: str, allowed: tuple, required: tuple = ()) -> 
         if r not in fields:
             _fail(key, fmt, f"has no {{{r}}} placeholder, so the prompt would not contain the "
                             "question")
+
+
+def unroll_layers(c) -> Optional[bool]:
+    """``sampling.unroll_layers`` as ``SamplingConfig.unroll_layers``: "true" / "false" -> True /
+    False, "auto" -> None (decided by the backend when the sampler is traced)."""
+    return {"auto": None, "true": True, "false": False}[c.sampling.unroll_layers]
 
 
 def parse_ks(c) -> tuple:

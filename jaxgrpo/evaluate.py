@@ -235,7 +235,7 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
                     prompt_format: str = "{question}", system_prompt: str = "",
                     max_prompt_tokens: int = 512, batch_prompts: int = 16, encoder=None,
                     compute_entropy: bool = True, question_key: str = "question",
-                    answer_key: str = "answer") -> dict:
+                    answer_key: str = "answer", unroll_layers: Optional[bool] = None) -> dict:
     """Sample ``num_samples`` completions per row, score them, and summarise.
 
     Args:
@@ -251,8 +251,9 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
       num_samples: n completions per prompt. key: PRNG key; batch b uses ``fold_in(key, b)``,
         so a key and ``batch_prompts`` give the same samples on every call.
       ks: k's for pass@k / maj@k (default ``default_ks(num_samples)``).
-      max_new_tokens, temperature, top_p, top_k, greedy, eos_token_ids, pad_token_id: the
-        ``SamplingConfig`` (pad id default: ``tokenizer.pad_token_id``, else 0).
+      max_new_tokens, temperature, top_p, top_k, greedy, eos_token_ids, pad_token_id,
+        unroll_layers: the ``SamplingConfig`` (pad id default: ``tokenizer.pad_token_id``, else
+        0; ``unroll_layers`` None: unrolled decode on the CPU, scanned elsewhere).
       template, prompt_format, system_prompt, max_prompt_tokens: prompt rendering, as
         ``jaxgrpo.data.render_prompt`` / ``tokenize_left_padded``.
       batch_prompts: prompts per sampler call (the last batch is padded to this size, capped at
@@ -280,7 +281,7 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, greedy=greedy, eos_token_ids=tuple(eos_token_ids),
                          pad_token_id=pad_token_id, num_samples=num_samples,
-                         return_prompt_logprobs=False)
+                         return_prompt_logprobs=False, unroll_layers=unroll_layers)
     sampler = warm_memory.wrap(make_sampler(graphdef, cfg))  # CPU: warm host memory lent
     entropy_fn = _make_entropy_fn(graphdef, float(temperature)) if compute_entropy else None
 
@@ -365,8 +366,11 @@ def run_eval_settings(c, *, num_samples: Optional[int] = None,
 
 def run_eval_kwargs(c, **overrides) -> dict:
     """``run_eval_settings`` as ``evaluate_policy`` keyword arguments (``seed`` -> ``key``)."""
+    from jaxgrpo.config import unroll_layers
+
     kw = run_eval_settings(c, **overrides)
     kw["key"] = jax.random.key(kw.pop("seed"))
+    kw["unroll_layers"] = unroll_layers(c)  # how the decode loop runs the layers (speed only)
     return kw
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +36,8 @@ from flax import nnx, struct
 from jaxgrpo.logprobs import _shift_prompt_scores
 from jaxgrpo.models.decoder import init_cache, positions_from_mask
 
-__all__ = ["SamplingConfig", "SampleOutput", "allowed_tokens", "sample", "make_sampler",
-           "generate"]
+__all__ = ["SamplingConfig", "SampleOutput", "allowed_tokens", "decode_unrolled", "sample",
+           "make_sampler", "generate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +64,16 @@ class SamplingConfig:
         dtype. bf16 halves the cache's bytes per decode step.
       unroll_layers: the decode loop runs the layers as a Python loop over per-layer weights and
         caches (``Decoder.decode_unrolled``; the weights are copied out of the stack once per
-        call) instead of the scanned stack, whose every step slices (copies) each layer's weights
-        and cache. Same tokens and log-probs; one more copy of the layer weights while sampling
-        and a program that grows with depth. Measured at SmolLM2-135M (32 rows x 128 tokens,
-        XLA:CPU, 2 cores): 9.9-11.0 s against 11.1-11.8 s per call, the same within the noise
-        in a later sweep, +4-5 s of compilation, so off by default.
+        call) instead of the scanned stack, whose every step slices each layer's weights and
+        cache out of the stacks. Same tokens and log-probs; one more copy of the layer weights
+        while sampling and a program that grows with depth. None (the default): unrolled on the
+        CPU backend, scanned elsewhere (``decode_unrolled``). XLA:CPU copies those slices (three
+        weight and two cache copies per layer and token, ~1.6 ms per layer-step at
+        SmolLM2-135M); a GPU / TPU dot reads a slice in place, and there the scan keeps the
+        program, its compile time and its memory flat in depth. Measured at SmolLM2-135M (32
+        rows x 128 tokens, XLA:CPU, 2 cores, alternating calls in one process): 10.5-13.4 s
+        unrolled against 11.9-13.7 s scanned (medians 12.0 / 12.9, unrolled faster in every
+        pair; in a second run 12.7-16.5 against 14.7-20.0 s).
     """
 
     max_new_tokens: int
@@ -83,7 +88,7 @@ class SamplingConfig:
     prompt_logprobs_chunk: int | None = None
     ignore_eos: bool = False
     cache_dtype: str | None = None
-    unroll_layers: bool = False
+    unroll_layers: Optional[bool] = None
 
     def __post_init__(self):
         if isinstance(self.eos_token_ids, int):
@@ -255,6 +260,14 @@ def select_tokens(logits: jax.Array, u: jax.Array, cfg: SamplingConfig):
 
 # --------------------------------------------------------------------------- the sampler
 
+def decode_unrolled(cfg: SamplingConfig) -> bool:
+    """Whether the decode loop runs the layers unrolled: ``cfg.unroll_layers``, or where it is
+    None, whether JAX's default backend is the CPU (read when the sampler is traced)."""
+    if cfg.unroll_layers is not None:
+        return bool(cfg.unroll_layers)
+    return jax.default_backend() == "cpu"
+
+
 def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
     p, tp = prompt_tokens.shape
     g, tc = cfg.num_samples, cfg.max_new_tokens
@@ -304,7 +317,8 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
     tok0, lp0 = select_tokens(logits0, draw(0), cfg)
     (toks, lps, done), tok0, _ = record((toks, lps, done), 0, tok0, lp0)
 
-    if cfg.unroll_layers:  # per-layer weights and caches, each its own array: no slices per step
+    unroll = decode_unrolled(cfg)
+    if unroll:  # per-layer weights and caches, each its own array: no slices per step
         layer_states, cache = model.unstack_layers(), cache.unstack()
 
     def cond(carry):
@@ -314,7 +328,7 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
     def body(carry):
         i, tok, cache, (toks, lps), done, _ = carry
         # Feed token i-1 (already recorded) at cache slot tp + i - 1; sample token i.
-        if cfg.unroll_layers:
+        if unroll:
             logits, cache = model.decode_unrolled(
                 tok[:, None], layer_states, cache, attention_mask=key_mask,
                 positions=(next_pos + i - 1)[:, None], cache_index=tp + i - 1)

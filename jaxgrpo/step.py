@@ -48,6 +48,7 @@ from jax.experimental import checkify
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
 from jaxgrpo.advantages import required_inputs
+from jaxgrpo.config import unroll_layers
 from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
 from jaxgrpo.errors import ConfigError
@@ -101,7 +102,7 @@ def sampling_config(c: mc.ConfigDict, eos_ids, pad_id: int,
         return_prompt_logprobs=prompt_logprobs,
         prompt_logprobs_chunk=c.train.logits_chunk or None,
         cache_dtype=c.sampling.cache_dtype or None, ignore_eos=c.sampling.ignore_eos,
-        unroll_layers=c.sampling.unroll_layers)
+        unroll_layers=unroll_layers(c))
 
 
 # ----------------------------------------------------------------------------- stage functions

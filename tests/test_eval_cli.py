@@ -94,6 +94,11 @@ def test_load_run_policy_errors_name_the_path(trained, tmp_path):
     (bad / "config.json").write_text(json.dumps({**cfg, "steps": "many"}))
     with pytest.raises(ValueError, match=r"config\.json: config key 'steps'"):
         load_run_config(bad)
+    # Run directories written before "auto" hold a boolean sampling.unroll_layers.
+    for old, new in ((True, "true"), (False, "false")):
+        (bad / "config.json").write_text(json.dumps(
+            {**cfg, "sampling": {**cfg["sampling"], "unroll_layers": old}}))
+        assert load_run_config(bad).sampling.unroll_layers == new
 
 
 # ----------------------------------------------------------------------------- evaluate CLI

@@ -420,6 +420,8 @@ def _with(**flat):
     ({"seed": -1}, "config.seed=-1: must be >= 0"),
     ({"name": "a/b"}, "config.name='a/b'"),
     ({"loss.agg_mode": "sum"}, "config.loss.agg_mode='sum': is not one of"),
+    ({"sampling.unroll_layers": "yes"}, "config.sampling.unroll_layers='yes': is not one of "
+                                        "('auto', 'true', 'false')"),
 ])
 def test_8_bad_values_fail_in_validate_with_one_line_naming_the_key(flat, message):
     with pytest.raises(ConfigError) as e:

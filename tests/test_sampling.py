@@ -304,13 +304,13 @@ def test_bf16_cache_logprobs_close_to_teacher_forced(pair, prompts):
 @pytest.mark.parametrize("cache_dtype", [None, "bfloat16"])
 def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
     """``unroll_layers`` (per-layer weights and caches) against the scanned layer stack (the
-    default): the same tokens and log-probs, EOS stops included, for both architectures (GQA, left
+    default off the CPU): the same tokens and log-probs, EOS stops included, for both architectures (GQA, left
     padding, a stop token sampled on the way) and a bf16 cache."""
     _, m = pair
     ids, mask = prompts
     kw = dict(max_new_tokens=12, temperature=1.0, num_samples=3, eos_token_ids=(5, 11),
               cache_dtype=cache_dtype)
-    scanned = _run(m, ids, mask, SamplingConfig(**kw), seed=3)
+    scanned = _run(m, ids, mask, SamplingConfig(unroll_layers=False, **kw), seed=3)
     unrolled = _run(m, ids, mask, SamplingConfig(unroll_layers=True, **kw), seed=3)
     np.testing.assert_array_equal(np.asarray(unrolled.completion_tokens),
                                   np.asarray(scanned.completion_tokens))
@@ -319,3 +319,24 @@ def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
     assert not np.all(np.asarray(scanned.completion_mask))  # some row stopped early
     np.testing.assert_allclose(np.asarray(unrolled.logprobs), np.asarray(scanned.logprobs),
                                rtol=0, atol=1e-5)
+
+
+def test_unroll_layers_auto_unrolls_on_the_cpu_only(monkeypatch):
+    """``unroll_layers=None`` (the config's "auto") unrolls the decode loop on the CPU backend and
+    scans it elsewhere; "true" / "false" are kept whatever the backend."""
+    from jaxgrpo import sampling
+    from jaxgrpo.config import base_config, unroll_layers
+
+    c = base_config()
+    assert c.sampling.unroll_layers == "auto" and unroll_layers(c) is None
+    for value, want in (("true", True), ("false", False)):
+        c.sampling.unroll_layers = value
+        assert unroll_layers(c) is want
+    auto = SamplingConfig(max_new_tokens=2)
+    assert sampling.decode_unrolled(auto) is (jax.default_backend() == "cpu")
+    for backend, want in (("cpu", True), ("gpu", False), ("tpu", False)):
+        monkeypatch.setattr(sampling.jax, "default_backend", lambda b=backend: b)
+        assert sampling.decode_unrolled(auto) is want
+        assert sampling.decode_unrolled(SamplingConfig(max_new_tokens=2, unroll_layers=False)) \
+            is False
+        assert sampling.decode_unrolled(SamplingConfig(max_new_tokens=2, unroll_layers=True))
