@@ -18,7 +18,8 @@ the other (never together), so peak RSS is its own.
 
 Peers: ``jaxgrpo`` (with ``jaxgrpo.runtime``'s CPU settings, as every experiments command),
 ``jaxgrpo-untuned`` (without), ``jaxgrpo-cold`` (with them, but without ``jaxgrpo.warm_memory``:
-``JAXGRPO_WARM_MEMORY=0``), ``trl`` (TRL's defaults: one 32-row batch, gradient
+``JAXGRPO_WARM_MEMORY=0``), ``jaxgrpo-scanned`` (``sampling.unroll_layers=false``: the decode
+loop over the scanned layer stack, where the CPU default unrolls it), ``trl`` (TRL's defaults: one 32-row batch, gradient
 checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no checkpointing: what
 ``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the same XLA flag and
 malloc tunable as jaxgrpo, set in its environment: Tunix is XLA:CPU too) and ``tunix-untuned``.
@@ -130,7 +131,8 @@ def main(argv=None):
     ap.add_argument("--peers", default="jaxgrpo,trl",
                     help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
                          "without jaxgrpo.runtime's XLA flag and huge pages), jaxgrpo-cold "
-                         "(JAXGRPO_WARM_MEMORY=0: without warm host memory), trl, trl-accum4 (4 "
+                         "(JAXGRPO_WARM_MEMORY=0: without warm host memory), jaxgrpo-scanned "
+                         "(sampling.unroll_layers=false: the scanned decode loop), trl, trl-accum4 (4 "
                          "micro-batches, no gradient checkpointing), tunix (with the "
                          "same XLA flag and huge pages as jaxgrpo), tunix-untuned")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
@@ -150,13 +152,16 @@ def main(argv=None):
               "--group", "8", "--prompts-per-step", "4", "--new-tokens", "128", "--lr", "1e-6"]
     recs = []
     for peer in [p.strip() for p in a.peers.split(",") if p.strip()]:
-        if peer in ("jaxgrpo", "jaxgrpo-untuned", "jaxgrpo-cold"):
-            # untuned: without jaxgrpo.runtime's settings; cold: without jaxgrpo.warm_memory
+        if peer in ("jaxgrpo", "jaxgrpo-untuned", "jaxgrpo-cold", "jaxgrpo-scanned"):
+            # untuned: without jaxgrpo.runtime's settings; cold: without jaxgrpo.warm_memory;
+            # scanned: the decode loop over the scanned layer stack (the CPU default unrolls it)
             extra = [x for kv in a.set for x in ("--set", kv)]
+            if peer == "jaxgrpo-scanned":
+                extra += ["--set", "sampling.unroll_layers=false"]
             switch = {"jaxgrpo-untuned": {"JAXGRPO_CPU_TUNING": "0"},
                       "jaxgrpo-cold": {"JAXGRPO_WARM_MEMORY": "0"}}.get(peer)
-            env = None if switch is None else dict(os.environ, JAXGRPO_BENCH_LABEL=peer,
-                                                    **switch)
+            env = None if peer == "jaxgrpo" else dict(os.environ, JAXGRPO_BENCH_LABEL=peer,
+                                                        **(switch or {}))
             recs.append(run_child([sys.executable, "-m", "experiments._bench_jaxgrpo", *common,
                                    *extra], env=env))
         elif peer in ("trl", "trl-accum4"):
@@ -179,7 +184,7 @@ def main(argv=None):
                                   env=env))
         else:
             raise SystemExit(f"unknown peer {peer!r} (jaxgrpo, jaxgrpo-untuned, jaxgrpo-cold, "
-                             "trl, trl-accum4, tunix, tunix-untuned)")
+                             "jaxgrpo-scanned, trl, trl-accum4, tunix, tunix-untuned)")
     rows = [summarise(r) for r in recs]
     ref = next((r for r in rows if r["framework"] == "jaxgrpo"), None)
     lines = [f"model {a.model}, 4 prompts x G=8 x 128 forced tokens, fp32 CPU, "
