@@ -175,7 +175,7 @@ def _without_timings(rec: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["host", "fused", "dra"])
+@pytest.mark.parametrize("path", ["host", "fused", "dra", "lora", "dynamic", "anchors"])
 def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_dir,
                                                                    tiny_run_config, tmp_path,
                                                                    path):
@@ -184,7 +184,8 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
     processes) trains 2 steps with evaluations and checkpoints, then resumes to step 3, and
     writes the metrics, samples and evaluations of one process with 8 devices: the host step
     (text rewards), the fused one (one jit, digit rewards on token ids) and DRA (the policy's
-    embeddings of the completions)."""
+    embeddings of the completions), and LoRA, dynamic sampling and DaGRPO's anchors on the host
+    step."""
     from test_faults import _cfg_file
     from test_step import DIGITS
 
@@ -192,7 +193,13 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
 
     extra = {"host": {}, "fused": dict(DIGITS, **{"train.fused": True}),
              # DRA on the policy's own embeddings, as the paper configs run it
-             "dra": {"advantage.reward_transforms": "dra", "embedding.model": "policy"}}[path]
+             "dra": {"advantage.reward_transforms": "dra", "embedding.model": "policy"},
+             "lora": {"lora.rank": 4},  # the adapters trained, the frozen base sharded
+             # resampling rounds until the groups with spread fill the batch (verl's filter)
+             "dynamic": {"train.dynamic_sampling": True},
+             # DaGRPO's anchor completion added to every group
+             "anchors": {"anchors.enabled": True, "anchors.trigger": "always",
+                         "advantage.baseline": "dagrpo"}}[path]
     runs = {}
     for mode in ("single", "multi"):
         (tmp_path / mode).mkdir()
@@ -233,6 +240,9 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
                 assert b[k] == a[k], k
     if path != "fused":  # the cosine length reward spreads: real updates are compared
         assert next(r for r in m1 if r["kind"] == "train")["grad_norm"] > 0
+    if path == "dynamic":  # the filter ran (kept / spare groups taken and concatenated); with
+        # this reward every group has spread, so no second round is sampled
+        assert all(r["dynamic/rounds"] == 1 for r in m1 if r["kind"] == "train")
     # (the random tiny policy writes no digits: the fused run's rewards, advantages and
     # gradients are 0, so there its sampling, evaluation and checkpoints are what is compared)
     for name in ("samples.jsonl", "eval_step0.jsonl", "eval_step3.jsonl"):
