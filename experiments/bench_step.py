@@ -19,9 +19,9 @@ the other (never together), so peak RSS is its own.
 Peers: ``jaxgrpo`` (with ``jaxgrpo.runtime``'s CPU settings, as every experiments command),
 ``jaxgrpo-untuned`` (without), ``jaxgrpo-cold`` (with them, but without ``jaxgrpo.warm_memory``:
 ``JAXGRPO_WARM_MEMORY=0``), ``jaxgrpo-scanned`` (``sampling.unroll_layers=false``: the decode
-loop over the scanned layer stack, where the CPU default unrolls it), ``trl`` (TRL's defaults: one 32-row batch, gradient
-checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no checkpointing: what
-``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the same XLA flag and
+loop over the scanned layer stack, where the CPU default unrolls it), ``trl`` (TRL's defaults:
+one 32-row batch, gradient checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no
+checkpointing: what ``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the same XLA flag and
 malloc tunable as jaxgrpo, set in its environment: Tunix is XLA:CPU too) and ``tunix-untuned``.
 
 Per framework it prints seconds per step (median of the steps after the first two: warm-up and
@@ -132,8 +132,8 @@ def main(argv=None):
                     help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
                          "without jaxgrpo.runtime's XLA flag and huge pages), jaxgrpo-cold "
                          "(JAXGRPO_WARM_MEMORY=0: without warm host memory), jaxgrpo-scanned "
-                         "(sampling.unroll_layers=false: the scanned decode loop), trl, trl-accum4 (4 "
-                         "micro-batches, no gradient checkpointing), tunix (with the "
+                         "(sampling.unroll_layers=false: the scanned decode loop), trl, "
+                         "trl-accum4 (4 micro-batches, no gradient checkpointing), tunix (with the "
                          "same XLA flag and huge pages as jaxgrpo), tunix-untuned")
     ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
                     help="the PyTorch/TRL venv's python (bash experiments/bootstrap.sh bench)")

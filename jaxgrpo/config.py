@@ -40,6 +40,10 @@ from jaxgrpo.rewards.functions import FORMAT_STYLES
 # Every answer-extraction source extract_answer knows (its SOURCES is only the default order).
 ANSWER_SOURCES = tuple(_EXTRACTORS)
 
+# sampling.unroll_layers -> SamplingConfig.unroll_layers ("auto": decided by the backend when the
+# sampler is traced, jaxgrpo.sampling.decode_unrolled).
+UNROLL_LAYERS = {"auto": None, "true": True, "false": False}
+
 # Choices checked by validate(), read from the modules that own them. The three without an
 # owning tuple are decided in files that import this one (loop.load_policy for the dtype,
 # train.build_optimizer for the schedule, loop.Trainer.embed for the embedder).
@@ -49,7 +53,7 @@ CHOICES = {
     "model.remat": REMAT_POLICIES,
     "model.attention": ATTENTION_IMPLS,
     "sampling.cache_dtype": ("", "float32", "bfloat16"),
-    "sampling.unroll_layers": ("auto", "true", "false"),
+    "sampling.unroll_layers": tuple(UNROLL_LAYERS),
     "data.source": DATA_SOURCES,
     "data.template": TEMPLATES,
     "loss.kl_estimator": losses.KL_ESTIMATORS,
@@ -513,9 +517,8 @@ def check_template(key: str, fmt: str, allowed: tuple, required: tuple = ()) -> 
 
 
 def unroll_layers(c) -> Optional[bool]:
-    """``sampling.unroll_layers`` as ``SamplingConfig.unroll_layers``: "true" / "false" -> True /
-    False, "auto" -> None (decided by the backend when the sampler is traced)."""
-    return {"auto": None, "true": True, "false": False}[c.sampling.unroll_layers]
+    """``sampling.unroll_layers`` as ``SamplingConfig.unroll_layers`` (``UNROLL_LAYERS``)."""
+    return UNROLL_LAYERS[c.sampling.unroll_layers]
 
 
 def parse_ks(c) -> tuple:

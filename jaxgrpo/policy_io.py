@@ -44,7 +44,8 @@ def _update_locked(node: mc.ConfigDict, values: dict, prefix: str, source: str) 
             continue
         current = node[key]
         if path == "sampling.unroll_layers" and isinstance(value, bool):
-            value = "true" if value else "false"  # a boolean before "auto" (2026-12-07)
+            from jaxgrpo.config import UNROLL_LAYERS  # a boolean before "auto" (2026-12-07)
+            value = next(k for k, v in UNROLL_LAYERS.items() if v is value)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # JSON writes 1.0 as 1 sometimes
         try:

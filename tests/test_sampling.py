@@ -304,8 +304,8 @@ def test_bf16_cache_logprobs_close_to_teacher_forced(pair, prompts):
 @pytest.mark.parametrize("cache_dtype", [None, "bfloat16"])
 def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
     """``unroll_layers`` (per-layer weights and caches) against the scanned layer stack (the
-    default off the CPU): the same tokens and log-probs, EOS stops included, for both architectures (GQA, left
-    padding, a stop token sampled on the way) and a bf16 cache."""
+    default off the CPU): the same tokens and log-probs, EOS stops included, for both
+    architectures (GQA, left padding, a stop token sampled on the way) and a bf16 cache."""
     _, m = pair
     ids, mask = prompts
     kw = dict(max_new_tokens=12, temperature=1.0, num_samples=3, eos_token_ids=(5, 11),
