@@ -305,7 +305,12 @@ def test_bf16_cache_logprobs_close_to_teacher_forced(pair, prompts):
 def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
     """``unroll_layers`` (per-layer weights and caches) against the scanned layer stack (the
     default off the CPU): the same tokens and log-probs, EOS stops included, for both
-    architectures (GQA, left padding, a stop token sampled on the way) and a bf16 cache."""
+    architectures (GQA, left padding, a stop token sampled on the way) and a bf16 cache.
+
+    The unrolled layer writes its new key before attending (one block) where the stack folds it
+    in after the cache blocks, so float32 sums differ in order; with a bf16 cache such a
+    difference can flip one rounding of a cached key (one bf16 ulp, ~0.4%), seen as ~2e-4 in
+    later log-probs of that row."""
     _, m = pair
     ids, mask = prompts
     kw = dict(max_new_tokens=12, temperature=1.0, num_samples=3, eos_token_ids=(5, 11),
@@ -318,7 +323,7 @@ def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
                                   np.asarray(scanned.completion_mask))
     assert not np.all(np.asarray(scanned.completion_mask))  # some row stopped early
     np.testing.assert_allclose(np.asarray(unrolled.logprobs), np.asarray(scanned.logprobs),
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=1e-5 if cache_dtype is None else 1e-3)
 
 
 def test_unroll_layers_auto_unrolls_on_the_cpu_only(monkeypatch):

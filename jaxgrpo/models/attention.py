@@ -59,7 +59,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 __all__ = ["ATTENTION_IMPLS", "CACHE_LAYER_NAME", "DEFAULT_ATTENTION", "DEFAULT_BLOCK", "attention",
-           "cached_attention", "check_backend", "check_impl"]
+           "cached_attention", "check_backend", "check_impl", "layer_cache_attention"]
 
 ATTENTION_IMPLS = ("naive", "blockwise", "dot_product", "splash", "cudnn")
 DEFAULT_ATTENTION = "blockwise"
@@ -156,8 +156,11 @@ def _block(k, v, key_mask, i, bs, layer=None):
 
 
 def _n_blocks(kv_length, s, bs):
-    """Blocks to visit: a Python int when the bound is static, else a traced int32 scalar."""
-    if kv_length is None:
+    """Blocks to visit: a Python int when the bound is static, else a traced int32 scalar.
+
+    A cache of one block is one block whatever ``kv_length`` is (the mask excludes the unfilled
+    slots): a static 1, so no loop is emitted."""
+    if kv_length is None or -(-s // bs) == 1:
         return -(-s // bs)  # every block
     if isinstance(kv_length, (int, np.integer)):  # a Python bound stays static (a scan)
         return -(-min(max(int(kv_length), 1), s) // bs)
@@ -193,6 +196,15 @@ def _online_finish(carry):
     return out, lse
 
 
+def _fold_blocks(n, body, init):
+    """``fori_loop(0, n, body, init)``, or ``body(0, init)`` for a static single block: no loop
+    in the program (on XLA:CPU a loop around a decode step's cache reads cost a copy of every
+    layer's cache per token)."""
+    if isinstance(n, (int, np.integer)) and n == 1:
+        return body(0, init)
+    return jax.lax.fori_loop(0, n, body, init)
+
+
 def _flash_forward(qg, k, v, key_mask, query_slots, n_blocks, bs, scale):
     """Online softmax over key blocks. Returns (out f32 [B,G,R,T,D], lse f32 [B,G,R,T])."""
 
@@ -201,7 +213,7 @@ def _flash_forward(qg, k, v, key_mask, query_slots, n_blocks, bs, scale):
         allowed = _allowed(mb, query_slots, slots)[:, None, None]  # [B, 1, 1, T, bs]
         return _online_step(carry, qg, kb, vb, allowed, scale)
 
-    return _online_finish(jax.lax.fori_loop(0, n_blocks, body, _online_init(qg)))
+    return _online_finish(_fold_blocks(n_blocks, body, _online_init(qg)))
 
 
 # n_traced: a traced block count (dynamic bound) or None; n_static: a Python int or None.
@@ -246,7 +258,7 @@ def _flash_bwd(n_static, bs, scale, res, d_out):
 
     init = (jnp.zeros(qg.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
             jnp.zeros(v.shape, jnp.float32))
-    dq, dk, dv = jax.lax.fori_loop(0, n, body, init)
+    dq, dk, dv = _fold_blocks(n, body, init)
     return (dq.astype(qg.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None)
 
 
@@ -343,6 +355,15 @@ def _static_offset(query_slots) -> int:
 
 # --------------------------------------------------------------------------- a stacked KV cache
 
+def _impl_with_cache(impl: str, t: int, static_index: bool) -> str:
+    """The implementation that runs ``impl`` against a cache written at ``cache_index``."""
+    if impl == "splash" and not static_index:
+        return "blockwise"  # a traced slot (a decode step): splash needs a static offset
+    if impl == "cudnn" and t == 1:
+        return "blockwise"  # a decode step: read the filled cache blocks, not all S slots
+    return impl
+
+
 # Name of a layer's [B, KVH, S, D] cache slice (``jax.ad_checkpoint.checkpoint_name``): a remat
 # policy can save it instead of saving the whole stacked cache once per layer.
 CACHE_LAYER_NAME = "decoder_layer_kv"
@@ -353,7 +374,8 @@ def _decode_step_flash(qg, k_new, v_new, cache_k, cache_v, layer, key_mask, cach
     """One query per row: online softmax over the cache blocks before ``cache_index`` (read
     straight from the stacked cache, so nothing but those blocks is touched), then the new key."""
     s = cache_k.shape[3]
-    n = (jnp.clip(cache_index, 0, s).astype(jnp.int32) + bs - 1) // bs  # may be 0
+    # One block holds every slot: visit it whatever cache_index is (its mask does the rest).
+    n = 1 if s <= bs else (jnp.clip(cache_index, 0, s).astype(jnp.int32) + bs - 1) // bs
 
     def body(i, carry):
         _, kb, vb, mb, slots = _block(cache_k, cache_v, key_mask, i, bs, layer)
@@ -361,7 +383,7 @@ def _decode_step_flash(qg, k_new, v_new, cache_k, cache_v, layer, key_mask, cach
         ok = mb & (slots < cache_index)[None, :]
         return _online_step(carry, qg, kb, vb, ok[:, None, None, None, :], scale)
 
-    carry = jax.lax.fori_loop(0, n, body, _online_init(qg))
+    carry = _fold_blocks(n, body, _online_init(qg))
     # The new key at slot cache_index, rounded to the cache dtype as if written and read back.
     kn, vn = k_new.astype(cache_k.dtype), v_new.astype(cache_v.dtype)
     ok = jax.lax.dynamic_slice_in_dim(key_mask, cache_index, 1, axis=1)  # [B, 1]
@@ -399,10 +421,7 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     b, t, h, d = q.shape
     s = cache_k.shape[3]
     static_index = isinstance(cache_index, (int, np.integer))
-    if impl == "splash" and not static_index:
-        impl = "blockwise"  # a traced slot (a decode step): splash needs a static offset
-    if impl == "cudnn" and t == 1:
-        impl = "blockwise"  # a decode step: read the filled cache blocks, not all S slots
+    impl = _impl_with_cache(impl, t, static_index)
     if impl == "blockwise" and t == 1:
         chex.assert_shape([k_new, v_new], (b, cache_k.shape[2], 1, d))
         qg = _group_queries(q, cache_k.shape[2])
@@ -417,3 +436,34 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     return attention(q, k, v, key_mask, cache_index + jnp.arange(t), impl=impl,
                      block_size=block_size, kv_length=cache_index + t,
                      query_offset=int(cache_index) if static_index else None)
+
+
+def layer_cache_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k: jax.Array,
+                          v: jax.Array, key_mask: jax.Array, cache_index, *,
+                          impl: str = DEFAULT_ATTENTION, block_size: int = DEFAULT_BLOCK):
+    """T new queries over ONE layer's own cache: write the new keys/values, then attend.
+
+    ``k``, ``v`` [B, KVH, S, D] are a layer's cache as an array of its own (the unrolled decode,
+    ``jaxgrpo.models.decoder.Decoder.decode_unrolled``), not a slice of the stack, so the write
+    comes first and the attention reads the written cache: loop-carried, the write is in place and
+    nothing is copied. (Reading first and writing after, as ``cached_attention`` must do with
+    the stack, made XLA:CPU copy every layer's cache twice per decode step.) Same result as
+    ``cached_attention`` up to float32 summation order (the new key joins the last block).
+
+    Args: as ``cached_attention``, with ``k``, ``v`` in place of the stack and its ``layer``.
+    Returns:
+      (out [B, T, H, D] in q's dtype, the written k, the written v).
+    """
+    check_impl(impl, block_size)
+    chex.assert_rank([q, k_new, v_new, k, v, key_mask], [4, 4, 4, 4, 4, 2])
+    chex.assert_equal_shape([k, v])
+    chex.assert_equal_shape([k_new, v_new])
+    t = q.shape[1]
+    static_index = isinstance(cache_index, (int, np.integer))
+    k = jax.lax.dynamic_update_slice_in_dim(k, k_new.astype(k.dtype), cache_index, axis=2)
+    v = jax.lax.dynamic_update_slice_in_dim(v, v_new.astype(v.dtype), cache_index, axis=2)
+    out = attention(q, k, v, key_mask, cache_index + jnp.arange(t),
+                    impl=_impl_with_cache(impl, t, static_index), block_size=block_size,
+                    kv_length=cache_index + t,
+                    query_offset=int(cache_index) if static_index else None)
+    return out, k, v

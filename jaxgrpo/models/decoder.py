@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from jaxgrpo.models.attention import (CACHE_LAYER_NAME, DEFAULT_ATTENTION, DEFAULT_BLOCK,
-                                      attention, cached_attention, check_impl)
+                                      attention, cached_attention, check_impl,
+                                      layer_cache_attention)
 from jaxgrpo.models.config import ModelConfig, rope_inv_freq
 from jaxgrpo.lora import LoraBranch, branch_supported, linear_with_branch
 from jaxgrpo.sharding import constrain, ACT_HIDDEN, ACT_HEADS, ACT_MLP, ACT_LOGITS, ACT_CACHE
@@ -89,6 +90,16 @@ class LayerKV:
     index: jax.Array  # int32 scalar: the layer
 
 
+@struct.dataclass
+class LayerCache:
+    """One layer's own cache, ``k``, ``v`` [B, KVH, S, D] (not a slice of the stack): the layer
+    writes its new keys/values into it and attends over the result
+    (``jaxgrpo.models.attention.layer_cache_attention``); :meth:`Decoder.decode_unrolled`."""
+
+    k: jax.Array
+    v: jax.Array
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype=jnp.float32) -> KVCache:
     """A zero cache of [L, batch, num_kv_heads, max_length, head_dim] keys and values."""
     shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_length, cfg.head_dim)
@@ -143,9 +154,12 @@ class Attention(nnx.Module):
         Without a cache S = T and keys are this call's own. With ``cache_kv`` (a ``LayerKV``: this
         layer of a stacked [L, B, KVH, S, D] cache, read-only) the queries attend over the cache
         slots before ``cache_index`` and over the T new keys, which count as written at
-        ``cache_index`` (``jaxgrpo.models.attention.cached_attention``). ``lora``: this block's
-        unmerged LoRA branch (``jaxgrpo.lora.linear_with_branch``). Returns (out [B, T, E],
-        the new (k, v) [B, KVH, T, D] for the caller to write, or None).
+        ``cache_index`` (``jaxgrpo.models.attention.cached_attention``). With a ``LayerCache``
+        (this layer's own [B, KVH, S, D] cache) the new keys are written into it first and the
+        queries attend over the written cache (``layer_cache_attention``). ``lora``: this block's
+        unmerged LoRA branch (``jaxgrpo.lora.linear_with_branch``). Returns (out [B, T, E], and
+        for a ``LayerKV`` the new (k, v) [B, KVH, T, D] for the caller to write, for a
+        ``LayerCache`` the written ``LayerCache``, without a cache None).
         """
         b, t, _ = x.shape
         proj = lambda name, inp: linear_with_branch(getattr(self, name), inp, lora, name)
@@ -160,6 +174,11 @@ class Attention(nnx.Module):
         if cache_kv is None:
             out = attention(q, k, v, key_mask, query_slots, impl=self.attention,
                             block_size=self.attention_block, query_offset=0)
+        elif isinstance(cache_kv, LayerCache):
+            out, kc, vc = layer_cache_attention(q, k, v, cache_kv.k, cache_kv.v, key_mask,
+                                                cache_index, impl=self.attention,
+                                                block_size=self.attention_block)
+            new_kv = LayerCache(k=kc, v=vc)
         else:
             out = cached_attention(q, k, v, cache_kv.k, cache_kv.v, cache_kv.index, key_mask,
                                    cache_index, impl=self.attention,
@@ -320,10 +339,12 @@ class Decoder(nnx.Module):
 
         ``layer_states``: :meth:`unstack_layers`; ``caches``: L per-layer ``(k, v)`` of shape
         [B, KVH, S, D] (``KVCache.unstack``), written in place at slots [cache_index,
-        cache_index + T) when they are loop-carried. Same arguments and result as ``__call__``
-        with a stacked cache. The sampler uses it with ``SamplingConfig.unroll_layers``: the
-        scanned loop cuts every layer's weights and cache out of the stacks at every step
-        (XLA:CPU copies those slices), while here each operand is an array of its own.
+        cache_index + T) when they are loop-carried, before the layer attends over them
+        (``LayerCache``). Same arguments as ``__call__`` with a stacked cache, and the same
+        result up to float32 summation order. The sampler uses it with
+        ``SamplingConfig.unroll_layers``: the scanned loop cuts every layer's weights and cache
+        out of the stacks at every step (XLA:CPU copies those slices), while here each operand
+        is an array of its own.
         """
         key_mask = attention_mask.astype(bool)
         query_slots = cache_index + jnp.arange(input_ids.shape[1])
@@ -332,12 +353,10 @@ class Decoder(nnx.Module):
         new_caches = []
         for state_i, (k, v) in zip(layer_states, caches):
             layer = nnx.merge(graphdef, state_i)
-            lkv = LayerKV(k=k[None], v=v[None], index=jnp.zeros((), jnp.int32))
-            x, (k_new, v_new) = layer(x, cos, sin, key_mask, query_slots, lkv, cache_index)
+            x, written = layer(x, cos, sin, key_mask, query_slots, LayerCache(k=k, v=v),
+                               cache_index)
             x = constrain(x, ACT_HIDDEN)
-            at = (0, 0, cache_index, 0)
-            new_caches.append((jax.lax.dynamic_update_slice(k, k_new.astype(k.dtype), at),
-                               jax.lax.dynamic_update_slice(v, v_new.astype(v.dtype), at)))
+            new_caches.append((written.k, written.v))
         return self.logits_from_hidden(self.norm(x)), new_caches
 
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache=None,
