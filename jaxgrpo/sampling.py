@@ -65,16 +65,19 @@ class SamplingConfig:
       unroll_layers: the decode loop runs the layers as a Python loop over per-layer weights and
         caches (``Decoder.decode_unrolled``; the weights are copied out of the stack once per
         call) instead of the scanned stack, whose every step slices each layer's weights and
-        cache out of the stacks. Same tokens and log-probs; one more copy of the layer weights
-        while sampling and a program that grows with depth. None (the default): unrolled on the
-        CPU backend, scanned elsewhere (``decode_unrolled``). XLA:CPU copies those slices (three
-        weight and two cache copies per layer and token, ~1.6 ms per layer-step at
-        SmolLM2-135M); on a GPU / TPU the scan keeps the program, its compile time and its
-        memory flat in depth (whether XLA copies the slices there is not measured here).
-        Measured at SmolLM2-135M (32 rows x 128 tokens, XLA:CPU, 2 cores, alternating calls in
-        one process): 10.5-13.4 s unrolled against 11.9-13.7 s scanned (medians 12.0 / 12.9,
-        unrolled faster in every pair; in a second run 12.7-16.5 against 14.7-20.0 s); the
-        whole GRPO step 1.18x faster in the same benchmark run; ~6 s more compilation.
+        cache out of the stacks. Each unrolled layer writes its new key / value into its own
+        cache and then attends over it (``layer_cache_attention``), so nothing is copied per
+        step. The same tokens in the tests; log-probs equal up to float32 summation order. One more copy of the
+        layer weights while sampling and a program that grows with depth. None (the default):
+        unrolled on the CPU backend, scanned elsewhere (``decode_unrolled``). On XLA:CPU the
+        scan copies three weight and two cache slices per layer and token (~1.6 ms per
+        layer-step at SmolLM2-135M); on a GPU / TPU the scan keeps the program, its compile
+        time and its memory flat in depth (whether XLA copies the slices there is not measured
+        here). Measured at SmolLM2-135M (32 rows x 128 tokens, XLA:CPU, 2 cores): unrolled
+        12.0 s against 12.9 s scanned (medians of alternating calls) when the unrolled layers
+        still read before writing, which made XLA copy every layer's cache twice per token;
+        writing first took the unrolled sampler from 12.2-16.1 s to 8.1-11.0 s (alternating
+        processes) and the whole GRPO step's sampling phase from 12.1 to 9.3 s.
     """
 
     max_new_tokens: int
