@@ -197,9 +197,8 @@ def _online_finish(carry):
 
 
 def _fold_blocks(n, body, init):
-    """``fori_loop(0, n, body, init)``, or ``body(0, init)`` for a static single block: no loop
-    in the program (on XLA:CPU a loop around a decode step's cache reads cost a copy of every
-    layer's cache per token)."""
+    """``fori_loop(0, n, body, init)``, or ``body(0, init)`` for a static single block: a
+    one-block cache (every short sequence) puts no loop in the program."""
     if isinstance(n, (int, np.integer)) and n == 1:
         return body(0, init)
     return jax.lax.fori_loop(0, n, body, init)
