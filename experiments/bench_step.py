@@ -21,8 +21,9 @@ Peers: ``jaxgrpo`` (with ``jaxgrpo.runtime``'s CPU settings, as every experiment
 ``JAXGRPO_WARM_MEMORY=0``), ``jaxgrpo-scanned`` (``sampling.unroll_layers=false``: the decode
 loop over the scanned layer stack, where the CPU default unrolls it), ``trl`` (TRL's defaults:
 one 32-row batch, gradient checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no
-checkpointing: what ``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the same XLA flag and
-malloc tunable as jaxgrpo, set in its environment: Tunix is XLA:CPU too) and ``tunix-untuned``.
+checkpointing: what ``train.grad_accum=4 model.remat=none`` does in jaxgrpo), ``tunix`` (with the
+same XLA flag and malloc tunable as jaxgrpo, set in its environment: Tunix is XLA:CPU too) and
+``tunix-untuned``.
 
 Per framework it prints seconds per step (median of the steps after the first two: warm-up and
 compilation), time to first step (process start to the end of step 1: imports, load, compile),

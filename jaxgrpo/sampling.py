@@ -69,9 +69,8 @@ class SamplingConfig:
         cache and then attends over it (``layer_cache_attention``), so nothing is copied per
         step. The same tokens in the tests; log-probs equal up to float32 summation order. One
         more copy of the layer weights while sampling and a program that grows with depth.
-        None (the default):
-        unrolled on the CPU backend, scanned elsewhere (``decode_unrolled``). On XLA:CPU the
-        scan copies three weight and two cache slices per layer and token (~1.6 ms per
+        None (the default): unrolled on the CPU backend, scanned elsewhere
+        (``decode_unrolled``). On XLA:CPU the scan copies three weight and two cache slices per layer and token (~1.6 ms per
         layer-step at SmolLM2-135M); on a GPU / TPU the scan keeps the program, its compile
         time and its memory flat in depth (whether XLA copies the slices there is not measured
         here). Measured at SmolLM2-135M (32 rows x 128 tokens, XLA:CPU, 2 cores): unrolled

@@ -412,8 +412,9 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     "splash" needs a Python-int ``cache_index``; a traced one runs "blockwise".
     A decode step (T == 1) under "blockwise" reads only the cache blocks before ``cache_index``
     from the stack (forward only: a traced loop bound is not reverse-differentiable). Every other
-    case builds the layer's [B, KVH, S, D] keys/values (one copy) and calls ``attention``, which
-    keeps "blockwise"'s custom gradient for the training passes that run through a cache.
+    case builds the layer's [B, KVH, S, D] keys/values (one copy) and runs
+    ``layer_cache_attention`` on them (``attention`` after the write), which keeps "blockwise"'s
+    custom gradient for the training passes that run through a cache.
     """
     check_impl(impl, block_size)
     chex.assert_rank([q, k_new, v_new, cache_k, cache_v, key_mask], [4, 4, 4, 5, 5, 2])
@@ -430,11 +431,8 @@ def cached_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, cache_k: 
     k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
     v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
     k, v = checkpoint_name(k, CACHE_LAYER_NAME), checkpoint_name(v, CACHE_LAYER_NAME)
-    k = jax.lax.dynamic_update_slice_in_dim(k, k_new.astype(k.dtype), cache_index, axis=2)
-    v = jax.lax.dynamic_update_slice_in_dim(v, v_new.astype(v.dtype), cache_index, axis=2)
-    return attention(q, k, v, key_mask, cache_index + jnp.arange(t), impl=impl,
-                     block_size=block_size, kv_length=cache_index + t,
-                     query_offset=int(cache_index) if static_index else None)
+    return layer_cache_attention(q, k_new, v_new, k, v, key_mask, cache_index, impl=impl,
+                                 block_size=block_size)[0]
 
 
 def layer_cache_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k: jax.Array,
