@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ "${1:-}" = "bench" ] || [ "${1:-}" = "tunix" ]; then
   bash "$0"
-  venv=".venv-$1"; req="experiments/requirements-$1.txt"
+  venv=".venv-$1"; req="experiments/race/requirements-$1.txt"
   [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
   if [ ! -f "$venv/.installed" ] || [ "$req" -nt "$venv/.installed" ]; then
     "$venv/bin/python" -m pip install -q -r "$req"

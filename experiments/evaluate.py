@@ -43,6 +43,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from experiments._entry import main_entry
+
 
 class EvalError(Exception):
     """A user error: reported as one line, no traceback."""
@@ -493,7 +495,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from jaxgrpo.runtime import tune_process
-
-    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
-    main()
+    main_entry(main)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 import sys
 
+from experiments._entry import main_entry
+
 DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
 
@@ -149,7 +151,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxgrpo.runtime import tune_process
-
-    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
-    sys.exit(main())
+    main_entry(main, exit_status=True)

@@ -4,7 +4,7 @@ import pytest
 
 
 def test_scaling_fit_recovers_a_power_law():
-    from experiments.bench_scaling import fit_exponent
+    from experiments.micro.bench_scaling import fit_exponent
 
     xs = [4, 8, 16]
     assert fit_exponent(xs, [3.0 * x ** 1.5 for x in xs]) == pytest.approx(1.5)
@@ -14,7 +14,7 @@ def test_scaling_fit_recovers_a_power_law():
 
 
 def test_scaling_shape_is_a_valid_llama():
-    from experiments.bench_scaling import shape
+    from experiments.micro.bench_scaling import shape
     from jaxgrpo.models.config import ModelConfig
 
     for d in (64, 128, 256, 512):

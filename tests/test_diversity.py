@@ -1,4 +1,4 @@
-"""Tests for experiments/tables/diversity.py and experiments/configs/diversity.py: the t-interval
+"""Tests for experiments/diversity/testbed.py and experiments/configs/diversity.py: the t-interval
 against a hand computation, the config, and the comparison end to end on a tiny random decoder
 (table and plots written; finished runs reused, interrupted ones restarted)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments.tables import diversity
+from experiments.diversity import testbed as diversity
 
 
 def test_t_interval_hand_computed():
@@ -234,9 +234,9 @@ def test_base_source_needs_equal_eval_settings(tmp_path):
 
 
 def test_screen_variants_are_valid_configs():
-    """Every variant of experiments/tables/diversity_screen.py overrides keys that exist and
+    """Every variant of experiments/diversity/diversity_screen.py overrides keys that exist and
     gives a config that validates with its task built (a typo'd key or task option fails)."""
-    from experiments.tables import diversity_screen as screen
+    from experiments.diversity import diversity_screen as screen
     from jaxgrpo.config import validate
 
     for name in screen.VARIANTS:

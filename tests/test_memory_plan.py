@@ -170,7 +170,7 @@ if __name__ == "__main__":
 
 
 def test_layer_choice_and_linear_extrapolation():
-    from experiments import memory_plan as mp
+    from experiments.memory_plan import plan as mp
 
     assert mp.parse_layers("") == ()
     assert mp.parse_layers("2") == (1, 2)
@@ -187,7 +187,7 @@ def test_model_factory_applies_the_runtime_keys_as_the_run_does():
     construction, by jaxgrpo.models.policy.configure_runtime, exactly as a run sets them)."""
     from flax import nnx
 
-    from experiments import memory_plan as mp
+    from experiments.memory_plan import plan as mp
     from jaxgrpo.config import base_config
     from jaxgrpo.models.config import ModelConfig
 

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from experiments._entry import main_entry
+
 METHODS = {
     "GRPO": "grpo",
     "Dr.GRPO": "dr_grpo",
@@ -172,7 +174,4 @@ def _plot(results, cols, path):
 
 
 if __name__ == "__main__":
-    from jaxgrpo.runtime import tune_process
-
-    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
-    main()
+    main_entry(main)

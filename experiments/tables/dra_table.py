@@ -53,6 +53,7 @@ import os
 import sys
 from typing import Dict, Optional
 
+from experiments._entry import main_entry
 from experiments.evaluate import (EvalError, EvalSettings, add_policy_source_args,
                                   check_sampling_flags,
                                   evaluate_benchmarks,
@@ -275,7 +276,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from jaxgrpo.runtime import tune_process
-
-    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
-    main()
+    main_entry(main)
