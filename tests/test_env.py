@@ -245,8 +245,8 @@ def test_build_env_digits_verifier(tiny_tokenizer):
         assert r.max_len == max(len(x["answer"]) for x in e.train_rows + e.eval_rows)
         rows = e.train_rows[:2]
         # completion 0 spells row 0's answer then EOS; completion 1 spells row 0's for row 1
-        seqs = [[tok.convert_tokens_to_ids(ch) for ch in str(rows[0]["answer"])] + [tok.eos_token_id]
-                for _ in rows]
+        gold0 = [tok.convert_tokens_to_ids(ch) for ch in str(rows[0]["answer"])]
+        seqs = [gold0 + [tok.eos_token_id] for _ in rows]
         width = max(map(len, seqs))
         tokens = np.full((2, width), tok.pad_token_id, np.int32)
         mask = np.zeros((2, width), bool)
