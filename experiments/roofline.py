@@ -161,11 +161,11 @@ def run_estimate(cost: StepCost, dev: Device, *, steps: int, devices: int,
 
 
 def format_estimate(name: str, est: Mapping[str, float], cost: StepCost, *, steps: int,
-                    devices: int, price: Optional[float] = None) -> Iterable[str]:
+                    price: Optional[float] = None) -> Iterable[str]:
     """The printed lines for one device; the last two are machine-readable:
     ``step_seconds_estimate[<name>]=<s>`` and ``run_hours_estimate[<name>]=<h>``."""
     dev = device(name)
-    yield (f"  {name}: {devices} x {dev.peak_flops / 1e12:.1f} TFLOP/s bf16, "
+    yield (f"  {name}: {dev.peak_flops / 1e12:.1f} TFLOP/s bf16, "
            f"{dev.hbm_bytes_per_s / 1e12:.3f} TB/s, {dev.memory_bytes / 1e9:.0f} GB ({dev.source})")
     yield (f"    update   {cost.update[0]:.4g} FLOP, {cost.update[1]:.4g} B per device -> "
            f"{est['update_s']:.4g} s ({est['update_bound']}-bound)")
