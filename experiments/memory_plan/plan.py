@@ -25,6 +25,18 @@ Any ``--config.<key>=<value>`` override of ``experiments.run`` works. What it do
    arguments + temporaries (of the TPU compile with ``--tpu``, else the CPU one; extrapolated to
    the model's depth with ``--layers``).
 
+``--device NAME`` (repeatable; h100, h200, a100-40gb, a100-80gb, v5p: ``experiments.roofline``)
+adds the time-and-cost plan: the update, the sampler's prefill and one decode step are compiled
+again at 1 and 2 layers with every scan unrolled and ``naive`` attention (XLA's cost analysis
+counts a loop body once), their ``cost_analysis()`` FLOPs and bytes extrapolated to the model's
+depth, and the roofline lower bound of a step (update + prefill + max_new_tokens decode steps),
+of the run (``steps``) and its device-hours (``--price`` per device-hour: its cost) printed per
+device, each ending with ``step_seconds_estimate[<device>]=<s>`` and
+``run_hours_estimate[<device>]=<h>``, before the last line. The sampler programs are costed on
+one device for the rows one device holds (P/(data*fsdp) prompts), with the full weights (an FSDP
+decode gathers them). The decode step attends over a cache of Tp + Tc/2 slots (its mean fill).
+Unvalidated until experiments.device_check measures the same programs on a GPU.
+
 The model's shape comes from ``model.path`` (a checkpoint directory's config.json or a GGUF
 file); when that path does not exist, from ``--shape NAME|FILE`` (a JSON in
 experiments/configs/shapes/, Hugging Face config.json fields) or, automatically, from the shipped
@@ -90,6 +102,11 @@ def build_parser():
                    help="compile the sampler only (no peak_gb_per_device line)")
     p.add_argument("--skip-cpu", action="store_true", help="with --tpu: compile for TPU only")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--device", action="append", default=[],
+                   help="time-and-cost plan for this accelerator (repeatable): h100, h200, "
+                        "a100-40gb, a100-80gb, v5p (experiments/roofline.py)")
+    p.add_argument("--price", type=float, default=None,
+                   help="with --device: price per device-hour, for the run's cost")
     return p
 
 
@@ -562,6 +579,109 @@ def plan_backend(c, cfg, factory, mesh, backend, depths, full_depth, group, scfg
     return res
 
 
+# The paper's own figure for its run (arXiv 2505.09655; experiments/configs/dra_paper.py).
+PAPER_RUNS = {"dra_dr_grpo_paper": ("a100-40gb", 4, 12.5),
+              "dra_grpo_paper": ("a100-40gb", 4, 12.5)}
+
+
+def _sampler_cost_programs(c, graphdef, rows_prompts: int, group: int):
+    """(prefill, decode) jitted functions of the sampler's two programs for ``rows_prompts``
+    prompts x ``group``: the prompt pass into a Tp + Tc cache, and ONE decode step of
+    P x G rows attending over a cache of Tp + Tc // 2 slots (the mean fill)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jaxgrpo.models.decoder import init_cache, positions_from_mask
+
+    tp, tc = c.data.max_prompt_tokens, c.sampling.max_new_tokens
+
+    def prefill(state, tokens, mask):
+        model = nnx.merge(graphdef, state)
+        cache = init_cache(model.config, rows_prompts, tp + tc, model.dtype)
+        key_mask = jnp.concatenate([mask, jnp.ones((rows_prompts, tc), bool)], axis=1)
+        h, cache = model.hidden_states(tokens, attention_mask=key_mask,
+                                       positions=positions_from_mask(mask), cache=cache,
+                                       cache_index=0)
+        return model.logits_from_hidden(h[:, -1]), cache
+
+    def decode(state, tok, cache, key_mask, pos, index):
+        model = nnx.merge(graphdef, state)
+        return model(tok, attention_mask=key_mask, positions=pos, cache=cache, cache_index=index)
+
+    return jax.jit(prefill), jax.jit(decode)
+
+
+def cost_plan(c, factory, mesh, group, full_depth):
+    """roofline.StepCost of config ``c``: update, prefill and decode step (flops, bytes) per
+    device, from compiles at 1 and 2 layers with unrolled scans and naive attention."""
+    import jax
+    import jax.numpy as jnp
+    from experiments import roofline
+    from jaxgrpo.models.decoder import init_cache
+    from jaxgrpo.train import make_update_fn
+
+    d, f = mesh.shape["data"], mesh.shape["fsdp"]
+    p = max(1, c.train.prompts_per_step // (d * f))
+    tp, tc = c.data.max_prompt_tokens, c.sampling.max_new_tokens
+    s_mean = tp + tc // 2
+    saved = c.model.attention
+    c.model.attention = "naive"  # no loop over key blocks: every score counted
+    points = {"update": [], "prefill": [], "decode": []}
+    try:
+        for layers in (1, 2):
+            with roofline.unrolled_scans():
+                state, ro, ref, graphdef, rest, tx, _ = abstract_update_args(
+                    c, factory(layers), mesh, group)
+                update = make_update_fn(c, graphdef, rest, tx)
+                with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                    points["update"].append(
+                        (layers, roofline.cost_of(update.lower(state, ro, ref).compile())))
+                strip = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
+                from flax import nnx
+                mstate = nnx.merge_state(strip(state.params), rest)
+                prefill, decode = _sampler_cost_programs(c, graphdef, p, group)
+                sds = jax.ShapeDtypeStruct
+                points["prefill"].append((layers, roofline.cost_of(prefill.lower(
+                    mstate, sds((p, tp), jnp.int32), sds((p, tp), jnp.bool_)).compile())))
+                b = p * group
+                cache = jax.eval_shape(lambda: init_cache(
+                    nnx.eval_shape(factory(layers)).config, b, s_mean,
+                    jnp.dtype(c.model.dtype)))
+                points["decode"].append((layers, roofline.cost_of(decode.lower(
+                    mstate, sds((b, 1), jnp.int32), cache, sds((b, s_mean), jnp.bool_),
+                    sds((b, 1), jnp.int32), sds((), jnp.int32)).compile())))
+    finally:
+        c.model.attention = saved
+    ext = {k: roofline.linear_in_layers(v, full_depth) for k, v in points.items()}
+    return roofline.StepCost(update=ext["update"], prefill=ext["prefill"],
+                             decode=ext["decode"], new_tokens=tc)
+
+
+def print_cost_plan(c, cost, devices, n_dev, price):
+    """The time-and-cost lines for each of ``devices`` (see the module docstring)."""
+    from experiments import roofline
+
+    print(f"\n== time-and-cost plan (roofline lower bound; unvalidated), {n_dev} device(s), "
+          f"{c.steps} steps ==")
+    print(f"  per device: update {cost.update[0]:.4g} FLOP / {cost.update[1]:.4g} B; prefill "
+          f"{cost.prefill[0]:.4g} FLOP / {cost.prefill[1]:.4g} B; decode step "
+          f"{cost.decode[0]:.4g} FLOP / {cost.decode[1]:.4g} B (cost_analysis, extrapolated "
+          f"from 1 and 2 layers)")
+    paper = PAPER_RUNS.get(c.name)
+    for name in devices:
+        est = roofline.run_estimate(cost, roofline.device(name), steps=c.steps, devices=n_dev,
+                                    price_per_device_hour=price)
+        lines = list(roofline.format_estimate(name, est, cost, steps=c.steps, price=price))
+        for line in lines[:-2]:
+            print(line)
+        if paper and paper[0] == name and paper[1] == n_dev:
+            print(f"    the paper: {paper[2]} h on {paper[1]} x {paper[0]} (estimate "
+                  f"{est['run_hours']:.4g} h: a lower bound, without the host, rewards and "
+                  "communication)")
+        for line in lines[-2:]:
+            print(line)
+
+
 def make_tpu_mesh(name: str, sizes):
     from jax.experimental import topologies
     from jaxgrpo import sharding as shd
@@ -661,6 +781,15 @@ def child_main(argv):
                                     group, scfg, args.skip_sampler, args.skip_update))
     if not results:
         raise SystemExit("memory_plan: --skip-cpu without --tpu compiles nothing")
+    if args.device:
+        from experiments import roofline
+        try:
+            names = [roofline.device(n).name for n in args.device]
+        except ValueError as e:
+            raise SystemExit(f"memory_plan: --device: {e}")
+        cost = cost_plan(c, factory, shd.make_mesh(d, f, t), group, full_depth)
+        print_cost_plan(c, cost, names, d * f * t, args.price)
+        results[-1]["cost_plan"] = dataclasses.asdict(cost)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, default=str)
