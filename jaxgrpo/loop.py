@@ -193,10 +193,8 @@ class Trainer:
         rows = self.train_iter.next_batch(c.train.prompts_per_step)
         self.state, m, info = self.step(self.state, rows, more_rows=self.train_iter.next_batch)
         bad = [k for k, v in m.items() if not np.isfinite(v)]
-        if bad:
-            raise FloatingPointError(
-                f"non-finite metrics at step {step + 1}: {bad}; the last checkpoint in "
-                f"{self.ckpt.directory} is intact (step {self.ckpt.latest_step()})")
+        if bad:  # _train adds which checkpoint is committed, once the background save is done
+            raise FloatingPointError(f"non-finite metrics at step {step + 1}: {bad}")
         if self.writer and c.log.samples_every and step % c.log.samples_every == 0:
             with open(os.path.join(self.run_dir, "samples.jsonl"), "a") as f:
                 for text, row, r in zip(info["texts"], info["rows"], info["rewards"]):
@@ -214,6 +212,28 @@ class Trainer:
             return self._train(stop_at)
 
     def _train(self, stop_at: Optional[int]) -> str:
+        try:
+            return self._train_steps(stop_at)
+        except BaseException as e:
+            self._finish_saves(e)
+            raise
+
+    def _finish_saves(self, e: BaseException) -> None:
+        """On an error exit: waits for an in-flight background save (so nothing is left half
+        written when the interpreter shuts down), then names the newest checkpoint that is
+        actually committed. A non-finite stop re-raises with it in the message; a failed save
+        replaces the error (it is the first thing that went wrong on disk)."""
+        committed, save_err = self.ckpt.finish()
+        where = (f"the newest committed checkpoint in {self.ckpt.directory} is step {committed}"
+                 if committed is not None else
+                 f"no checkpoint is committed in {self.ckpt.directory} yet")
+        if save_err is not None and not isinstance(e, KeyboardInterrupt):
+            raise save_err from None
+        if isinstance(e, FloatingPointError):
+            raise FloatingPointError(f"{e}; {where} (resume from it with the same command, "
+                                     "after lowering optim.lr or the like)") from None
+
+    def _train_steps(self, stop_at: Optional[int]) -> str:
         c = self.c
         start = self.maybe_restore()
         if self.writer:
@@ -248,6 +268,7 @@ class Trainer:
                     self.save(step, block=preempt or step >= c.steps)
                 if preempt:
                     break
+                self.ckpt.check()  # a failed background save stops the run now
         bar.close()
         self.stopped_early = step < c.steps  # [run_dir hook] experiments/run.py's exit code
         if step >= c.steps:
@@ -270,6 +291,11 @@ class Trainer:
         plot_run(self.run_dir)
 
     def close(self):
+        """Releases the run's resources; an in-flight background save is finished first (an
+        exit with it pending would lose it)."""
+        ckpt = getattr(self, "ckpt", None)
+        if ckpt is not None:
+            ckpt.finish()
         self.env.close()
         warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
 
