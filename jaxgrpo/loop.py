@@ -27,6 +27,7 @@ import ml_collections as mc
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import paths
 from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
@@ -42,10 +43,45 @@ from jaxgrpo.lora import branch_supported, init_adapters, lora_config
 from jaxgrpo.train import build_optimizer, init_train_state, policy_params, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
-__all__ = ["Trainer", "run", "load_policy", "eos_ids", "pad_id"]
+__all__ = ["Trainer", "run", "load_policy", "eos_ids", "pad_id", "preflight", "StopRequested",
+           "stop_signals"]
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+class StopRequested(Exception):
+    """SIGTERM / SIGINT outside the training loop (loading, an evaluation, the final save):
+    raised at once; the run exits 75 after finishing what it was saving."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class stop_signals:
+    """For a whole run (``experiments.run``): SIGTERM / SIGINT raise :class:`StopRequested`
+    (a second one: KeyboardInterrupt). Inside the training loop :class:`_Stop` takes over and
+    turns the first one into "finish this step, save, exit"."""
+
+    def __init__(self):
+        self._old = {}
+        self.count = 0
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        raise StopRequested(signum)
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
 
 
 class _Stop:
@@ -79,15 +115,39 @@ class Trainer:
         c = validate(config, inputs=True)  # [run_dir hook] input checks before anything heavy
         self.c = c
         self.progress = rdir.Progress(c.log.progress)  # [run_dir hook]
+        self.lock = None
+        self.ckpt = None
+        preflight(c)  # every check that can run before the model loads, before any write
         # Host files (config.json, metrics, samples, evaluations, summary) are written by
-        # process 0 only; checkpoints by every process together (orbax). Every process decides
-        # fresh / resume from the directory as it is before process 0 writes into it.
+        # process 0 only, under the run directory's lock; checkpoints by every process together
+        # (orbax). Every process decides fresh / resume from the directory as it is before
+        # process 0 writes into it.
         self.writer = shd.is_primary_process()
-        self.run = rdir.inspect(c)  # [run_dir hook] fresh, or resume after comparing configs
-        shd.sync_processes("jaxgrpo:run_dir_inspected")
-        if self.writer:
-            rdir.write_config(self.run, c)
-        self.run_dir = self.run.path
+        path = rdir.resolve_path(c)
+        try:
+            if self.writer:
+                self.lock = rdir.RunLock(path).acquire()  # one writer per run directory
+            self.run = rdir.inspect(c, path, unlock_unstarted=True)  # [run_dir hook]
+            shd.sync_processes("jaxgrpo:run_dir_inspected")
+            if self.writer:
+                rdir.write_config(self.run, c)
+            self.run_dir = self.run.path
+            self._build()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.finish()
+        if getattr(self, "env", None) is not None:
+            self.env.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self) -> None:
+        c = self.c
         self.mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
         self.progress(f"loading the model ({c.model.path or 'packaged default'})")  # [run_dir hook]
         model, self.tokenizer = load_policy(c)
@@ -103,7 +163,7 @@ class Trainer:
         self.frozen = params if lora is not None else None
         if lora is not None:
             adapters = init_adapters(params, lora, jax.random.key(c.seed))
-            if lora.dropout > 0 and not branch_supported(adapters):
+            if lora.dropout > 0 and not branch_supported(adapters):  # (preflight checks first)
                 raise ConfigError(
                     f"config.lora.dropout={lora.dropout} runs the adapters unmerged, which only "
                     f"the decoder layers' projections support; config.lora.targets="
@@ -131,7 +191,7 @@ class Trainer:
                               tokenizer=self.tokenizer, eos_ids=self.eos_ids, pad_id=self.pad_id,
                               env=self.env, mesh=self.mesh, ref_params=ref_params,
                               frozen=self.frozen)
-        self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep,
+        self.ckpt = Checkpointer(paths.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep,
                                  async_save=c.checkpoint.async_save)
         self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
                                     c.to_dict() if c.log.wandb else None, enabled=self.writer)
@@ -161,9 +221,8 @@ class Trainer:
         metrics = res["metrics"]
         self.logger.log(step, metrics, kind="eval")
         if self.writer:
-            with open(os.path.join(self.run_dir, f"eval_step{step}.jsonl"), "w") as f:
-                for rec in res["records"]:
-                    f.write(json.dumps(rec) + "\n")
+            paths.write_text(paths.join(self.run_dir, f"eval_step{step}.jsonl"),
+                             "".join(json.dumps(rec) + "\n" for rec in res["records"]))
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -196,11 +255,14 @@ class Trainer:
         if bad:  # _train adds which checkpoint is committed, once the background save is done
             raise FloatingPointError(f"non-finite metrics at step {step + 1}: {bad}")
         if self.writer and c.log.samples_every and step % c.log.samples_every == 0:
-            with open(os.path.join(self.run_dir, "samples.jsonl"), "a") as f:
+            f = paths.AppendFile(paths.join(self.run_dir, "samples.jsonl"))
+            try:
                 for text, row, r in zip(info["texts"], info["rows"], info["rewards"]):
                     f.write(json.dumps({"step": step + 1, "question": row["question"],
                                         "answer": str(row["answer"]), "completion": text,
                                         "reward": float(r)}) + "\n")
+            finally:
+                f.close()
         return m
 
     def train(self, stop_at: Optional[int] = None) -> str:
@@ -285,19 +347,40 @@ class Trainer:
     def write_summary(self, evals: Dict[int, Dict[str, Any]]):
         from jaxgrpo.plotting import plot_run
         evals = {**rdir.evaluations(self.run_dir), **evals}  # [run_dir hook] earlier sittings too
-        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-            json.dump({"eval": {str(k): {kk: to_python(vv) for kk, vv in v.items()}
-                                for k, v in evals.items()}}, f, indent=2)
+        paths.write_atomic(paths.join(self.run_dir, "summary.json"), json.dumps(
+            {"eval": {str(k): {kk: to_python(vv) for kk, vv in v.items()}
+                      for k, v in evals.items()}}, indent=2))
         plot_run(self.run_dir)
 
     def close(self):
         """Releases the run's resources; an in-flight background save is finished first (an
-        exit with it pending would lose it)."""
-        ckpt = getattr(self, "ckpt", None)
-        if ckpt is not None:
-            ckpt.finish()
-        self.env.close()
+        exit with it pending would lose it). Idempotent."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        try:
+            if self.ckpt is not None:
+                self.ckpt.finish()
+            self.env.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
         warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
+
+
+def preflight(c: mc.ConfigDict) -> None:
+    """The checks that need the devices, the model's parameter paths (an abstract shape, no
+    weights) or the data rows, run before anything is written or loaded: the mesh with its -1
+    axis resolved (``sharding.check_mesh_layout``), LoRA targets and dropout
+    (``lora.check_lora``), the reward against the fused path and the digit golds
+    (``env.check_rewards``). ConfigError naming the key."""
+    from jaxgrpo.env import check_rewards
+    from jaxgrpo.lora import check_lora
+
+    shd.check_mesh_layout(c)
+    check_lora(c)
+    check_rewards(c)
 
 
 def _progress(total: int, initial: int, enabled: bool):

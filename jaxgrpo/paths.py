@@ -13,7 +13,6 @@ A URL is never made absolute against the working directory: ``resolve("gs://b/x"
 """
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 from typing import IO, List
@@ -136,7 +135,7 @@ def rewrite(path: str, data: bytes) -> None:
         f.write(data)
 
 
-class AppendFile(io.TextIOBase):
+class AppendFile:
     """A text file that is appended to line by line, on a disk or in a bucket. Local: an
     ``open(path, "a")`` handle. URL: object stores cannot append, so the content is kept and
     the whole object rewritten on ``flush`` (metrics / samples files are small: a few MB)."""
@@ -144,6 +143,7 @@ class AppendFile(io.TextIOBase):
     def __init__(self, path: str):
         self.path = path
         self._local = None if is_url(path) else open(path, "a", encoding="utf-8")
+        self.closed = False
         self._buf = None  # read at the first write: after a resume's rewind, not before
         self._dirty = False
 
@@ -169,4 +169,4 @@ class AppendFile(io.TextIOBase):
         self.flush()
         if self._local is not None:
             self._local.close()
-        super().close()
+        self.closed = True
