@@ -168,10 +168,11 @@ class Env:
             return self.task.answers(list(texts), list(rows))
         return [extract_answer(t, self.answer_sources) for t in texts]
 
-    def score(self, texts: Sequence[str], rows: Sequence[dict]):
+    def score(self, texts: Sequence[str], rows: Sequence[dict], lengths=None):
         """(correct bool [N], extracted answers) — what evaluation needs (always the text
-        verifier)."""
-        out = self.reward_fn(list(texts), **self._golds_rows(rows))
+        verifier). ``lengths``: completion token counts [N], for rewards that need them
+        (rewards.overlong)."""
+        out = self.reward_fn(list(texts), lengths=lengths, **self._golds_rows(rows))
         correct = (np.zeros(len(texts), bool) if out.correct is None
                    else np.asarray(out.correct) >= 1.0)
         return correct, self.answers(texts, rows)
