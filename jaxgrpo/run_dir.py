@@ -3,6 +3,9 @@
 Layout (written by ``jaxgrpo.loop.Trainer``)::
 
     <run_dir>/config.json          the resolved config, written ONCE, when the run starts fresh
+    <run_dir>/inputs.json          the data's fingerprint: each data file's size and sha256, or
+                                   the reasoning-gym task, options, seed, sizes and version
+    <run_dir>/.jaxgrpo.lock        the writer's lock (pid, host, start time): see RunLock
     <run_dir>/config_changes.jsonl one row per resume that changed a safe key (see below)
     <run_dir>/checkpoints/<step>/  orbax checkpoints (jaxgrpo.checkpoint)
     <run_dir>/metrics.jsonl        one row per logged train step / evaluation ("step", "kind")
@@ -12,8 +15,16 @@ Layout (written by ``jaxgrpo.loop.Trainer``)::
 
 Rules (each one is a test in tests/test_faults.py):
 
-* Starting: an absent or empty directory starts fresh (config.json is written before any model
-  is built). A non-empty one is resumed when ``checkpoint.resume=True`` (the default) and
+* One writer: process 0 holds an exclusive lock on the directory for the run's life (a
+  second process is refused in one line naming the holder's pid and host, exit code 2; a dead
+  holder's lock is taken over). See :class:`RunLock` (an OS lock locally, a lease on a URL).
+* Starting: an absent or empty directory starts fresh. config.json and inputs.json are written
+  after every check that can run before the model loads (``jaxgrpo.loop.preflight``), before
+  any model is built. A directory whose run never committed a checkpoint is not locked to its
+  config: the Trainer restarts it from step 0 with the requested one (recorded in
+  config_changes.jsonl).
+* Inputs: a resume whose data file (size, sha256) or reasoning-gym prompts differ from
+  inputs.json is refused in one line naming the file. A non-empty one is resumed when ``checkpoint.resume=True`` (the default) and
   refused with one line when ``checkpoint.resume=False`` -- two runs are never mixed in one
   directory.
 * Resuming compares the requested config with the saved config.json. Keys that only change how
