@@ -17,7 +17,6 @@ step, saves a checkpoint and exits.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from typing import Any, Dict, List, Optional
 
