@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import signal
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -368,17 +368,65 @@ class Trainer:
         warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
 
 
+def abstract_param_paths(c) -> List[Tuple[str, tuple]]:
+    """(path, shape) of every parameter of the decoder ``config.model`` builds, from an abstract
+    model (``nnx.eval_shape``: shapes only, no weights read or allocated). ConfigError naming
+    config.model.path when it holds no model config."""
+    import dataclasses as dc
+
+    from flax import nnx
+
+    from jaxgrpo.errors import CheckpointError, ConfigError
+    from jaxgrpo.models import default_model_path
+    from jaxgrpo.models.decoder import Decoder
+    from jaxgrpo.models.loading import load_config
+    from jaxgrpo.lora import _leaves
+
+    path = c.model.path or str(default_model_path())
+    try:
+        cfg = load_config(path)
+    except (CheckpointError, OSError, ValueError) as e:
+        raise ConfigError(f"config.model.path={path!r}: not a model ({str(e).splitlines()[0]})"
+                          ) from None
+    if c.model.random_init_layers:
+        h = c.model.random_init_hidden
+        cfg = dc.replace(cfg, hidden_size=h, intermediate_size=2 * h,
+                         num_hidden_layers=c.model.random_init_layers, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=h // 4)
+    model = nnx.eval_shape(lambda: Decoder(cfg, dtype=jnp.float32, param_dtype=jnp.float32,
+                                           rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    return [(name, tuple(getattr(leaf, "shape", ()))) for name, leaf in _leaves(params)]
+
+
+def check_mesh_layout(c, n_devices: Optional[int] = None) -> Tuple[int, int, int]:
+    """Preflight (before the model loads): the mesh with its -1 axis resolved against the
+    device count, and the training micro-batches (whole groups, anchors included) divided over
+    its batch devices (mesh.data * mesh.fsdp) -- the check ``config.validate`` can only make for
+    explicit sizes. Returns the resolved (data, fsdp, tensor); ConfigError naming the keys."""
+    from jaxgrpo.config import check_micro_batch
+
+    if n_devices is None:
+        n_devices = jax.device_count()
+    data, fsdp, tensor = shd.resolved_mesh_sizes(c.mesh.data, c.mesh.fsdp, c.mesh.tensor,
+                                                 n_devices)
+    group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
+    check_micro_batch(c.train.prompts_per_step * group, group,
+                      c.train.num_minibatches * c.train.grad_accum, data * fsdp)
+    return data, fsdp, tensor
+
+
 def preflight(c: mc.ConfigDict) -> None:
     """The checks that need the devices, the model's parameter paths (an abstract shape, no
     weights) or the data rows, run before anything is written or loaded: the mesh with its -1
-    axis resolved (``sharding.check_mesh_layout``), LoRA targets and dropout
+    axis resolved (:func:`check_mesh_layout`), LoRA targets and dropout
     (``lora.check_lora``), the reward against the fused path and the digit golds
     (``env.check_rewards``). ConfigError naming the key."""
     from jaxgrpo.env import check_rewards
     from jaxgrpo.lora import check_lora
 
-    shd.check_mesh_layout(c)
-    check_lora(c)
+    check_mesh_layout(c)
+    check_lora(c, abstract_param_paths(c) if c.lora.rank else [])
     check_rewards(c)
 
 

@@ -258,40 +258,10 @@ def lora_config(c) -> "LoraConfig | None":
 # ----------------------------------------------------------------------------- preflight
 
 
-def abstract_param_paths(c) -> List[Tuple[str, tuple]]:
-    """(path, shape) of every parameter of the decoder ``config.model`` builds, from an abstract
-    model (``nnx.eval_shape``: shapes only, no weights read or allocated). ConfigError naming
-    config.model.path when it holds no model config."""
-    import dataclasses as dc
-
-    from flax import nnx
-
-    from jaxgrpo.errors import CheckpointError, ConfigError
-    from jaxgrpo.models import default_model_path
-    from jaxgrpo.models.decoder import Decoder
-    from jaxgrpo.models.loading import load_config
-
-    path = c.model.path or str(default_model_path())
-    try:
-        cfg = load_config(path)
-    except (CheckpointError, OSError, ValueError) as e:
-        raise ConfigError(f"config.model.path={path!r}: not a model ({str(e).splitlines()[0]})"
-                          ) from None
-    if c.model.random_init_layers:
-        h = c.model.random_init_hidden
-        cfg = dc.replace(cfg, hidden_size=h, intermediate_size=2 * h,
-                         num_hidden_layers=c.model.random_init_layers, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=h // 4)
-    model = nnx.eval_shape(lambda: Decoder(cfg, dtype=jnp.float32, param_dtype=jnp.float32,
-                                           rngs=nnx.Rngs(0)))
-    params = nnx.state(model, nnx.Param)
-    return [(name, tuple(getattr(leaf, "shape", ()))) for name, leaf in _leaves(params)]
-
-
-def check_lora(c, param_paths: Optional[List[Tuple[str, tuple]]] = None) -> None:
+def check_lora(c, param_paths: List[Tuple[str, tuple]]) -> None:
     """Preflight (before the model loads): ``lora.dropout`` needs LoRA (``lora.rank`` > 0),
-    ``lora.targets`` must match at least one kernel of the model (paths from
-    :func:`abstract_param_paths`), and with dropout every match must be a decoder layer's
+    ``lora.targets`` must match at least one kernel of the model (``param_paths``: (path,
+    shape) of its parameters, e.g. ``jaxgrpo.loop.abstract_param_paths``), and with dropout every match must be a decoder layer's
     projection (the only place the unmerged branch runs). ConfigError naming the key."""
     from jaxgrpo.errors import ConfigError
 
@@ -302,8 +272,6 @@ def check_lora(c, param_paths: Optional[List[Tuple[str, tuple]]] = None) -> None
                               "lora.dropout")
         return
     cfg = lora_config(c)
-    if param_paths is None:
-        param_paths = abstract_param_paths(c)
     rx = re.compile(cfg.targets)
     kernels = [n for n, shape in param_paths if len(shape) >= 2 and n.endswith("kernel")]
     names = [n for n in kernels if rx.search(n)]

@@ -597,19 +597,3 @@ def resolved_mesh_sizes(data: int, fsdp: int, tensor: int, n_devices: int) -> Tu
                           "are available; make the product equal the device count or set one "
                           "axis to -1")
     return tuple(sizes)
-
-
-def check_mesh_layout(c, n_devices: Optional[int] = None) -> Tuple[int, int, int]:
-    """Preflight (before the model loads): the mesh with its -1 axis resolved against the
-    device count, and the training micro-batches (whole groups, anchors included) divided over
-    its batch devices (mesh.data * mesh.fsdp) -- the check ``config.validate`` can only make for
-    explicit sizes. Returns the resolved (data, fsdp, tensor); ConfigError naming the keys."""
-    from jaxgrpo.config import check_micro_batch
-
-    if n_devices is None:
-        n_devices = jax.device_count()
-    data, fsdp, tensor = resolved_mesh_sizes(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, n_devices)
-    group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
-    check_micro_batch(c.train.prompts_per_step * group, group,
-                      c.train.num_minibatches * c.train.grad_accum, data * fsdp)
-    return data, fsdp, tensor

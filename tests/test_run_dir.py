@@ -145,7 +145,7 @@ def test_a_run_that_never_committed_a_step_restarts_with_a_corrected_config(tmp_
 
 
 def test_preflight_mesh_minus_one_is_resolved_against_the_devices():
-    from jaxgrpo.sharding import check_mesh_layout
+    from jaxgrpo.loop import check_mesh_layout
     c = _cfg("x", **{"mesh.data": -1, "train.prompts_per_step": 1,
                      "sampling.num_generations": 3})
     with pytest.raises(ConfigError, match="must divide over the mesh's 2 batch devices"):
@@ -155,7 +155,8 @@ def test_preflight_mesh_minus_one_is_resolved_against_the_devices():
 
 
 def test_preflight_lora_targets_and_dropout_without_lora():
-    from jaxgrpo.lora import abstract_param_paths, check_lora
+    from jaxgrpo.lora import check_lora
+    from jaxgrpo.loop import abstract_param_paths
     c = _cfg("x", **{"model.random_init_layers": 2})
     ps = abstract_param_paths(c)
     assert ("layers/self_attn/q_proj/kernel", (2, 64, 64)) in ps  # shapes, no weights
@@ -165,7 +166,7 @@ def test_preflight_lora_targets_and_dropout_without_lora():
         check_lora(_cfg("x", **{"lora.rank": 4, "lora.targets": "nope"}), ps)
     check_lora(_cfg("x", **{"lora.rank": 4, "lora.dropout": 0.1}), ps)
     with pytest.raises(ConfigError, match=r"config\.model\.path=.*not a model"):
-        check_lora(_cfg("x", **{"lora.rank": 4, "model.path": "/"}))
+        abstract_param_paths(_cfg("x", **{"lora.rank": 4, "model.path": "/"}))
 
 
 def test_preflight_fused_and_digit_golds_name_the_row(tmp_path):
@@ -195,8 +196,8 @@ def test_trainer_refuses_before_writing_anything(tiny_llama_dir, tiny_run_config
 
     from jaxgrpo import loop
     if "mesh.data" in flat:  # two devices, as the machine had
-        real = loop.shd.check_mesh_layout
-        monkeypatch.setattr(loop.shd, "check_mesh_layout", lambda c: real(c, n_devices=2))
+        real = loop.check_mesh_layout
+        monkeypatch.setattr(loop, "check_mesh_layout", lambda c: real(c, n_devices=2))
     run = tmp_path / "run"
     with pytest.raises(ConfigError, match=message):
         loop.Trainer(tiny_run_config(tiny_llama_dir, run, **flat))
