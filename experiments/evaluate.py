@@ -301,11 +301,46 @@ def load_benchmark_files(benchmarks: Dict[str, str], *,
     loaded = {}
     for name, path in benchmarks.items():
         qf, af = fields.get(name, (question_field, answer_field))
+        check_benchmark_file(name, path, qf, af)
         try:
             loaded[name] = load_benchmark(path, question_field=qf, answer_field=af, limit=limit)
         except (FileNotFoundError, ValueError) as e:
             raise EvalError(str(e).splitlines()[0]) from e
     return loaded
+
+
+def check_benchmark_file(name: str, path: str, question_field: str, answer_field: str) -> None:
+    """EvalError naming the benchmark, the file and the line of the first malformed row (the
+    training data's own check, ``jaxgrpo.data.check_prompt_file``, in the flags' words)."""
+    from jaxgrpo.data import check_prompt_file
+    from jaxgrpo.errors import ConfigError
+
+    try:
+        check_prompt_file(path, question_field, answer_field, key="data.path")
+    except ConfigError as e:
+        msg = str(e).replace(f"config.data.path={path!r}", f"benchmark file {path} (--benchmark "
+                             f"{name})")
+        msg = msg.replace("set config.data.question_field", "use --question_field or --fields")
+        msg = msg.replace("set config.data.answer_field", "use --answer_field or --fields")
+        raise EvalError(msg) from None
+
+
+def check_writable(out: str) -> None:
+    """EvalError when the results cannot be written to ``out``'s directory -- checked before
+    any model is loaded or evaluated (a read-only run directory would lose the evaluation)."""
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(out))
+    probe = d
+    while not os.path.isdir(probe):  # the nearest existing parent must let us create d
+        probe = os.path.dirname(probe)
+    try:
+        os.makedirs(d, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".evaluate-probe-"):
+            pass
+    except OSError as e:
+        raise EvalError(f"cannot write the results to {d} ({e.strerror or e}); pass a writable "
+                        "--out") from None
 
 
 def evaluate_benchmarks(policy: Policy, loaded: Dict[str, List[dict]], s: EvalSettings,
@@ -461,6 +496,13 @@ def run(args, log=print) -> dict:
 
     if args.run_model_path is not None and args.run_dir is None:
         raise EvalError("--run_model_path needs --run_dir")
+    out = args.out
+    if out is None and not args.run_dir:
+        out = "eval_results.json"
+    if out is not None:
+        check_writable(out)  # before anything is computed
+    elif args.run_dir:
+        check_writable(os.path.join(os.path.abspath(args.run_dir), "eval", "x.json"))
     policy = load_eval_policy(model=args.model, run_dir=args.run_dir, step=args.step,
                               dtype=args.dtype, run_model_path=args.run_model_path)
     s = settings_for(policy, args)
@@ -469,10 +511,8 @@ def run(args, log=print) -> dict:
     else:
         results = evaluate_held_out(policy, s, limit=args.limit, log=log)
     table = markdown_table(results, s.ks)
-    out = args.out
     if out is None:
-        out = (os.path.join(policy.source, "eval", f"step{policy.step}.json")
-               if args.run_dir else "eval_results.json")
+        out = os.path.join(policy.source, "eval", f"step{policy.step}.json")
     header = {"source": policy.source, "kind": "run" if args.run_dir else "model",
               "step": policy.step, "settings": dataclasses.asdict(s),
               "benchmark_files": benchmarks}
@@ -494,5 +534,21 @@ def main(argv=None) -> dict:
     return res
 
 
+EXIT_USAGE = 2  # a bad flag or input file, like experiments.run's config errors
+
+
+def cli() -> int:
+    """``main`` for the command line: a user error (EvalError) is one line on stderr and exit
+    code 2, as ``python -m experiments.run`` does."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    return 0
+
+
 if __name__ == "__main__":
-    main_entry(main)
+    main_entry(cli, exit_status=True)

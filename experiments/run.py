@@ -22,8 +22,16 @@ Exit codes (``jaxgrpo.errors``):
 * 2  -- a config or input error (bad key or value, missing data file or --config file, an
   unreadable model.path, a run directory that cannot be resumed with this config): one line on
   stderr, nothing trained.
-* 1  -- any other error (a corrupt checkpoint, non-finite metrics, ...): one line on stderr for
-  the errors jaxgrpo raises itself, a traceback for anything unexpected.
+* 1  -- any other error (a corrupt checkpoint, non-finite metrics, a checkpoint that could not
+  be written, ...): one line on stderr for the errors jaxgrpo raises itself, a traceback for
+  anything unexpected. An error exit first finishes an in-flight background save and names the
+  newest checkpoint that is actually committed.
+* 130 -- a second Ctrl-C / SIGTERM while the first one is being handled (nothing more is saved).
+
+SIGTERM / SIGINT stop a run at any phase: during training the current step finishes and a
+checkpoint is saved; while loading, evaluating or saving the run stops at once (what was being
+saved is finished first) -- both exit 75. A second process on the same run directory is refused
+(exit 2) while the first holds its lock (``jaxgrpo.run_dir.RunLock``).
 """
 from __future__ import annotations
 
@@ -94,7 +102,14 @@ def enable_compilation_cache(env=os.environ) -> str:
     if path.lower() in ("0", "off", "false", "no", ""):
         return ""
     path = os.path.expanduser(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:  # a cache is an optimisation: run without it, say so in one line
+        print(f"[jaxgrpo] compilation cache {path} is not writable ({e.strerror or e}): running "
+              "without it; set JAXGRPO_COMPILATION_CACHE=<dir> (or =0)", file=sys.stderr)
+        return ""
     jax.config.update("jax_compilation_cache_dir", path)
     return path
 
@@ -124,30 +139,70 @@ def main(argv=None) -> int:
         return errors.EXIT_CONFIG_ERROR
     enable_compilation_cache()
     config = parse_config(argv)
-    from jaxgrpo.loop import Trainer
+    from jaxgrpo.loop import stop_signals
 
-    try:  # building the run: a bad input (config value, data file, model file, run directory)
-        trainer = Trainer(config)
-    except (errors.ConfigError, errors.CheckpointError) as e:
-        print(f"config error: {_one_line(e)}", file=sys.stderr)
-        return errors.EXIT_CONFIG_ERROR
-    try:  # training: a corrupt checkpoint to resume from, non-finite metrics
-        try:
-            out = trainer.train()
-        finally:
+    with stop_signals():
+        return _train(config)
+
+
+def _committed_text(trainer) -> str:
+    ckpt = getattr(trainer, "ckpt", None) if trainer is not None else None
+    step = ckpt.committed_step() if ckpt is not None else None
+    return (f"the newest committed checkpoint is step {step} in {ckpt.directory}"
+            if step is not None else "no checkpoint was committed")
+
+
+def _train(config) -> int:
+    """Builds and trains the run; maps every way it can end to an exit code and one line."""
+    from jaxgrpo import errors
+    from jaxgrpo.checkpoint import SaveError
+    from jaxgrpo.loop import StopRequested, Trainer
+
+    trainer = None
+    try:
+        try:  # building the run: a bad input (config value, data file, model file, run directory)
+            trainer = Trainer(config)
+        except SaveError as e:  # the checkpoint directory cannot be created
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return errors.EXIT_ERROR
+        except (errors.ConfigError, errors.CheckpointError) as e:
+            print(f"config error: {_one_line(e)}", file=sys.stderr)
+            return errors.EXIT_CONFIG_ERROR
+        try:  # training: a corrupt checkpoint to resume from, non-finite metrics
+            try:
+                out = trainer.train()
+            finally:
+                trainer.close()
+        except errors.ConfigError as e:  # found at the first step (e.g. dynamic sampling)
+            print(f"config error: {_one_line(e)}", file=sys.stderr)
+            return errors.EXIT_CONFIG_ERROR
+        except (errors.CheckpointError, FloatingPointError) as e:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return errors.EXIT_ERROR
+        except OSError as e:  # a host file of the run directory could not be written
+            print(f"error: writing the run directory failed: {_one_line(e)} "
+                  f"({getattr(e, 'filename', '') or ''}); {_committed_text(trainer)}; free space "
+                  "or fix the permissions, then run the same command to resume", file=sys.stderr)
+            return errors.EXIT_ERROR
+    except StopRequested as e:
+        if trainer is not None:
             trainer.close()
-    except errors.ConfigError as e:  # found at the first step (e.g. dynamic sampling)
-        print(f"config error: {_one_line(e)}", file=sys.stderr)
-        return errors.EXIT_CONFIG_ERROR
-    except (errors.CheckpointError, FloatingPointError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return errors.EXIT_ERROR
+        print(f"[jaxgrpo] stopped by signal {e.signum} before the run finished; "
+              f"{_committed_text(trainer)}; run the same command to resume", file=sys.stderr)
+        return errors.EXIT_STOPPED
+    except KeyboardInterrupt:
+        print("[jaxgrpo] interrupted twice: stopped at once; run the same command to resume "
+              "from the newest committed checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if trainer.stopped_early:
         print(f"[jaxgrpo] stopped early with a checkpoint; run the same command to resume. "
               f"run directory: {out}")
         return errors.EXIT_STOPPED
     print(f"[jaxgrpo] run directory: {out}")
     return errors.EXIT_OK
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for a process stopped by Ctrl-C
 
 
 if __name__ == "__main__":

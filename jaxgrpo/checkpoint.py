@@ -8,7 +8,9 @@ directly into its shardings. Errors name the checkpoint directory and what is wr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
 from typing import Any, Callable, List, Optional, Tuple
@@ -16,10 +18,12 @@ from typing import Any, Callable, List, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgrpo import paths
 from jaxgrpo.errors import CheckpointError
 
 __all__ = ["CheckpointError", "Checkpointer", "abstract_like", "describe_error", "check_meta",
-           "CorruptCheckpointError", "restore_errors", "check_structure"]
+           "CorruptCheckpointError", "SaveError", "restore_errors", "check_structure",
+           "quiet_orbax"]
 
 META_FILE = os.path.join("meta", "metadata")  # the JSON item inside <step>/
 
@@ -27,6 +31,46 @@ META_FILE = os.path.join("meta", "metadata")  # the JSON item inside <step>/
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint whose files cannot be read (truncated array, empty or broken metadata);
     an earlier checkpoint may still be intact (``Checkpointer.restore(fallback=True)``)."""
+
+
+class SaveError(CheckpointError):
+    """A checkpoint could not be written (disk full, no permission, a bucket refused it); the
+    message names the step, the path, the newest committed checkpoint and what to do."""
+
+
+class _DropOrbax(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Drops orbax's own log records (a failed save logs its traceback, hundreds of lines, at
+    ERROR) while jaxgrpo reports the failure itself in one line. ``JAXGRPO_VERBOSE=1`` keeps
+    them."""
+    if os.environ.get("JAXGRPO_VERBOSE", "0") == "1":
+        yield
+        return
+    f = _DropOrbax()
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+    for lg in loggers:
+        lg.addFilter(f)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(f)
+
+
+def _what_to_do(e: BaseException) -> str:
+    """A hint for a failed write, from the innermost OSError's errno when there is one."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "the disk is full: free space (or move config.run_dir), then resume"
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "the directory is not writable: fix its permissions, then resume"
+        e = e.__cause__ or e.__context__
+    return "check that the directory is writable and has space, then resume"
 
 
 @contextlib.contextmanager
@@ -82,17 +126,16 @@ def describe_error(e: BaseException, limit: int = 300) -> str:
 def check_meta(step_dir: str) -> dict:
     """The JSON metadata of checkpoint ``step_dir`` (data position, step, config); raises
     CheckpointError naming the file when it is missing, empty, not JSON or lacks a field."""
-    path = os.path.join(step_dir, META_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(step_dir, "meta", "metadata")
+    if not paths.isfile(path):
         raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} is "
                                      "missing")
-    if os.path.getsize(path) == 0:
+    if paths.getsize(path) == 0:
         raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} is "
                                      "empty (0 bytes: the save was cut off or the file was "
                                      "truncated)")
     try:
-        with open(path) as f:
-            meta = json.load(f)
+        meta = json.loads(paths.read_text(path))
     except (OSError, ValueError) as e:
         raise CorruptCheckpointError(f"checkpoint {step_dir}: its metadata file {path} is not "
                                      f"valid JSON ({e})") from None
@@ -124,12 +167,19 @@ class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``directory/<step>/``."""
 
     def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
-        self._mgr = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=async_save),
-        )
+        # A URL (gs://...) stays a URL: os.path.abspath would make it <cwd>/gs:/...
+        self.directory = paths.resolve(directory)
+        self._pending: Optional[int] = None  # the step of a background save not yet waited for
+        self._closed = False
+        try:
+            with quiet_orbax():
+                self._mgr = ocp.CheckpointManager(
+                    self.directory,
+                    options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                         enable_async_checkpointing=async_save))
+        except OSError as e:
+            raise SaveError(f"cannot create the checkpoint directory {self.directory}: "
+                            f"{describe_error(e)}; {_what_to_do(e)}") from None
 
     def latest_step(self) -> Optional[int]:
         return self._mgr.latest_step()
@@ -145,14 +195,72 @@ class Checkpointer:
         files are written in the background; the next save, a restore or ``close`` waits for
         them. A crash mid-write leaves an uncommitted temporary directory that restore ignores,
         and the previous checkpoint intact."""
-        self._mgr.save(int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        self.wait()  # a failed earlier background save is reported as itself, first
+        try:
+            with quiet_orbax():
+                self._mgr.save(int(step), args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=force)
+        except Exception as e:  # noqa: BLE001 - any failure of the write: one line
+            raise self._save_error(int(step), e) from None
+        self._pending = int(step)
         if block:
-            self._mgr.wait_until_finished()
+            self.wait()
+
+    def _save_error(self, step: int, e: BaseException) -> SaveError:
+        committed = self.committed_step()
+        newest = (f"the newest committed checkpoint is step {committed}" if committed is not None
+                  else "no checkpoint is committed yet")
+        return SaveError(f"checkpoint {step} could not be written to "
+                         f"{paths.join(self.directory, str(step))}: {describe_error(e)}; "
+                         f"{newest}; {_what_to_do(e)}")
 
     def wait(self) -> None:
-        """Blocks until a background save (``save(block=False)``) is committed."""
-        self._mgr.wait_until_finished()
+        """Blocks until a background save (``save(block=False)``) is committed; SaveError
+        (one line) when it failed."""
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        try:
+            with quiet_orbax():
+                self._mgr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(step, e) from None
+
+    def check(self) -> None:
+        """Without blocking: SaveError when a background save has failed (so a run stops at
+        the failure, not at the next save). Nothing while it is still being written."""
+        if self._pending is None:
+            return
+        try:
+            busy = self._mgr.is_saving_in_progress()
+        except Exception:  # noqa: BLE001 - an orbax without the query: check at the next save
+            return
+        if not busy:
+            self.wait()
+
+    def committed_step(self) -> Optional[int]:
+        """The newest checkpoint actually committed in the directory (re-read from storage,
+        not orbax's record of what it was asked to save); None when there is none."""
+        try:
+            with quiet_orbax():
+                self._mgr.reload()
+                return self._mgr.latest_step()
+        except Exception:  # noqa: BLE001 - an unreadable directory holds no usable checkpoint
+            return None
+
+    def finish(self) -> Tuple[Optional[int], Optional[SaveError]]:
+        """Waits for an in-flight background save (an error exit must not leave it half
+        written when the interpreter shuts down); returns (the newest committed step, the
+        SaveError of a failed save or None). Never raises."""
+        if self._closed:
+            return None, None
+        err = None
+        try:
+            self.wait()
+        except SaveError as e:
+            err = e
+        return self.committed_step(), err
 
     def _mismatch(self, step: int, target_state: Any) -> Optional[str]:
         """Where the saved state's structure / shapes differ from ``target_state`` (None: they
@@ -175,7 +283,7 @@ class Checkpointer:
         return f"{len(got)} saved arrays vs {len(want)} expected"
 
     def _restore_one(self, target_state: Any, step: int) -> Tuple[Any, dict]:
-        path = os.path.join(self.directory, str(step))
+        path = paths.join(self.directory, str(step))
         check_meta(path)
         try:
             out = self._mgr.restore(step, args=ocp.args.Composite(
@@ -207,6 +315,11 @@ class Checkpointer:
         ``<run_dir>/corrupt_checkpoints/<step>`` and takes the newest intact earlier one;
         ``fallback=False`` raises, naming the intact step it could fall back to.
         """
+        self.wait()
+        with quiet_orbax():  # a corrupt file: orbax logs ~70 lines; the CheckpointError says it
+            return self._restore(target_state, step, fallback=fallback, log=log)
+
+    def _restore(self, target_state, step, *, fallback, log):
         if step is not None:
             if step not in self.all_steps():
                 raise CheckpointError(f"checkpoint step {step} not found in {self.directory} "
@@ -237,14 +350,24 @@ class Checkpointer:
     def _set_aside(self, step: int) -> str:
         """Moves a corrupt checkpoint out of the manager's directory (so the steps after the
         fallback can be saved again) into <run_dir>/corrupt_checkpoints/<step>[-n]."""
-        root = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
-        os.makedirs(root, exist_ok=True)
-        dest, n = os.path.join(root, str(step)), 1
-        while os.path.exists(dest):
-            dest, n = os.path.join(root, f"{step}-{n}"), n + 1
-        shutil.move(os.path.join(self.directory, str(step)), dest)
+        root = paths.join(paths.dirname(self.directory), "corrupt_checkpoints")
+        paths.makedirs(root)
+        dest, n = paths.join(root, str(step)), 1
+        while paths.exists(dest):
+            dest, n = paths.join(root, f"{step}-{n}"), n + 1
+        src = paths.join(self.directory, str(step))
+        if paths.is_url(src):
+            paths._fs(src).mv(src, dest, recursive=True)
+        else:
+            shutil.move(src, dest)
         self._mgr.reload()
         return dest
 
     def close(self) -> None:
-        self._mgr.close()
+        """Waits for a background save (SaveError when it failed), then closes orbax."""
+        if self._closed:
+            return
+        self.wait()
+        self._closed = True
+        with quiet_orbax():
+            self._mgr.close()

@@ -168,10 +168,11 @@ class Env:
             return self.task.answers(list(texts), list(rows))
         return [extract_answer(t, self.answer_sources) for t in texts]
 
-    def score(self, texts: Sequence[str], rows: Sequence[dict]):
+    def score(self, texts: Sequence[str], rows: Sequence[dict], lengths=None):
         """(correct bool [N], extracted answers) — what evaluation needs (always the text
-        verifier)."""
-        out = self.reward_fn(list(texts), **self._golds_rows(rows))
+        verifier). ``lengths``: completion token counts [N], for rewards that need them
+        (rewards.overlong)."""
+        out = self.reward_fn(list(texts), lengths=lengths, **self._golds_rows(rows))
         correct = (np.zeros(len(texts), bool) if out.correct is None
                    else np.asarray(out.correct) >= 1.0)
         return correct, self.answers(texts, rows)
@@ -251,3 +252,51 @@ def build_env(c, tokenizer=None, eos_id: Optional[int] = None) -> Env:
             weight=float(c.rewards.accuracy), partial_credit=bool(c.rewards.digits_partial_credit))
     return Env(train_rows, eval_rows, reward_fn, task=task, fine_score=c.rewards.fine_score,
                answer_sources=sources, token_reward=token_reward)
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def check_rewards(c) -> None:
+    """Preflight (before the model loads): the reward the config names can run the way it is
+    asked to. ``train.fused`` needs a reward computed from token ids (the digits verifier); the
+    digits verifier takes no text rewards, and every gold of the data must be an integer (the
+    first bad one is named with its row number: ``data.path`` row N, 1-based, or the task's
+    train / held-out row N). ConfigError naming the key."""
+    if c.train.fused and c.rewards.verifier != "digits":
+        raise ConfigError(f"config.train.fused=True runs the whole step as one jit, which needs a "
+                          f"reward computed from token ids: set config.rewards.verifier='digits' "
+                          f"(it is {c.rewards.verifier!r}) or config.train.fused=False")
+    if c.rewards.verifier != "digits":
+        return
+    for key in ("format", "cosine"):
+        if c.rewards[key]:
+            raise ConfigError(f"config.rewards.{key}={c.rewards[key]} is a text reward; the "
+                              "digits verifier (rewards.verifier='digits') scores token ids "
+                              f"only: set rewards.{key}=0")
+    if c.rewards.fine_score == "format":
+        raise ConfigError("config.rewards.fine_score='format' reads the text format reward; "
+                          "with rewards.verifier='digits' use 'logprob' or 'none'")
+    d = c.data
+    if d.source == "reasoning_gym":
+        kwargs = json.loads(d.task_kwargs) if d.task_kwargs else {}
+        sources = split_names(c.rewards.answer_sources)
+        parts = [("train row", make_task(d.task, seed=c.seed, size=d.train_size,
+                                         sources=sources, **kwargs).rows()),
+                 ("held-out row", make_task(d.task, seed=c.seed + 1_000_003, size=d.eval_size,
+                                            sources=sources, **kwargs).rows())]
+        where = f"config.data.task={d.task!r}"
+    else:
+        parts = [("row", load_prompts(d.path, question_field=d.question_field,
+                                      answer_field=d.answer_field))]
+        where = f"config.data.path={d.path!r}"
+        if d.eval_path:
+            parts.append(("config.data.eval_path row", load_prompts(
+                d.eval_path, question_field=d.question_field, answer_field=d.answer_field)))
+    for what, rows in parts:
+        for i, r in enumerate(rows, 1):
+            a = str(r["answer"]).strip()
+            if not a.lstrip("-").isdigit():
+                raise ConfigError(f"config.rewards.verifier='digits' needs integer answers; "
+                                  f"{where}: {what} {i} has answer {a!r} (use "
+                                  "rewards.verifier='text')")

@@ -214,9 +214,17 @@ def _batches(num_rows: int, batch: int):
         yield start, np.concatenate([idx, np.full(batch - len(idx), start, idx.dtype)])
 
 
-def _call_score_fn(score_fn: ScoreFn, texts: List[str], rows: List[dict]):
-    """Run and validate the user scorer: (bool [N], list of N answers)."""
-    result = score_fn(texts, rows)
+def _call_score_fn(score_fn: ScoreFn, texts: List[str], rows: List[dict], lengths=None):
+    """Run and validate the user scorer: (bool [N], list of N answers). A scorer with a
+    ``lengths`` parameter also gets the completion token counts [N] (rewards.overlong needs
+    them)."""
+    import inspect
+    try:
+        takes_lengths = "lengths" in inspect.signature(score_fn).parameters
+    except (TypeError, ValueError):
+        takes_lengths = False
+    result = (score_fn(texts, rows, lengths=lengths) if takes_lengths and lengths is not None
+              else score_fn(texts, rows))
     if not (isinstance(result, tuple) and len(result) == 2):
         raise TypeError("score_fn must return a tuple (correct bool array [N], answers list[N]); "
                         f"got {type(result).__name__}.")
@@ -314,7 +322,8 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
     texts = decode_completions(tokenizer, comp_tok.reshape(p * n, -1),
                                comp_mask.reshape(p * n, -1))
     rep_rows = [r for r in rows for _ in range(n)]
-    correct_flat, answers_flat = _call_score_fn(score_fn, texts, rep_rows)
+    correct_flat, answers_flat = _call_score_fn(score_fn, texts, rep_rows,
+                                                lengths=lengths.reshape(p * n))
     correct = correct_flat.reshape(p, n)
     answers = [answers_flat[i * n:(i + 1) * n] for i in range(p)]
 

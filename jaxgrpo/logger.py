@@ -56,9 +56,11 @@ class MetricsLogger:
 
     def __init__(self, run_dir: str, tensorboard: bool, wandb_config: Optional[dict] = None,
                  enabled: bool = True):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        from jaxgrpo import paths
+        self.path = paths.join(run_dir, "metrics.jsonl")
         self.enabled = enabled  # False: a multi-host run's other processes (process 0 writes)
-        self._f = open(self.path, "a") if enabled else None
+        # through the path layer: a local file, or an object rewritten on flush (a bucket)
+        self._f = paths.AppendFile(self.path) if enabled else None
         self._tb = None
         self._wandb = None
         if not enabled:
@@ -76,7 +78,8 @@ class MetricsLogger:
                 from tensorboard.compat.proto.event_pb2 import Event
                 from tensorboard.compat.proto.summary_pb2 import Summary
                 from tensorboard.summary.writer.event_file_writer import EventFileWriter
-                self._tb = (EventFileWriter(os.path.join(run_dir, "tb")), Event, Summary)
+                # TensorBoard's writer takes gs:// itself (tf.io.gfile); other URLs get none
+                self._tb = (EventFileWriter(paths.join(run_dir, "tb")), Event, Summary)
             except ImportError:
                 self._tb = None
 

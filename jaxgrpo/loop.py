@@ -17,9 +17,8 @@ step, saves a checkpoint and exits.
 from __future__ import annotations
 
 import json
-import os
 import signal
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import ml_collections as mc
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import paths
 from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
@@ -42,10 +42,45 @@ from jaxgrpo.lora import branch_supported, init_adapters, lora_config
 from jaxgrpo.train import build_optimizer, init_train_state, policy_params, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
-__all__ = ["Trainer", "run", "load_policy", "eos_ids", "pad_id"]
+__all__ = ["Trainer", "run", "load_policy", "eos_ids", "pad_id", "preflight", "StopRequested",
+           "stop_signals"]
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+class StopRequested(Exception):
+    """SIGTERM / SIGINT outside the training loop (loading, an evaluation, the final save):
+    raised at once; the run exits 75 after finishing what it was saving."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class stop_signals:
+    """For a whole run (``experiments.run``): SIGTERM / SIGINT raise :class:`StopRequested`
+    (a second one: KeyboardInterrupt). Inside the training loop :class:`_Stop` takes over and
+    turns the first one into "finish this step, save, exit"."""
+
+    def __init__(self):
+        self._old = {}
+        self.count = 0
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        raise StopRequested(signum)
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
 
 
 class _Stop:
@@ -79,15 +114,39 @@ class Trainer:
         c = validate(config, inputs=True)  # [run_dir hook] input checks before anything heavy
         self.c = c
         self.progress = rdir.Progress(c.log.progress)  # [run_dir hook]
+        self.lock = None
+        self.ckpt = None
+        preflight(c)  # every check that can run before the model loads, before any write
         # Host files (config.json, metrics, samples, evaluations, summary) are written by
-        # process 0 only; checkpoints by every process together (orbax). Every process decides
-        # fresh / resume from the directory as it is before process 0 writes into it.
+        # process 0 only, under the run directory's lock; checkpoints by every process together
+        # (orbax). Every process decides fresh / resume from the directory as it is before
+        # process 0 writes into it.
         self.writer = shd.is_primary_process()
-        self.run = rdir.inspect(c)  # [run_dir hook] fresh, or resume after comparing configs
-        shd.sync_processes("jaxgrpo:run_dir_inspected")
-        if self.writer:
-            rdir.write_config(self.run, c)
-        self.run_dir = self.run.path
+        path = rdir.resolve_path(c)
+        try:
+            if self.writer:
+                self.lock = rdir.RunLock(path).acquire()  # one writer per run directory
+            self.run = rdir.inspect(c, path, unlock_unstarted=True)  # [run_dir hook]
+            shd.sync_processes("jaxgrpo:run_dir_inspected")
+            if self.writer:
+                rdir.write_config(self.run, c)
+            self.run_dir = self.run.path
+            self._build()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.finish()
+        if getattr(self, "env", None) is not None:
+            self.env.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self) -> None:
+        c = self.c
         self.mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
         self.progress(f"loading the model ({c.model.path or 'packaged default'})")  # [run_dir hook]
         model, self.tokenizer = load_policy(c)
@@ -103,7 +162,7 @@ class Trainer:
         self.frozen = params if lora is not None else None
         if lora is not None:
             adapters = init_adapters(params, lora, jax.random.key(c.seed))
-            if lora.dropout > 0 and not branch_supported(adapters):
+            if lora.dropout > 0 and not branch_supported(adapters):  # (preflight checks first)
                 raise ConfigError(
                     f"config.lora.dropout={lora.dropout} runs the adapters unmerged, which only "
                     f"the decoder layers' projections support; config.lora.targets="
@@ -131,7 +190,7 @@ class Trainer:
                               tokenizer=self.tokenizer, eos_ids=self.eos_ids, pad_id=self.pad_id,
                               env=self.env, mesh=self.mesh, ref_params=ref_params,
                               frozen=self.frozen)
-        self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep,
+        self.ckpt = Checkpointer(paths.join(self.run_dir, "checkpoints"), keep=c.checkpoint.keep,
                                  async_save=c.checkpoint.async_save)
         self.logger = MetricsLogger(self.run_dir, c.log.tensorboard,
                                     c.to_dict() if c.log.wandb else None, enabled=self.writer)
@@ -161,9 +220,8 @@ class Trainer:
         metrics = res["metrics"]
         self.logger.log(step, metrics, kind="eval")
         if self.writer:
-            with open(os.path.join(self.run_dir, f"eval_step{step}.jsonl"), "w") as f:
-                for rec in res["records"]:
-                    f.write(json.dumps(rec) + "\n")
+            paths.write_text(paths.join(self.run_dir, f"eval_step{step}.jsonl"),
+                             "".join(json.dumps(rec) + "\n" for rec in res["records"]))
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -193,16 +251,17 @@ class Trainer:
         rows = self.train_iter.next_batch(c.train.prompts_per_step)
         self.state, m, info = self.step(self.state, rows, more_rows=self.train_iter.next_batch)
         bad = [k for k, v in m.items() if not np.isfinite(v)]
-        if bad:
-            raise FloatingPointError(
-                f"non-finite metrics at step {step + 1}: {bad}; the last checkpoint in "
-                f"{self.ckpt.directory} is intact (step {self.ckpt.latest_step()})")
+        if bad:  # _train adds which checkpoint is committed, once the background save is done
+            raise FloatingPointError(f"non-finite metrics at step {step + 1}: {bad}")
         if self.writer and c.log.samples_every and step % c.log.samples_every == 0:
-            with open(os.path.join(self.run_dir, "samples.jsonl"), "a") as f:
+            f = paths.AppendFile(paths.join(self.run_dir, "samples.jsonl"))
+            try:
                 for text, row, r in zip(info["texts"], info["rows"], info["rewards"]):
                     f.write(json.dumps({"step": step + 1, "question": row["question"],
                                         "answer": str(row["answer"]), "completion": text,
                                         "reward": float(r)}) + "\n")
+            finally:
+                f.close()
         return m
 
     def train(self, stop_at: Optional[int] = None) -> str:
@@ -214,6 +273,28 @@ class Trainer:
             return self._train(stop_at)
 
     def _train(self, stop_at: Optional[int]) -> str:
+        try:
+            return self._train_steps(stop_at)
+        except BaseException as e:
+            self._finish_saves(e)
+            raise
+
+    def _finish_saves(self, e: BaseException) -> None:
+        """On an error exit: waits for an in-flight background save (so nothing is left half
+        written when the interpreter shuts down), then names the newest checkpoint that is
+        actually committed. A non-finite stop re-raises with it in the message; a failed save
+        replaces the error (it is the first thing that went wrong on disk)."""
+        committed, save_err = self.ckpt.finish()
+        where = (f"the newest committed checkpoint in {self.ckpt.directory} is step {committed}"
+                 if committed is not None else
+                 f"no checkpoint is committed in {self.ckpt.directory} yet")
+        if save_err is not None and not isinstance(e, KeyboardInterrupt):
+            raise save_err from None
+        if isinstance(e, FloatingPointError):
+            raise FloatingPointError(f"{e}; {where} (resume from it with the same command, "
+                                     "after lowering optim.lr or the like)") from None
+
+    def _train_steps(self, stop_at: Optional[int]) -> str:
         c = self.c
         start = self.maybe_restore()
         if self.writer:
@@ -248,6 +329,7 @@ class Trainer:
                     self.save(step, block=preempt or step >= c.steps)
                 if preempt:
                     break
+                self.ckpt.check()  # a failed background save stops the run now
         bar.close()
         self.stopped_early = step < c.steps  # [run_dir hook] experiments/run.py's exit code
         if step >= c.steps:
@@ -264,14 +346,88 @@ class Trainer:
     def write_summary(self, evals: Dict[int, Dict[str, Any]]):
         from jaxgrpo.plotting import plot_run
         evals = {**rdir.evaluations(self.run_dir), **evals}  # [run_dir hook] earlier sittings too
-        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-            json.dump({"eval": {str(k): {kk: to_python(vv) for kk, vv in v.items()}
-                                for k, v in evals.items()}}, f, indent=2)
+        paths.write_atomic(paths.join(self.run_dir, "summary.json"), json.dumps(
+            {"eval": {str(k): {kk: to_python(vv) for kk, vv in v.items()}
+                      for k, v in evals.items()}}, indent=2))
         plot_run(self.run_dir)
 
     def close(self):
-        self.env.close()
+        """Releases the run's resources; an in-flight background save is finished first (an
+        exit with it pending would lose it). Idempotent."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        try:
+            if self.ckpt is not None:
+                self.ckpt.finish()
+            self.env.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
         warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
+
+
+def abstract_param_paths(c) -> List[Tuple[str, tuple]]:
+    """(path, shape) of every parameter of the decoder ``config.model`` builds, from an abstract
+    model (``nnx.eval_shape``: shapes only, no weights read or allocated). ConfigError naming
+    config.model.path when it holds no model config."""
+    import dataclasses as dc
+
+    from flax import nnx
+
+    from jaxgrpo.errors import CheckpointError, ConfigError
+    from jaxgrpo.models import default_model_path
+    from jaxgrpo.models.decoder import Decoder
+    from jaxgrpo.models.loading import load_config
+    from jaxgrpo.lora import _leaves
+
+    path = c.model.path or str(default_model_path())
+    try:
+        cfg = load_config(path)
+    except (CheckpointError, OSError, ValueError) as e:
+        raise ConfigError(f"config.model.path={path!r}: not a model ({str(e).splitlines()[0]})"
+                          ) from None
+    if c.model.random_init_layers:
+        h = c.model.random_init_hidden
+        cfg = dc.replace(cfg, hidden_size=h, intermediate_size=2 * h,
+                         num_hidden_layers=c.model.random_init_layers, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=h // 4)
+    model = nnx.eval_shape(lambda: Decoder(cfg, dtype=jnp.float32, param_dtype=jnp.float32,
+                                           rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    return [(name, tuple(getattr(leaf, "shape", ()))) for name, leaf in _leaves(params)]
+
+
+def check_mesh_layout(c, n_devices: Optional[int] = None) -> Tuple[int, int, int]:
+    """Preflight (before the model loads): the mesh with its -1 axis resolved against the
+    device count, and the training micro-batches (whole groups, anchors included) divided over
+    its batch devices (mesh.data * mesh.fsdp) -- the check ``config.validate`` can only make for
+    explicit sizes. Returns the resolved (data, fsdp, tensor); ConfigError naming the keys."""
+    from jaxgrpo.config import check_micro_batch
+
+    if n_devices is None:
+        n_devices = jax.device_count()
+    data, fsdp, tensor = shd.resolved_mesh_sizes(c.mesh.data, c.mesh.fsdp, c.mesh.tensor,
+                                                 n_devices)
+    group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
+    check_micro_batch(c.train.prompts_per_step * group, group,
+                      c.train.num_minibatches * c.train.grad_accum, data * fsdp)
+    return data, fsdp, tensor
+
+
+def preflight(c: mc.ConfigDict) -> None:
+    """The checks that need the devices, the model's parameter paths (an abstract shape, no
+    weights) or the data rows, run before anything is written or loaded: the mesh with its -1
+    axis resolved (:func:`check_mesh_layout`), LoRA targets and dropout
+    (``lora.check_lora``), the reward against the fused path and the digit golds
+    (``env.check_rewards``). ConfigError naming the key."""
+    from jaxgrpo.env import check_rewards
+    from jaxgrpo.lora import check_lora
+
+    check_mesh_layout(c)
+    check_lora(c, abstract_param_paths(c) if c.lora.rank else [])
+    check_rewards(c)
 
 
 def _progress(total: int, initial: int, enabled: bool):

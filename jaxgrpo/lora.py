@@ -253,3 +253,35 @@ def lora_config(c) -> "LoraConfig | None":
         key = ("dropout" if "dropout" in str(e) else "targets" if "regex" in str(e)
                else "rank")
         raise ConfigError(f"config.lora.{key}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def check_lora(c, param_paths: List[Tuple[str, tuple]]) -> None:
+    """Preflight (before the model loads): ``lora.dropout`` needs LoRA (``lora.rank`` > 0),
+    ``lora.targets`` must match at least one kernel of the model (``param_paths``: (path,
+    shape) of its parameters, e.g. ``jaxgrpo.loop.abstract_param_paths``), and with dropout every match must be a decoder layer's
+    projection (the only place the unmerged branch runs). ConfigError naming the key."""
+    from jaxgrpo.errors import ConfigError
+
+    if not c.lora.rank:
+        if c.lora.dropout:
+            raise ConfigError(f"config.lora.dropout={c.lora.dropout} has no effect without LoRA "
+                              "(config.lora.rank=0): set config.lora.rank > 0 or drop "
+                              "lora.dropout")
+        return
+    cfg = lora_config(c)
+    rx = re.compile(cfg.targets)
+    kernels = [n for n, shape in param_paths if len(shape) >= 2 and n.endswith("kernel")]
+    names = [n for n in kernels if rx.search(n)]
+    if not names:
+        raise ConfigError(f"config.lora.targets={cfg.targets!r} matches no kernel of the model; "
+                          f"its kernel paths look like {kernels[:4]}")
+    if cfg.dropout > 0:
+        off = sorted(n for n in names if not re.match(r"layers/(\d+/)?(self_attn|mlp)/", n))
+        if off:
+            raise ConfigError(
+                f"config.lora.dropout={cfg.dropout} runs the adapters unmerged, which only the "
+                f"decoder layers' projections support; config.lora.targets={cfg.targets!r} also "
+                f"matches {off[:4]}")

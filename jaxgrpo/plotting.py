@@ -1,14 +1,18 @@
 """A PNG of a run's curves (reward, accuracy, held-out accuracy) from its metrics.jsonl."""
 from __future__ import annotations
 
+import io
 import json
-import os
+
+from jaxgrpo import paths
 
 
 def read_metrics(run_dir: str):
     train, evals = [], []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
+    with paths.open_file(paths.join(run_dir, "metrics.jsonl")) as f:
+        for line in f.read().splitlines():
+            if not line.strip():
+                continue
             rec = json.loads(line)
             (evals if rec.get("kind") == "eval" else train).append(rec)
     return train, evals
@@ -35,7 +39,9 @@ def plot_run(run_dir: str, out_name: str = "curves.png") -> str:
         axes[1].legend()
     axes[1].set_title("held-out evaluation")
     fig.tight_layout()
-    path = os.path.join(run_dir, out_name)
-    fig.savefig(path, dpi=100)
+    path = paths.join(run_dir, out_name)
+    buf = io.BytesIO()  # rendered in memory, written through the path layer (a bucket too)
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    paths.rewrite(path, buf.getvalue())
     return path

@@ -574,3 +574,26 @@ def initialize_distributed(multi_host: Optional[bool] = None, env=os.environ, **
     logger.info("jax.distributed initialised: process %d of %d, %d global devices",
                 jax.process_index(), jax.process_count(), jax.device_count())
     return True
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def resolved_mesh_sizes(data: int, fsdp: int, tensor: int, n_devices: int) -> Tuple[int, int, int]:
+    """(data, fsdp, tensor) with a -1 axis filled from ``n_devices`` (as ``make_mesh`` does);
+    ConfigError naming config.mesh when they do not fit the devices."""
+    from jaxgrpo.errors import ConfigError
+
+    sizes = [data, fsdp, tensor]
+    desc = f"mesh.data={data} x mesh.fsdp={fsdp} x mesh.tensor={tensor}"
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if n_devices % known:
+            raise ConfigError(f"config.mesh: {desc}: {n_devices} devices are not divisible by "
+                              f"the other axes' product {known}")
+        sizes[sizes.index(-1)] = n_devices // known
+    if math.prod(sizes) != n_devices:
+        raise ConfigError(f"config.mesh: {desc} = {math.prod(sizes)} devices, but {n_devices} "
+                          "are available; make the product equal the device count or set one "
+                          "axis to -1")
+    return tuple(sizes)

@@ -546,3 +546,70 @@ def test_10_orbax_warnings_are_dropped_errors_kept(monkeypatch):
     assert all(f.filter(record(logging.ERROR, orbax_file)) for f in absl.filters)
     assert all(f.filter(record(logging.WARNING, "/x/site-packages/jax/_src/xla_bridge.py"))
                for f in absl.filters)
+
+
+# ----------------------------------------------------------------------------- issue 38: exits
+
+
+def _wait_for(proc, text, timeout=600):
+    """Reads the merged output of ``proc`` until a line holds ``text``; returns what was read."""
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.kill()
+    raise AssertionError("".join(seen)[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, phase", [(signal.SIGTERM, "evaluating before training"),
+                                        (signal.SIGINT, "loading the model")])
+def test_38_a_signal_at_any_phase_exits_75_with_one_line(tiny_llama_dir, tiny_run_config,
+                                                         tmp_path, sig, phase):
+    run = tmp_path / "run"
+    c = tiny_run_config(tiny_llama_dir, run, **{"log.progress": True, "eval.num_prompts": 4})
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", f"--config={_cfg_file(tmp_path, c)}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(proc, phase)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_STOPPED, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"[jaxgrpo] stopped by signal {int(sig)}") and "resume" in last
+
+
+def test_38_malformed_benchmark_file_names_the_line_and_exits_2(tmp_path):
+    bench = tmp_path / "b.jsonl"
+    bench.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": \n')
+    p = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--model", str(tmp_path),
+                        "--benchmark", f"x={bench}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == EXIT_CONFIG_ERROR, p.stderr[-2000:]
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith(f"evaluate: error: benchmark file {bench} (--benchmark x): line 2")
+
+
+def test_38_evaluate_checks_the_output_is_writable_before_computing(tmp_path):
+    from experiments.evaluate import EvalError, check_writable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(EvalError, match=r"cannot write the results to .*file/eval.*--out"):
+        check_writable(str(blocker / "eval" / "step1.json"))
+    check_writable(str(tmp_path / "ok" / "step1.json"))
+
+
+def test_38_unwritable_compilation_cache_is_one_line_and_the_run_goes_on(tmp_path, capsys):
+    import importlib
+    run = importlib.import_module("experiments.run")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run.enable_compilation_cache({"JAXGRPO_COMPILATION_CACHE": str(blocker / "c")}) == ""
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"[jaxgrpo] compilation cache {blocker / 'c'} is not writable")
