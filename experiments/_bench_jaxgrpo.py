@@ -19,7 +19,7 @@ import tempfile  # noqa: E402
 
 
 def bench_config(a, run_dir: str):
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     c = base_config()
     c.name = "bench"

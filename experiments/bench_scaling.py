@@ -32,7 +32,7 @@ from flax import nnx
 
 from experiments.bench_update import rollout
 from jaxgrpo import train as train_lib
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.sampling import SamplingConfig, make_sampler

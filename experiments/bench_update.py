@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from jaxgrpo import train as train_lib
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.rollout import Rollout

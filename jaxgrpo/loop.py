@@ -31,7 +31,7 @@ from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
 from jaxgrpo.checkpoint import Checkpointer
-from jaxgrpo.config import validate
+from jaxgrpo.experiment import validate
 from jaxgrpo.data import PromptIterator
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.env import build_env

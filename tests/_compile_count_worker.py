@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgrpo import sharding as shd
-from jaxgrpo.config import base_config, validate
+from jaxgrpo.experiment import base_config, validate
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.sampling import SamplingConfig, make_sampler

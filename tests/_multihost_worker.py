@@ -64,7 +64,7 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
 
     from jaxgrpo import train as train_lib
     from jaxgrpo.checkpoint import Checkpointer
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
     from jaxgrpo.models import Decoder
     from jaxgrpo.models.config import ModelConfig
     from jaxgrpo.rollout import Rollout

@@ -392,7 +392,7 @@ def test_load_benchmark_errors(tmp_path):
 def test_run_eval_settings_read_the_run_config_and_take_overrides():
     from experiments.configs.diversity import get_config
 
-    from jaxgrpo.config import split_names
+    from jaxgrpo.experiment import split_names
     c = get_config("grpo")
     s = evaluate.run_eval_settings(c)
     assert s == dict(num_samples=c.eval.num_samples,

@@ -21,7 +21,7 @@ import pytest
 
 from jaxgrpo import run_dir as rdir
 from jaxgrpo.checkpoint import CheckpointError
-from jaxgrpo.config import (CHOICES, RANGES, base_config, config_docs, flatten, validate)
+from jaxgrpo.experiment import (CHOICES, RANGES, base_config, config_docs, flatten, validate)
 from jaxgrpo.errors import EXIT_CONFIG_ERROR, EXIT_STOPPED, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,7 +289,7 @@ def test_6_non_finite_metric_counts_steps_like_the_files(trained):
 def _cfg_file(tmp_path, c):
     flat = {k: v for k, v in flatten(c.to_dict()).items()}
     p = tmp_path / "cfg.py"
-    p.write_text("import json\nfrom jaxgrpo.config import base_config\n\n\ndef get_config():\n"
+    p.write_text("import json\nfrom jaxgrpo.experiment import base_config\n\n\ndef get_config():\n"
                  "    c = base_config()\n"
                  f"    c.update_from_flattened_dict(json.loads({json.dumps(json.dumps(flat))}))\n"
                  "    return c\n")
@@ -431,7 +431,7 @@ def test_8_bad_values_fail_in_validate_with_one_line_naming_the_key(flat, messag
 
 
 def test_8_mesh_is_checked_against_the_devices():
-    from jaxgrpo.config import check_mesh
+    from jaxgrpo.experiment import check_mesh
 
     with pytest.raises(ConfigError, match=r"mesh\.data=3 x mesh\.fsdp=1 x mesh\.tensor=1 = 3 "
                                           r"devices, but 2 devices are available"):

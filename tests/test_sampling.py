@@ -355,7 +355,7 @@ def test_unroll_layers_auto_unrolls_on_the_cpu_only(monkeypatch):
     """``unroll_layers=None`` (the config's "auto") unrolls the decode loop on the CPU backend and
     scans it elsewhere; "true" / "false" are kept whatever the backend."""
     from jaxgrpo import sampling
-    from jaxgrpo.config import base_config, unroll_layers
+    from jaxgrpo.experiment import base_config, unroll_layers
 
     c = base_config()
     assert c.sampling.unroll_layers == "auto" and unroll_layers(c) is None
