@@ -77,7 +77,7 @@ def bench_depth(width: str, layers: int, p: int, g: int, tp: int, tc: int, remat
     out["update_hlo_instructions"] = _n_instructions(compiled.as_text())
 
     # The scanned decode loop (what "auto" runs on a GPU / TPU; on the CPU it unrolls the layers).
-    scfg = SamplingConfig(max_new_tokens=tc, temperature=1.0, eos_token_ids=(2,), num_samples=g,
+    scfg = SamplingConfig(max_new_tokens=tc, temperature=1.0, eos_token_ids=(2,), num_generations=g,
                           unroll_layers=False)
     sampler = make_sampler(graphdef, scfg)
     full_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

@@ -281,7 +281,7 @@ def test_evaluate_policy_one_compile_and_encoder_sees_correct_only(policy):
     out = evaluate_policy(graphdef, state, CharTokenizer(), ROWS, _toy_score_fn,
                           key=jax.random.key(5), encoder=enc, compute_entropy=False, **kw)
     cfg = SamplingConfig(max_new_tokens=9, temperature=1.0, eos_token_ids=(EOS,),
-                         pad_token_id=PAD, num_samples=4, return_prompt_logprobs=False)
+                         pad_token_id=PAD, num_generations=4, return_prompt_logprobs=False)
     assert make_sampler(graphdef, cfg)._cache_size() == 1
     correct_texts = [t for r in out["records"] for t, ok in zip(r["samples"], r["correct"]) if ok]
     assert [t for call in enc.calls for t in call] == correct_texts
