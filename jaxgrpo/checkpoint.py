@@ -48,7 +48,6 @@ class CheckpointConfig(config.Section):
         'always waits until the checkpoint is committed. False: every save blocks the loop.')
 
 
-
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint whose files cannot be read (truncated array, empty or broken metadata);
     an earlier checkpoint may still be intact (``Checkpointer.restore(fallback=True)``)."""

@@ -78,7 +78,6 @@ class DataConfig(config.Section):
                                 "must name a column of the data file")
 
 
-
 def render_prompt(tokenizer, question: str, *, template: str, prompt_format: str,
                   system_prompt: str = "") -> str:
     """The prompt text for one question: ``prompt_format`` filled in, then the tokenizer's chat

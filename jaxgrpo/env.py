@@ -87,7 +87,6 @@ class RewardsConfig(config.Section):
                         f"each entry must be one of {ANSWER_SOURCES} (comma-separated)")
 
 
-
 def sequence_probability(logprobs, mask):
     """DaGRPO's ``"logprob"`` finer score: exp(mean_t log pi_old) over valid tokens, in [0, 1].
 

@@ -58,8 +58,8 @@ from jaxgrpo.metrics import (distinct_correct, maj_at_k_mean, mean_pairwise_cosi
                              pass_at_k, top_correct_share)
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 
-__all__ = ["EvalConfig", "pass_at_k", "normalize_answer", "default_ks", "summarize", "evaluate_policy",
-           "write_jsonl", "load_benchmark"]
+__all__ = ["EvalConfig", "pass_at_k", "normalize_answer", "default_ks", "summarize",
+           "evaluate_policy", "write_jsonl", "load_benchmark"]
 
 ScoreFn = Callable[[List[str], List[dict]], Tuple[np.ndarray, List[Optional[str]]]]
 
@@ -110,7 +110,6 @@ class EvalConfig(config.Section):
                                             f"{self.num_samples}]")
 
 
-
 # --------------------------------------------------------------------------- metrics
 
 _WS_RE = re.compile(r"\s+")
@@ -153,8 +152,6 @@ def _pass_at_k_mean(correct: np.ndarray, k: int) -> float:
     """Unbiased pass@k averaged over prompts; correct bool [P, n]."""
     n = correct.shape[1]
     return float(np.mean(pass_at_k(n, correct.sum(axis=1), k)))
-
-
 
 
 def _pairwise_distance_correct(embeddings: np.ndarray, correct: np.ndarray) -> Tuple[float, int]:

@@ -37,7 +37,6 @@ class LogConfig(config.Section):
     progress: bool = config.key(True, 'progress bar and progress lines on the terminal')
 
 
-
 def to_python(v):
     """A scalar or array -> a JSON-ready Python number or nested list."""
     v = np.asarray(v)

@@ -55,8 +55,8 @@ from jaxgrpo.errors import ConfigError
 from jaxgrpo.sharding import path_to_str
 
 __all__ = ["LoraSection", "LoraConfig", "lora_config", "init_adapters", "merge_params",
-           "adapter_paths", "num_adapter_params", "DEFAULT_TARGETS", "LoraBranch", "linear_with_branch",
-           "branch_supported", "dropout_keep_mask"]
+           "adapter_paths", "num_adapter_params", "DEFAULT_TARGETS", "LoraBranch",
+           "linear_with_branch", "branch_supported", "dropout_keep_mask"]
 
 # Every linear map of the Qwen2 / Llama decoder (PEFT's ``target_modules="all-linear"`` minus the
 # LM head).

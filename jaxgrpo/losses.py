@@ -106,7 +106,6 @@ class LossConfig(config.Section):
                 raise ConfigError(f"config.loss.{name}={v} must be > 1 (or 0 = off)")
 
 
-
 def _broadcast_adv(advantages: jax.Array, shape) -> jax.Array:
     """Per-sequence [N] or per-token [N, T] advantages -> [N, T] float32."""
     a = jax.lax.stop_gradient(advantages).astype(jnp.float32)

@@ -159,7 +159,6 @@ def check_micro_batch(n_rows: int, group: int, n_micro: int, batch_devices: int 
     return per
 
 
-
 @struct.dataclass
 class TrainState:
     """Everything that changes across steps. ``rng`` is raw uint32 key data (checkpointable)."""

@@ -237,7 +237,6 @@ def test_choices_are_the_owning_modules_tuples():
     assert CHOICES["data.template"] is data.TEMPLATES
 
 
-
 def _with(**flat):
     c = base_config()
     c.update_from_flattened_dict(flat)

@@ -53,7 +53,6 @@ class AnchorsConfig(config.Section):
         config.check_template("anchors.format", self.format, ("answer",))
 
 
-
 def dagrpo_score(correct: jax.Array, fine_scores: jax.Array, *, alpha: float = 0.5) -> jax.Array:
     """Fine-grained score R_i = c_i + alpha * s_i (INTERPRETATION, arXiv 2512.06337).
 

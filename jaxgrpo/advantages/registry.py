@@ -113,7 +113,6 @@ class AdvantageConfig(config.Section):
                     raise ConfigError(f"config.advantage.{name}: {n!r} is not one of {allowed}")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Transform:
     """A registered transform: its name, kind, function and declared rollout needs.

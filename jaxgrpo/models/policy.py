@@ -77,7 +77,6 @@ class PolicyConfig(config.Section):
                         "config.model.dtype=bfloat16: its kernel has no float32 path")
 
 
-
 def load_policy(c):
     """(model, tokenizer) from ``config.model``: real weights, or a random decoder of a small
     shape (``model.random_init_layers`` > 0) with the tokenizer of ``model.path`` (smoke runs
