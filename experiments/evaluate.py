@@ -200,7 +200,7 @@ def load_eval_policy(*, model: Optional[str] = None, run_dir: Optional[str] = No
 
 def settings_for(policy: Policy, args) -> EvalSettings:
     """EvalSettings: the run's eval settings (runs) or the model defaults, then the flags."""
-    from jaxgrpo.config import split_names
+    from jaxgrpo.experiment import split_names
 
     s = EvalSettings()
     c = policy.config

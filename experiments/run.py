@@ -5,8 +5,8 @@
     python -m experiments.run --help                            # every key: type, default, doc
 
 Any field can be overridden with ``--config.<key>=<value>``; an unknown key or a bad value fails
-at start with one line naming it, before any model is loaded (``jaxgrpo.config.validate`` with
-``inputs=True``: data files, the task, the mesh). The resolved config is saved once as
+at start with one line naming it, before any model is loaded (``jaxgrpo.experiment.validate``
+with ``inputs=True``: data files, the task, the mesh). The resolved config is saved once as
 ``<run_dir>/config.json``; running again with the same ``run_dir`` resumes the run (see
 ``jaxgrpo.run_dir`` for what a resume may change).
 
@@ -65,7 +65,7 @@ def parse_config(argv, *, inputs: bool = True):
     from absl import flags
     from ml_collections import config_flags
 
-    from jaxgrpo.config import validate
+    from jaxgrpo.experiment import validate
     from jaxgrpo.errors import EXIT_CONFIG_ERROR
 
     path = _config_file(argv[1:])
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from jaxgrpo import errors
 
     if any(a in HELP_FLAGS for a in argv[1:]):
-        from jaxgrpo.config import describe_config
+        from jaxgrpo.experiment import describe_config
         rest = [a for a in argv if a not in HELP_FLAGS]
         config = parse_config(rest, inputs=False) if len(rest) > 1 else None
         print(__doc__.strip() + "\n\n" + describe_config(config))

@@ -12,13 +12,15 @@ import errno
 import json
 import logging
 import os
+import dataclasses
 import shutil
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
 from jaxgrpo import paths
+from jaxgrpo import config
 from jaxgrpo.errors import CheckpointError
 
 __all__ = ["CheckpointError", "Checkpointer", "abstract_like", "describe_error", "check_meta",
@@ -26,6 +28,28 @@ __all__ = ["CheckpointError", "Checkpointer", "abstract_like", "describe_error",
            "quiet_orbax"]
 
 META_FILE = os.path.join("meta", "metadata")  # the JSON item inside <step>/
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig(config.Section):
+    """Checkpoints and resuming (see jaxgrpo.run_dir: what may change when a run is resumed).
+
+    The ``config.checkpoint`` section (:class:`Checkpointer` and the trainer's save points).
+    """
+
+    NAME: ClassVar[str] = "checkpoint"
+    every: int = config.key(
+        10, 'save every this many steps (and at the end / on a signal); 0 = end only', ge=0)
+    keep: int = config.key(2, 'checkpoints kept (the newest)', ge=1)
+    resume: bool = config.key(
+        True, 'continue an existing run_dir; False refuses a non-empty run_dir')
+    fallback: bool = config.key(
+        False, 'a corrupt latest checkpoint: resume from the newest intact one')
+    async_save: bool = config.key(
+        True,
+        'Periodic saves copy the state to host memory, then write it in a background thread while'
+        ' training goes on (orbax async checkpointing); the save at the end and on a signal '
+        'always waits until the checkpoint is committed. False: every save blocks the loop.')
 
 
 class CorruptCheckpointError(CheckpointError):

@@ -9,16 +9,73 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import ClassVar, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from jaxgrpo import config
+from jaxgrpo.errors import ConfigError
+
 TEMPLATES = ("chat", "plain")  # config.data.template: the tokenizer's chat template, or none
+DATA_SOURCES = ("reasoning_gym", "file")  # config.data.source
 
 
 def split_names(s: str) -> tuple:
     """``"a, b,,c"`` -> ``("a", "b", "c")``: a comma-separated config value as names."""
     return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig(config.Section):
+    """Prompts and gold answers.
+
+    The ``config.data`` section, read by ``jaxgrpo.env.build_env`` and the prompt encoders here.
+    """
+
+    NAME: ClassVar[str] = "data"
+    source: str = config.key(
+        'reasoning_gym',
+        '"reasoning_gym": a generated task; "file": data.path',
+        choices=DATA_SOURCES)
+    task: str = config.key('basic_arithmetic', 'reasoning-gym task name (source = reasoning_gym)')
+    task_kwargs: str = config.key(
+        '', 'JSON object of generator options, e.g. \'{"max_terms": 2}\'')
+    path: str = config.key('', 'local JSON/JSONL/Parquet/CSV file of problems (source = file)')
+    eval_path: str = config.key(
+        '', 'held-out file; "" = the last data.eval_size rows of data.path')
+    question_field: str = config.key('problem', 'column of the question in data files')
+    answer_field: str = config.key('answer', 'column of the gold answer in data files')
+    train_size: int = config.key(
+        2000, 'generated training problems (source = reasoning_gym)', ge=1)
+    eval_size: int = config.key(
+        64, 'held-out problems: generated, or the last rows of data.path', ge=1)
+    template: str = config.key(
+        'chat',
+        '"chat": the tokenizer\'s chat template; "plain": prompt_format only',
+        choices=TEMPLATES)
+    system_prompt: str = config.key('', 'system message of the chat template ("" = none)')
+    prompt_format: str = config.key(
+        '{question}\nGive only the final answer in \\boxed{{}}.',
+        'The user message; {question} is replaced, {{ and }} are literal braces.')
+    max_prompt_tokens: int = config.key(96, 'longer prompts keep their last tokens', ge=1)
+
+    def __post_init__(self):
+        config.check_template("data.prompt_format", self.prompt_format, ("question",),
+                              ("question",))
+        if self.task_kwargs:
+            try:
+                kw = json.loads(self.task_kwargs)
+            except json.JSONDecodeError as e:
+                config.fail("data.task_kwargs", self.task_kwargs, f"is not JSON ({e})")
+            if not isinstance(kw, dict):
+                config.fail("data.task_kwargs", self.task_kwargs, "must be a JSON object")
+        if self.source == "file":
+            if not self.path:
+                raise ConfigError("config.data.path is required when config.data.source='file'")
+            for name in ("question_field", "answer_field"):
+                if not getattr(self, name):
+                    config.fail(f"data.{name}", getattr(self, name),
+                                "must name a column of the data file")
 
 
 def render_prompt(tokenizer, question: str, *, template: str, prompt_format: str,
@@ -169,7 +226,6 @@ def check_prompt_file(path: str, question_field: str, answer_field: str, *, key:
     rows. CSV: the header and the first rows. Raises ``ConfigError`` naming ``config.<key>``,
     the file and the line.
     """
-    from jaxgrpo.errors import ConfigError
     from jaxgrpo.rewards.tasks import _cell_text
 
     where = f"config.{key}={path!r}"

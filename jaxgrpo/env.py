@@ -21,20 +21,70 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import List, Optional, Sequence
+from typing import ClassVar, List, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgrpo.data import split_names
+from jaxgrpo import config
+from jaxgrpo.data import DATA_SOURCES, split_names  # DATA_SOURCES: re-exported
 from jaxgrpo.errors import ConfigError
-from jaxgrpo.rewards.extract import extract_answer
-from jaxgrpo.rewards.functions import RewardSpec, make_reward_fn
+from jaxgrpo.rewards.extract import _EXTRACTORS, extract_answer
+from jaxgrpo.rewards.functions import FORMAT_STYLES, RewardSpec, make_reward_fn
 from jaxgrpo.rewards.tasks import load_prompts, make_task
 
-DATA_SOURCES = ("reasoning_gym", "file")  # config.data.source
 FINE_SCORES = ("logprob", "format", "none")  # config.rewards.fine_score
 VERIFIERS = ("text", "digits")
+# Every answer-extraction source extract_answer knows (its SOURCES is only the default order).
+ANSWER_SOURCES = tuple(_EXTRACTORS)
+# rewards.format_style: "regex" needs a pattern, which the config does not carry.
+CONFIG_FORMAT_STYLES = tuple(s for s in FORMAT_STYLES if s != "regex")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardsConfig(config.Section):
+    """Reward functions and weights; weight 0 disables one.
+
+    The ``config.rewards`` section, read by :func:`build_env`.
+    """
+
+    NAME: ClassVar[str] = "rewards"
+    accuracy: float = config.key(1.0, 'verifier correctness (task scorer or math-verify)', ge=0)
+    format: float = config.key(0.0, 'completion has the expected answer format', ge=0)
+    cosine: float = config.key(
+        0.0, 'cosine length-scaled correctness (DRA / Open-RS reference)', ge=0)
+    overlong: float = config.key(
+        0.0,
+        'DAPO soft overlong punishment (arXiv 2503.14476 eq. 13; verl '
+        "reward_model.overlong_buffer), in tokens: weight = verl's penalty_factor; 0 - (len - "
+        '(max_new_tokens - buffer)) / buffer over the last `overlong_buffer` tokens before '
+        'sampling.max_new_tokens (-1 at the limit).',
+        ge=0)
+    overlong_buffer: int = config.key(0, 'L_cache tokens (DAPO: 4096 of 20480)', ge=0)
+    answer_sources: str = config.key(
+        'answer_tag,boxed,hash', 'extraction precedence (rewards/extract.py)')
+    format_style: str = config.key(
+        'boxed', 'see jaxgrpo.rewards.functions.FORMAT_STYLES', choices=CONFIG_FORMAT_STYLES)
+    fine_score: str = config.key(
+        'logprob',
+        'DaGRPO\'s finer score s_i: "logprob" | "format" | "none"',
+        choices=FINE_SCORES)
+    verifier_workers: int = config.key(2, 'math-verify worker processes (source = file)', ge=1)
+    item_timeout_s: float = config.key(5.0, 'math-verify deadline per completion (seconds)', gt=0)
+    verifier: str = config.key(
+        'text',
+        '"text": decode and score on the host (task verifier / math-verify); "digits": the gold '
+        'integer matched on token ids inside jit (jaxgrpo.env.DigitReward; needs rewards.format ='
+        ' 0 and rewards.cosine = 0; allows train.fused).')
+    digits_partial_credit: bool = config.key(
+        False, 'digits: positional partial credit, not exact match')
+
+    def __post_init__(self):
+        sources = split_names(self.answer_sources)
+        bad = [s for s in sources if s not in ANSWER_SOURCES]
+        if bad or not sources:
+            config.fail("rewards.answer_sources", self.answer_sources,
+                        f"each entry must be one of {ANSWER_SOURCES} (comma-separated)")
 
 
 def sequence_probability(logprobs, mask):
@@ -237,14 +287,7 @@ def build_env(c, tokenizer=None, eos_id: Optional[int] = None) -> Env:
     reward_fn = make_reward_fn(specs, task=task, verifier_kwargs=verifier_kwargs)
     token_reward = None
     if c.rewards.verifier == "digits":
-        for key in ("format", "cosine"):
-            if c.rewards[key]:
-                raise ConfigError(f"config.rewards.{key}={c.rewards[key]} is a text reward; the "
-                                  "digits verifier (rewards.verifier='digits') scores token ids "
-                                  f"only: set rewards.{key}=0")
-        if c.rewards.fine_score == "format":
-            raise ConfigError("config.rewards.fine_score='format' reads the text format reward; "
-                              "with rewards.verifier='digits' use 'logprob' or 'none'")
+        # rewards.format / cosine / fine_score against the digits verifier: jaxgrpo.experiment
         if tokenizer is None or eos_id is None:
             raise ValueError("build_env: rewards.verifier='digits' needs the tokenizer and eos_id")
         token_reward = DigitReward.for_tokenizer(

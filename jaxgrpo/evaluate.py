@@ -38,28 +38,76 @@ Pieces:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import config
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
-from jaxgrpo.data import decode_completions, encode_rows
+from jaxgrpo.data import decode_completions, encode_rows, split_names
 from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.metrics import (distinct_correct, maj_at_k_mean, mean_pairwise_cosine_distance,
                              pass_at_k, top_correct_share)
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 
-__all__ = ["pass_at_k", "normalize_answer", "default_ks", "summarize", "evaluate_policy",
-           "write_jsonl", "load_benchmark"]
+__all__ = ["EvalConfig", "pass_at_k", "normalize_answer", "default_ks", "summarize",
+           "evaluate_policy", "write_jsonl", "load_benchmark"]
 
 ScoreFn = Callable[[List[str], List[dict]], Tuple[np.ndarray, List[Optional[str]]]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig(config.Section):
+    """Held-out evaluation (pass@k, maj@k, accuracy) before, during and after training.
+
+    The ``config.eval`` section (the trainer's evaluations; :func:`run_eval_settings`).
+    """
+
+    NAME: ClassVar[str] = "eval"
+    every: int = config.key(
+        0, 'held-out evaluation every this many steps; 0 = only before and after training', ge=0)
+    before_training: bool = config.key(
+        True,
+        'Evaluate the initial policy (step 0) of a fresh run. False skips it, e.g. when runs that'
+        ' share the model, data, seed and eval settings take their step-0 numbers from one of '
+        'them (experiments/tables/diversity.py).')
+    num_prompts: int = config.key(
+        32, 'held-out prompts evaluated (at most the held-out rows)', ge=1)
+    num_samples: int = config.key(4, 'n per prompt (pass@k needs n >= k)', ge=1)
+    temperature: float = config.key(1.0, 'sampling temperature of the evaluation', gt=0)
+    ks: str = config.key(
+        '1,4', 'comma-separated k of pass@k / maj@k, each in [1, eval.num_samples]')
+    embed_correct: bool = config.key(
+        False,
+        'Embed the correct held-out completions with the sentence encoder '
+        '(embedding.encoder_path) to report pairwise_cosine_distance_correct at every evaluation.')
+
+    @property
+    def parsed_ks(self) -> Tuple[int, ...]:
+        """``ks`` as a tuple of ints; ConfigError naming the key for a bad entry."""
+        out = []
+        for k in split_names(self.ks):
+            try:
+                out.append(int(k))
+            except ValueError:
+                config.fail("eval.ks", self.ks, f"{k!r} is not an integer (write e.g. '1,4')")
+        if not out:
+            config.fail("eval.ks", self.ks, "needs at least one k, e.g. '1,4'")
+        return tuple(out)
+
+    def __post_init__(self):
+        ks = self.parsed_ks
+        if any(k < 1 or k > self.num_samples for k in ks):
+            config.fail("eval.ks", self.ks, f"each k must be in [1, eval.num_samples="
+                                            f"{self.num_samples}]")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -104,8 +152,6 @@ def _pass_at_k_mean(correct: np.ndarray, k: int) -> float:
     """Unbiased pass@k averaged over prompts; correct bool [P, n]."""
     n = correct.shape[1]
     return float(np.mean(pass_at_k(n, correct.sum(axis=1), k)))
-
-
 
 
 def _pairwise_distance_correct(embeddings: np.ndarray, correct: np.ndarray) -> Tuple[float, int]:
@@ -288,7 +334,7 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
         pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, greedy=greedy, eos_token_ids=tuple(eos_token_ids),
-                         pad_token_id=pad_token_id, num_samples=num_samples,
+                         pad_token_id=pad_token_id, num_generations=num_samples,
                          return_prompt_logprobs=False, unroll_layers=unroll_layers)
     sampler = warm_memory.wrap(make_sampler(graphdef, cfg))  # CPU: warm host memory lent
     entropy_fn = _make_entropy_fn(graphdef, float(temperature)) if compute_entropy else None
@@ -361,7 +407,6 @@ def run_eval_settings(c, *, num_samples: Optional[int] = None,
     defaults to ``c.eval.ks``, or to ``default_ks(num_samples)`` when ``num_samples`` is given
     (the config's ks belong to its own n). The policy, tokenizer, rows, scorer, EOS / pad ids
     and encoder are the caller's."""
-    from jaxgrpo.data import split_names
     if ks is None:
         ks = (default_ks(num_samples) if num_samples is not None
               else [int(k) for k in split_names(c.eval.ks)])
@@ -375,11 +420,10 @@ def run_eval_settings(c, *, num_samples: Optional[int] = None,
 
 def run_eval_kwargs(c, **overrides) -> dict:
     """``run_eval_settings`` as ``evaluate_policy`` keyword arguments (``seed`` -> ``key``)."""
-    from jaxgrpo.config import unroll_layers
-
     kw = run_eval_settings(c, **overrides)
     kw["key"] = jax.random.key(kw.pop("seed"))
-    kw["unroll_layers"] = unroll_layers(c)  # how the decode loop runs the layers (speed only)
+    # how the decode loop runs the layers (speed only)
+    kw["unroll_layers"] = SamplingConfig.from_config(c.sampling).unroll_layers
     return kw
 
 

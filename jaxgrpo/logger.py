@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["MetricsLogger", "MetricsWindow"]
+from jaxgrpo import config
+
+__all__ = ["LogConfig", "MetricsLogger", "MetricsWindow"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogConfig(config.Section):
+    """Logging: metrics.jsonl always; TensorBoard / W&B when asked.
+
+    The ``config.log`` section (:class:`MetricsLogger` and the trainer's progress output).
+    """
+
+    NAME: ClassVar[str] = "log"
+    every: int = config.key(1, 'log training metrics every this many steps', ge=1)
+    samples_every: int = config.key(
+        5, 'write completions to samples.jsonl every this many steps; 0 = never', ge=0)
+    tensorboard: bool = config.key(True, 'also write TensorBoard events (run_dir/tb)')
+    wandb: bool = config.key(False, 'also log to Weights & Biases')
+    progress: bool = config.key(True, 'progress bar and progress lines on the terminal')
 
 
 def to_python(v):

@@ -31,7 +31,7 @@ from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
 from jaxgrpo.checkpoint import Checkpointer
-from jaxgrpo.config import validate
+from jaxgrpo.experiment import validate
 from jaxgrpo.data import PromptIterator
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.env import build_env
@@ -404,7 +404,7 @@ def check_mesh_layout(c, n_devices: Optional[int] = None) -> Tuple[int, int, int
     device count, and the training micro-batches (whole groups, anchors included) divided over
     its batch devices (mesh.data * mesh.fsdp) -- the check ``config.validate`` can only make for
     explicit sizes. Returns the resolved (data, fsdp, tensor); ConfigError naming the keys."""
-    from jaxgrpo.config import check_micro_batch
+    from jaxgrpo.experiment import check_micro_batch
 
     if n_devices is None:
         n_devices = jax.device_count()

@@ -44,21 +44,59 @@ import dataclasses
 import math
 import re
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxgrpo import config
+from jaxgrpo.errors import ConfigError
 from jaxgrpo.sharding import path_to_str
 
-__all__ = ["LoraConfig", "lora_config", "init_adapters", "merge_params", "adapter_paths",
-           "num_adapter_params", "DEFAULT_TARGETS", "LoraBranch", "linear_with_branch",
-           "branch_supported", "dropout_keep_mask"]
+__all__ = ["LoraSection", "LoraConfig", "lora_config", "init_adapters", "merge_params",
+           "adapter_paths", "num_adapter_params", "DEFAULT_TARGETS", "LoraBranch",
+           "linear_with_branch", "branch_supported", "dropout_keep_mask"]
 
 # Every linear map of the Qwen2 / Llama decoder (PEFT's ``target_modules="all-linear"`` minus the
 # LM head).
 DEFAULT_TARGETS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)/kernel$"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraSection(config.Section):
+    """LoRA adapters (arXiv 2106.09685; names as PEFT's LoraConfig, see jaxgrpo.lora): only the
+    adapters train and are checkpointed; the reference policy is the base (adapters off).
+
+    The ``config.lora`` section; :meth:`adapters` gives the ``LoraConfig`` it asks for.
+    """
+
+    NAME: ClassVar[str] = "lora"
+    rank: int = config.key(0, 'adapter rank r; 0 = off (full fine-tuning)', ge=0)
+    alpha: float = config.key(16.0, 'PEFT lora_alpha: the update is scaled by alpha / r', gt=0)
+    targets: str = config.key(
+        DEFAULT_TARGETS,
+        'regex searched in each parameter path (e.g. layers/self_attn/q_proj/kernel); default: '
+        'every linear map of the decoder (PEFT "all-linear" without the LM head)')
+    dropout: float = config.key(
+        0.0, 'PEFT lora_dropout on the adapter input, in the loss (unmerged form)', ge=0, lt=1)
+    use_rslora: bool = config.key(
+        False, 'scale alpha / sqrt(r) (rank-stabilised LoRA, arXiv 2312.03732)')
+
+    def adapters(self) -> "LoraConfig | None":
+        """The adapters' ``LoraConfig``; None when ``rank`` is 0 (off)."""
+        if not self.rank:
+            return None
+        try:
+            return LoraConfig(rank=int(self.rank), alpha=float(self.alpha), targets=self.targets,
+                              dropout=float(self.dropout), use_rslora=bool(self.use_rslora))
+        except ValueError as e:
+            key = ("dropout" if "dropout" in str(e) else "targets" if "regex" in str(e)
+                   else "rank")
+            raise ConfigError(f"config.lora.{key}: {e}") from None
+
+    def __post_init__(self):
+        self.adapters()  # values LoRA cannot take (a bad regex): ConfigError naming the key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,18 +279,7 @@ def num_adapter_params(adapters: Dict) -> int:
 def lora_config(c) -> "LoraConfig | None":
     """The ``config.lora`` section as a ``LoraConfig`` (None when ``lora.rank`` is 0: off).
     Raises ``ConfigError`` naming the key for a value LoRA cannot take."""
-    from jaxgrpo.errors import ConfigError
-
-    if not c.lora.rank:
-        return None
-    try:
-        return LoraConfig(rank=int(c.lora.rank), alpha=float(c.lora.alpha),
-                          targets=c.lora.targets, dropout=float(c.lora.dropout),
-                          use_rslora=bool(c.lora.use_rslora))
-    except ValueError as e:
-        key = ("dropout" if "dropout" in str(e) else "targets" if "regex" in str(e)
-               else "rank")
-        raise ConfigError(f"config.lora.{key}: {e}") from None
+    return LoraSection.from_config(c.lora).adapters()
 
 
 # ----------------------------------------------------------------------------- preflight

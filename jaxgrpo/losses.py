@@ -27,12 +27,15 @@ UNREDUCED ``[N, T]`` arrays (padding positions hold finite junk; aggregation mas
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+import dataclasses
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from jaxgrpo import config
+from jaxgrpo.errors import ConfigError
 from jaxgrpo.metrics import masked_stats
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "bnpo", "dapo")
@@ -46,6 +49,61 @@ KL_CLAMP_PRESETS = {
 }
 
 Scalar = Union[int, float, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossConfig(config.Section):
+    """The clipped policy loss.
+
+    The ``config.loss`` section: the options of :func:`policy_loss` (see
+    :func:`policy_loss_kwargs`).
+    """
+
+    NAME: ClassVar[str] = "loss"
+    eps_low: float = config.key(0.2, 'lower clip range of the importance ratio', ge=0)
+    eps_high: float = config.key(0.2, "upper clip range; 0.28 = DAPO's clip-higher", ge=0)
+    beta: float = config.key(0.0, 'KL weight; 0 keeps no reference model', ge=0)
+    kl_estimator: str = config.key(
+        'k3', "per-token KL estimator (Schulman's k1 / k2 / k3)", choices=KL_ESTIMATORS)
+    kl_clamp: float = config.key(0.0, '0 = no clamp of the per-token KL value', ge=0)
+    kl_log_ratio_clamp: float = config.key(
+        0.0, '0 = no clamp of log pi - log pi_ref before the estimator', ge=0)
+    kl_clamp_preset: str = config.key(
+        'none',
+        '"verl": low_var_kl\'s clamps (log-ratio 20, value 10)',
+        choices=tuple(KL_CLAMP_PRESETS))
+    importance_sampling_level: str = config.key(
+        'token',
+        'Ratio level: "token" (PPO/GRPO), "sequence" (GSPO arXiv 2507.18071, TRL '
+        'importance_sampling_level), "gspo-token" (verl loss_mode=gspo, Tunix loss_algo).',
+        choices=IS_LEVELS)
+    log_ratio_clamp: float = config.key(
+        0.0, '0 = none; verl / Tunix clamp log pi - log pi_old at 20', ge=0)
+    clip_ratio_c: float = config.key(
+        0.0, 'dual-clip (verl clip_ratio_c, 3.0 there); 0 = off, else > 1', ge=0)
+    delta: float = config.key(
+        0.0, 'TRL two-sided clip `delta` (INTELLECT-2); 0 = off, else > 1', ge=0)
+    agg_mode: str = config.key(
+        DEFAULT_AGG_MODE,
+        'token-mean | seq-mean-token-mean | seq-mean-token-sum-norm | bnpo | dapo '
+        '(losses.AGG_MODES)',
+        choices=AGG_MODES)
+    anchor_gamma: float = config.key(0.1, "DaGRPO's anchor-token weight shaping", ge=0)
+    mask_truncated_completions: bool = config.key(
+        False,
+        'TRL mask_truncated_completions: completions without EOS (cut at max_new_tokens) take '
+        'part in the advantages but not in the loss nor its token / sequence normalisers.')
+
+    def __post_init__(self):
+        if self.kl_clamp_preset != "none" and (self.kl_clamp or self.kl_log_ratio_clamp):
+            raise ConfigError(
+                f"config.loss.kl_clamp_preset={self.kl_clamp_preset!r} sets the KL clamps itself: "
+                "leave config.loss.kl_clamp and config.loss.kl_log_ratio_clamp at 0")
+        # verl asserts clip_ratio_c > 1; a cap at or below 1 would also cap on-policy tokens.
+        for name in ("clip_ratio_c", "delta"):
+            v = getattr(self, name)
+            if v and v <= 1.0:
+                raise ConfigError(f"config.loss.{name}={v} must be > 1 (or 0 = off)")
 
 
 def _broadcast_adv(advantages: jax.Array, shape) -> jax.Array:

@@ -35,8 +35,8 @@ def _update_locked(node: mc.ConfigDict, values: dict, prefix: str, source: str) 
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in node:
-            raise ValueError(f"{source}: unknown config key {path!r} (not in "
-                             "jaxgrpo.config.base_config(); written by another jaxgrpo version?)")
+            raise ValueError(f"{source}: unknown config key {path!r} (not in jaxgrpo.experiment."
+                             "base_config(); written by another jaxgrpo version?)")
         if isinstance(node[key], mc.ConfigDict):
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: config key {path!r} must be a mapping, got {value!r}")
@@ -44,7 +44,7 @@ def _update_locked(node: mc.ConfigDict, values: dict, prefix: str, source: str) 
             continue
         current = node[key]
         if path == "sampling.unroll_layers" and isinstance(value, bool):
-            from jaxgrpo.config import UNROLL_LAYERS  # a boolean before "auto" (2026-12-07)
+            from jaxgrpo.sampling import UNROLL_LAYERS  # a boolean before "auto" (2026-12-07)
             value = next(k for k, v in UNROLL_LAYERS.items() if v is value)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # JSON writes 1.0 as 1 sometimes
@@ -62,7 +62,7 @@ def load_run_config(run_dir) -> mc.ConfigDict:
       ValueError: the JSON is unreadable, or has a key base_config() lacks / a value of the wrong
         type (the message names the file and the key).
     """
-    from jaxgrpo.config import base_config, validate
+    from jaxgrpo.experiment import base_config, validate
 
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):

@@ -268,7 +268,7 @@ def diff_configs(saved: dict, requested: mc.ConfigDict) -> Tuple[Dict[str, tuple
     """``(safe, unsafe)`` differences ``{key: (saved, requested)}`` between a saved config dict
     and the requested config. A key the saved config lacks (written by an older jaxgrpo) counts
     as its ``base_config()`` default."""
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     old = _flat(saved)
     new = _flat(requested.to_dict())

@@ -17,7 +17,7 @@ do not depend on prompt padding, and a key gives the same samples on every call.
 
 Usage::
 
-    cfg = SamplingConfig(max_new_tokens=256, temperature=1.0, eos_token_ids=(2,), num_samples=8)
+    cfg = SamplingConfig(max_new_tokens=256, temperature=1.0, eos_token_ids=(2,), num_generations=8)
     out = sample(model, prompt_tokens, prompt_mask, key, cfg)       # model: nnx module
     # or, inside a training step with sharded params:
     sampler = make_sampler(graphdef, cfg)                            # jitted, cached
@@ -27,41 +27,49 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxgrpo import config
 from jaxgrpo.logprobs import _shift_prompt_scores
 from jaxgrpo.models.decoder import init_cache, positions_from_mask
 
-__all__ = ["SamplingConfig", "SampleOutput", "allowed_tokens", "decode_unrolled", "sample",
-           "make_sampler", "generate"]
+__all__ = ["SamplingConfig", "UNROLL_LAYERS", "SampleOutput", "allowed_tokens", "decode_unrolled",
+           "sample", "make_sampler", "generate"]
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """Static sampling settings (hashable: part of the compiled function's identity).
+# sampling.unroll_layers -> SamplingConfig.unroll_layers ("auto": decided by the backend when the
+# sampler is traced, :func:`decode_unrolled`).
+UNROLL_LAYERS = {"auto": None, "true": True, "false": False}
+CACHE_DTYPES = ("", "float32", "bfloat16")  # sampling.cache_dtype; "" = the compute dtype
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig(config.Section):
+    """Sampling (rollouts).
+
+    The ``config.sampling`` section and the sampler's static settings in one (hashable: part of
+    the compiled function's identity). The key fields are the ``sampling.*`` keys;
+    ``SamplingConfig.from_config(c.sampling, eos_token_ids=..., pad_token_id=..., ...)`` adds the
+    plain fields the program fills in. Built directly (evaluation, benchmarks, tests), the
+    sampler's own guards below refuse what it cannot run (ValueError).
 
     Attributes:
+      num_generations: G, completions per prompt (config ``sampling.num_generations``; the
+        evaluation builds one with ``eval.num_samples``).
       max_new_tokens: completion length Tc (tokens generated per row, EOS included).
       temperature: logits are divided by it for sampling and for the reported log-probs (> 0).
       top_k: keep the k most likely tokens, and any tied with the k-th (0: off).
       top_p: keep the smallest set of most likely tokens with mass >= top_p (1.0: off). Ties at
         the threshold probability are all kept.
-      greedy: argmax decoding (ignores top_k / top_p; log-probs still use ``temperature``).
-      eos_token_ids: a row stops after emitting any of these ids (the EOS is part of the
-        completion and of its mask). Empty: rows always run ``max_new_tokens``.
-      pad_token_id: written after a row has stopped.
-      num_samples: G, completions per prompt.
-      return_prompt_logprobs: compute ``prompt_logprobs`` (one [P, Tp, V] LM-head pass).
-      prompt_logprobs_chunk: time-chunk size for that pass (memory); None: one pass.
+      cache_dtype: KV-cache dtype name ("bfloat16", "float32", ...); None (config ""): the
+        model's compute dtype. bf16 halves the cache's bytes per decode step.
       ignore_eos: keep decoding after an EOS (as vLLM's ``ignore_eos``): every row runs
         ``max_new_tokens`` and the whole completion is masked in; for benchmarks that need
         full-length completions. EOS ids can still be sampled.
-      cache_dtype: KV-cache dtype name ("bfloat16", "float32", ...); None: the model's compute
-        dtype. bf16 halves the cache's bytes per decode step.
       unroll_layers: the decode loop runs the layers as a Python loop over per-layer weights and
         caches (``Decoder.decode_unrolled``; the weights are copied out of the stack once per
         call) instead of the scanned stack, whose every step slices each layer's weights and
@@ -69,30 +77,41 @@ class SamplingConfig:
         cache and then attends over it (``layer_cache_attention``), so nothing is copied per
         step. The same tokens in the tests; log-probs equal up to float32 summation order. One
         more copy of the layer weights while sampling and a program that grows with depth.
-        None (the default): unrolled on the CPU backend, scanned elsewhere
-        (``decode_unrolled``). On XLA:CPU the scan copies three weight and two cache slices per layer and token (~1.6 ms per
-        layer-step at SmolLM2-135M); on a GPU / TPU the scan keeps the program, its compile
-        time and its memory flat in depth (whether XLA copies the slices there is not measured
-        here). Measured at SmolLM2-135M (32 rows x 128 tokens, XLA:CPU, 2 cores): unrolled
-        12.0 s against 12.9 s scanned (medians of alternating calls) when the unrolled layers
-        still read before writing, which made XLA copy every layer's cache twice per token;
-        writing first took the unrolled sampler from 12.2-16.1 s to 8.1-11.0 s (alternating
-        processes) and the whole GRPO step's sampling phase from 12.1 to 9.3 s.
+        None (config "auto"): unrolled on the CPU backend, scanned elsewhere
+        (:func:`decode_unrolled`).
+      greedy: argmax decoding (ignores top_k / top_p; log-probs still use ``temperature``).
+      eos_token_ids: a row stops after emitting any of these ids (the EOS is part of the
+        completion and of its mask). Empty: rows always run ``max_new_tokens``.
+      pad_token_id: written after a row has stopped.
+      return_prompt_logprobs: compute ``prompt_logprobs`` (one [P, Tp, V] LM-head pass).
+      prompt_logprobs_chunk: time-chunk size for that pass (memory); None: one pass.
     """
 
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    NAME: ClassVar[str] = "sampling"
+    num_generations: int = config.key(
+        4, "G: completions per prompt (a group)", ge=2,
+        why="G must be >= 2: group-relative advantages need at least two completions per "
+            "prompt")
+    max_new_tokens: int = config.key(48, "completion length limit", ge=1)
+    temperature: float = config.key(1.0, "sampling temperature (> 0)", gt=0)
+    top_p: float = config.key(1.0, "nucleus sampling mass; 1 = off", gt=0, le=1)
+    top_k: int = config.key(0, "keep the k most likely tokens; 0 = off", ge=0)
+    cache_dtype: Optional[str] = config.key(
+        "", 'KV-cache dtype of the sampler; "" = the compute dtype', choices=CACHE_DTYPES,
+        convert=lambda v: v or None)
+    ignore_eos: bool = config.key(False, "always generate max_new_tokens (benchmarks only)")
+    unroll_layers: Optional[bool] = config.key(
+        "auto",
+        "decode with the layers unrolled over per-layer weights and caches (no per-step slices of"
+        ' the stacks, which XLA:CPU copies): "true", "false" (the scanned stack), or "auto": '
+        "unrolled on the CPU backend, scanned on GPU / TPU (jaxgrpo.sampling.decode_unrolled)",
+        choices=tuple(UNROLL_LAYERS), convert=UNROLL_LAYERS.__getitem__)
+    # Plain fields: filled in by the program, not config keys.
     greedy: bool = False
     eos_token_ids: Tuple[int, ...] = ()
     pad_token_id: int = 0
-    num_samples: int = 1
     return_prompt_logprobs: bool = True
     prompt_logprobs_chunk: int | None = None
-    ignore_eos: bool = False
-    cache_dtype: str | None = None
-    unroll_layers: Optional[bool] = None
 
     def __post_init__(self):
         if isinstance(self.eos_token_ids, int):
@@ -107,8 +126,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
         if self.cache_dtype is not None:
             try:
                 ok = jnp.issubdtype(jnp.dtype(self.cache_dtype), jnp.floating)
@@ -122,7 +141,7 @@ class SamplingConfig:
 
 @struct.dataclass
 class SampleOutput:
-    """Sampler result. P prompts, G = num_samples, rows are prompt-major (row p*G + g).
+    """Sampler result. P prompts, G = num_generations, rows are prompt-major (row p*G + g).
 
     Attributes:
       prompt_tokens: int32 [P, Tp] the input prompts (not repeated; repeat G times for rows).
@@ -274,7 +293,7 @@ def decode_unrolled(cfg: SamplingConfig) -> bool:
 
 def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
     p, tp = prompt_tokens.shape
-    g, tc = cfg.num_samples, cfg.max_new_tokens
+    g, tc = cfg.num_generations, cfg.max_new_tokens
     b, s = p * g, tp + tc
     prompt_tokens = prompt_tokens.astype(jnp.int32)
     pmask = prompt_mask.astype(bool)
@@ -376,7 +395,7 @@ def make_sampler(graphdef, cfg: SamplingConfig):
 
 
 def sample(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
-    """Sample ``cfg.num_samples`` completions for each left-padded prompt.
+    """Sample ``cfg.num_generations`` completions for each left-padded prompt.
 
     Args:
       model: an nnx ``Decoder`` or a ``(graphdef, state)`` pair.

@@ -56,12 +56,13 @@ import logging
 import math
 import os
 import re
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgrpo import config
 from jaxgrpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,27 @@ logger = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
 # Axes the batch's leading dimension is split over: fsdp is data parallelism too.
 BATCH_AXES = ("data", "fsdp")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig(config.Section):
+    """Device mesh; -1 = all remaining devices.
+
+    The ``config.mesh`` section (:func:`make_mesh` and the batch devices).
+    """
+
+    NAME: ClassVar[str] = "mesh"
+    data: int = config.key(
+        -1, 'data-parallel axis size; -1 = the remaining devices', ge=1, also=(-1,))
+    fsdp: int = config.key(1, 'parameter-sharding (FSDP) axis size', ge=1, also=(-1,))
+    tensor: int = config.key(1, 'tensor-parallel axis size', ge=1, also=(-1,))
+
+    def __post_init__(self):
+        mesh = [self.data, self.fsdp, self.tensor]
+        if mesh.count(-1) > 1:
+            raise ConfigError(f"config.mesh: at most one axis may be -1, got data={mesh[0]}, "
+                              f"fsdp={mesh[1]}, tensor={mesh[2]}")
+
 
 Rules = Sequence[Tuple[str, P]]
 

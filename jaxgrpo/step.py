@@ -48,7 +48,6 @@ from jax.experimental import checkify
 from jaxgrpo import sharding as shd
 from jaxgrpo import warm_memory
 from jaxgrpo.advantages import required_inputs
-from jaxgrpo.config import unroll_layers
 from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
 from jaxgrpo.errors import ConfigError
@@ -59,7 +58,7 @@ from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (StateShardedJit, TrainState, advantage_chain,
                            advantage_fn_from_config, make_update_fn, policy_params)
 
-__all__ = ["sample_key", "rollout_needs", "sampling_config", "make_step", "Step"]
+__all__ = ["sample_key", "rollout_needs", "make_step", "Step"]
 
 
 # ----------------------------------------------------------------------------- the key
@@ -89,20 +88,6 @@ def _checks_nonfinite(c: mc.ConfigDict) -> bool:
     """True when a transform of the chain has ``nonfinite='check'`` (a checkify check)."""
     *_, options = advantage_chain(c)
     return any(opts.get("nonfinite") == "check" for opts in options.values())
-
-
-def sampling_config(c: mc.ConfigDict, eos_ids, pad_id: int,
-                    prompt_logprobs: bool = True) -> SamplingConfig:
-    """The rollout sampler's settings (``config.sampling``); the prompt log-prob pass runs only
-    when the chain reads ``prompt_logprobs``."""
-    return SamplingConfig(
-        max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
-        top_k=c.sampling.top_k, top_p=c.sampling.top_p, eos_token_ids=tuple(eos_ids),
-        pad_token_id=pad_id, num_samples=c.sampling.num_generations,
-        return_prompt_logprobs=prompt_logprobs,
-        prompt_logprobs_chunk=c.train.logits_chunk or None,
-        cache_dtype=c.sampling.cache_dtype or None, ignore_eos=c.sampling.ignore_eos,
-        unroll_layers=unroll_layers(c))
 
 
 # ----------------------------------------------------------------------------- stage functions
@@ -162,8 +147,12 @@ class Step:
         check = _checks_nonfinite(c)
         # The sampler and the update run with the process's warm host memory lent to them
         # where that helps (jaxgrpo.warm_memory: CPU backend on a VM that reports free pages).
-        self.sampler = warm_memory.wrap(make_sampler(graphdef, sampling_config(
-            c, self.eos_ids, self.pad_id, prompt_logprobs="prompt_logprobs" in self.needs)))
+        # The rollout sampler: config.sampling, and the prompt log-prob pass only when the
+        # chain reads prompt_logprobs.
+        self.sampler = warm_memory.wrap(make_sampler(graphdef, SamplingConfig.from_config(
+            c.sampling, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
+            return_prompt_logprobs="prompt_logprobs" in self.needs,
+            prompt_logprobs_chunk=c.train.logits_chunk or None)))
         self._policy_embed = make_policy_embed(graphdef, rest)
         self._policy_embed_jit = jax.jit(self._policy_embed)
         # The update as a pure function; jitted here (donating the state), with checkify when

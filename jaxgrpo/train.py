@@ -27,8 +27,9 @@ host path or fused into one jit for token rewards, is composed in ``jaxgrpo.step
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,15 +38,125 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxgrpo import losses
+from jaxgrpo import config, losses
 from jaxgrpo.advantages import make_advantage_fn
-from jaxgrpo.config import check_micro_batch, split_names
+from jaxgrpo.data import split_names
+from jaxgrpo.errors import ConfigError
 from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.rollout import Rollout, mask_truncated_completions
 from jaxgrpo.sharding import BATCH_AXES
 
 # Folded into the state's key for LoRA dropout masks (the sampler folds the step alone).
 DROPOUT_SALT = 0x10DA
+
+SCHEDULES = ("constant", "cosine", "linear")  # optim.schedule (see lr_schedule)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(config.Section):
+    """The batch of one step and the updates made from it.
+
+    The ``config.train`` section: the batch of a step (with ``sampling.num_generations``) and
+    how the update splits it (:func:`check_micro_batch`).
+    """
+
+    NAME: ClassVar[str] = "train"
+    prompts_per_step: int = config.key(4, 'P; completions per step = P * G', ge=1)
+    num_iterations: int = config.key(1, 'mu: policy updates per rollout batch', ge=1)
+    num_minibatches: int = config.key(1, 'optimiser steps per iteration', ge=1)
+    grad_accum: int = config.key(1, 'micro-batches per minibatch', ge=1)
+    logits_chunk: int = config.key(
+        0,
+        'Time chunk of the LM head + log-softmax + entropy in the update, the reference pass and '
+        "the sampler's prompt log-prob pass (rematerialised per chunk): at most [rows, "
+        'logits_chunk, vocab] float32 logits live at once. 0 = one pass over all tokens.',
+        ge=0)
+    fused: bool = config.key(
+        False,
+        'One jit for the whole step (sample -> token reward -> assemble -> update; jaxgrpo.step).'
+        ' Needs a reward computable from tokens (rewards.verifier = "digits") and, for '
+        'embeddings, embedding.model = "policy". Per-stage timings are then not available '
+        '(time/step only).')
+    dynamic_sampling: bool = config.key(
+        False,
+        'DAPO dynamic sampling (arXiv 2503.14476; verl algorithm.filter_groups): drop groups '
+        'whose rewards have zero spread and sample more prompts until the batch is full')
+    max_sampling_rounds: int = config.key(
+        3, 'sampling rounds per step at most (verl max_num_gen_batches)', ge=1)
+    completion_buckets: int = config.key(
+        4,
+        "Before the host path's update, drop completion columns past the batch's longest "
+        'completion, rounded up to one of this many widths (max_new_tokens * k / buckets, '
+        'multiples of 8): the update then runs on few padding columns, at one compilation per '
+        'width. 1 = always the full max_new_tokens (one compilation). The fused step always runs '
+        'the full width.',
+        ge=1)
+
+    def __post_init__(self):
+        if self.dynamic_sampling and self.fused:
+            raise ConfigError("config.train.dynamic_sampling=True samples again on the host when "
+                              "groups are dropped; it cannot run fused: set "
+                              "config.train.fused=False")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig(config.Section):
+    """The optimiser: AdamW with global-norm clipping and a learning-rate schedule.
+
+    The ``config.optim`` section (:func:`build_optimizer`, :func:`lr_schedule`).
+    """
+
+    NAME: ClassVar[str] = "optim"
+    lr: float = config.key(1e-05, 'peak learning rate (AdamW)', gt=0)
+    schedule: str = config.key(
+        'constant', 'learning-rate schedule after warm-up', choices=SCHEDULES)
+    warmup_steps: int = config.key(0, 'linear warm-up from 0, in training steps', ge=0)
+    weight_decay: float = config.key(0.0, 'AdamW decoupled weight decay', ge=0)
+    b1: float = config.key(0.9, 'AdamW beta1', ge=0, lt=1)
+    b2: float = config.key(0.99, 'AdamW beta2', ge=0, lt=1)
+    min_lr_ratio: float = config.key(
+        0.0,
+        'Cosine schedule floor as a fraction of lr (HF "cosine_with_min_lr" min_lr_rate); 0 = to '
+        '0.',
+        ge=0, le=1)
+    grad_clip: float = config.key(1.0, 'global gradient-norm clip; 0 = off', ge=0)
+
+    def __post_init__(self):
+        if self.min_lr_ratio and self.schedule != "cosine":
+            raise ConfigError(f"config.optim.min_lr_ratio={self.min_lr_ratio} applies to "
+                              f"config.optim.schedule='cosine' only, got {self.schedule!r}")
+
+
+MICRO_BATCH_KEYS = ("train.prompts_per_step * sampling.num_generations / "
+                    "(train.num_minibatches * train.grad_accum)")
+
+
+def check_micro_batch(n_rows: int, group: int, n_micro: int, batch_devices: int = 1, *,
+                      need_whole_groups: bool = True) -> int:
+    """Rows per micro-batch, or ConfigError (a ValueError) naming the config keys when they do
+    not fit.
+
+    ``n_rows`` completions per step in groups of ``group``, ``n_micro`` = num_minibatches *
+    grad_accum micro-batches, ``batch_devices`` = mesh.data * mesh.fsdp devices that split every
+    micro-batch. The micro-batch must divide over those devices and, with
+    ``need_whole_groups``, hold whole groups (the shared-prompt pass runs each prompt once).
+    """
+    if n_rows % n_micro:
+        raise ConfigError(
+            f"completions per step (train.prompts_per_step * sampling.num_generations = {n_rows})"
+            f" must divide into train.num_minibatches * train.grad_accum = {n_micro}")
+    per = n_rows // n_micro
+    if need_whole_groups and per % group:
+        raise ConfigError(
+            f"a micro-batch ({MICRO_BATCH_KEYS} = {per} rows) must be a multiple of the group "
+            f"size G = {group} (sampling.num_generations, +1 with anchors.enabled): make "
+            f"train.num_minibatches * train.grad_accum divide train.prompts_per_step")
+    if per % batch_devices:
+        raise ConfigError(
+            f"a micro-batch ({MICRO_BATCH_KEYS} = {per} rows) must divide over the mesh's "
+            f"{batch_devices} batch devices (mesh.data * mesh.fsdp): change train.grad_accum, "
+            f"train.num_minibatches, train.prompts_per_step or the mesh")
+    return per
 
 
 @struct.dataclass

@@ -43,7 +43,7 @@ print(f"{default_model_path().rsplit('/', 1)[-1]}: {cfg.num_hidden_layers} layer
     ("A reasoning-gym task (single-digit addition) gives prompts and a verifier. "
      "Render two questions with the chat template and left-pad them.",
      """\
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.data import render_prompt, tokenize_left_padded, decode_completions
 from jaxgrpo.rewards import make_task
 
@@ -150,7 +150,7 @@ print("prompt confidence c(q):", np.asarray(c_q).round(3))"""),
      "importance ratios are 1 up to float error. It compiles the 30-layer backward pass, so "
      "this cell takes the longest (~20 s).",
      """\
-from jaxgrpo.config import validate
+from jaxgrpo.experiment import validate
 from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, split_model
 
 c = base_config()
@@ -174,7 +174,7 @@ print(f"notebook time so far: {time.perf_counter() - t0:.0f} s")"""),
 
 The same pieces run as a loop (sampling, verification, update, evaluation, checkpoints) from one
 command — one training step, read top to bottom, is `jaxgrpo/step.py`; every knob is a typed
-field of `jaxgrpo.config.base_config()`:
+field of `jaxgrpo.experiment.base_config()`:
 
 ```bash
 python -m experiments.run                                               # the default (GRPO, CPU smoke run)

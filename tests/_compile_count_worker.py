@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgrpo import sharding as shd
-from jaxgrpo.config import base_config, validate
+from jaxgrpo.experiment import base_config, validate
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.sampling import SamplingConfig, make_sampler
@@ -69,7 +69,7 @@ def run(mesh, counter, steps=3):
         state = state.replace(opt_state=shd.shard_optimizer_state(state.opt_state, mesh))
     ref_params = jax.tree.map(jnp.copy, params)
     scfg = SamplingConfig(max_new_tokens=5, temperature=1.0, eos_token_ids=(1,), pad_token_id=0,
-                          num_samples=c.sampling.num_generations, prompt_logprobs_chunk=3)
+                          num_generations=c.sampling.num_generations, prompt_logprobs_chunk=3)
     sampler = make_sampler(graphdef, scfg)
     update = make_update_fn(c, graphdef, rest, tx)
     prompts = np.random.default_rng(0).integers(2, 64, (c.train.prompts_per_step, 6))

@@ -64,7 +64,7 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
 
     from jaxgrpo import train as train_lib
     from jaxgrpo.checkpoint import Checkpointer
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
     from jaxgrpo.models import Decoder
     from jaxgrpo.models.config import ModelConfig
     from jaxgrpo.rollout import Rollout
@@ -106,7 +106,7 @@ def main(mode: str, out: str, ckpt_dir: str, *rest: str):
     # The sampler on the process-local prompts; its batch-sharded output read back on the host.
     full, ro = batch(0)
     scfg = SamplingConfig(max_new_tokens=TC, temperature=1.0, eos_token_ids=(1,),
-                          pad_token_id=0, num_samples=G)
+                          pad_token_id=0, num_generations=G)
     sampler = make_sampler(graphdef, scfg)
     sample = sampler(nnx.merge_state(state.params, rest_state), ro.prompt_tokens,
                      ro.prompt_mask, jax.random.key(7))

@@ -336,7 +336,7 @@ def _sampling_check():
 
 
 def _greedy_sampling_parity(sampling):
-    scfg = sampling.SamplingConfig(max_new_tokens=16, greedy=True, num_samples=2,
+    scfg = sampling.SamplingConfig(max_new_tokens=16, greedy=True, num_generations=2,
                                    eos_token_ids=CFG.eos_token_ids, pad_token_id=0)
     prompts, pmask = batch(CFG, b=8, t=10, seed=1)
     key = jax.random.key(0)

@@ -5,7 +5,7 @@ import sys
 
 import jax
 
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 
 
 def main(model_dir, run_dir, data, fsdp, tensor, overrides):

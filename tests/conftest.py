@@ -150,7 +150,7 @@ def tiny_run_config():
 
     Rewards: the cosine length-scaled reward varies with completion length, so a random policy
     still gets non-zero advantages (the update really changes the params)."""
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     def make(model_dir, run_dir, **overrides):
         c = base_config()

@@ -336,7 +336,7 @@ def test_the_cudnn_call_holds_the_mask_with_is_causal_at_offset_0():
 
 @pytest.mark.skipif(ON_GPU, reason="checks the refusal off the GPU")
 def test_cudnn_off_the_gpu_is_refused_in_one_line(monkeypatch):
-    from jaxgrpo.config import ConfigError, base_config, validate
+    from jaxgrpo.experiment import ConfigError, base_config, validate
     from jaxgrpo.models import loading
     from jaxgrpo.models.policy import load_policy
 

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxgrpo import train as train_lib
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import REMAT_POLICIES, Decoder

@@ -30,7 +30,7 @@ def test_config_keeps_the_method_chain_and_validates(method):
     import importlib
 
     from experiments.configs.diversity import get_config
-    from jaxgrpo.config import validate
+    from jaxgrpo.experiment import validate
 
     c = validate(get_config(method))
     own = importlib.import_module(f"experiments.configs.{method}").get_config()
@@ -50,7 +50,7 @@ def test_prefill_prompt_is_the_chat_template_with_the_answer_begun():
     token for token, followed by "The number is", and keeps everything else of the method's
     config; the --prompt flag reaches the runs' configs; an unknown prompt fails naming it."""
     from experiments.configs.diversity import PROMPTS, get_config
-    from jaxgrpo.config import validate
+    from jaxgrpo.experiment import validate
     from jaxgrpo.data import encode_prompts, render_prompt
     from jaxgrpo.models import default_model_path
     from jaxgrpo.models.loading import load_tokenizer
@@ -237,7 +237,7 @@ def test_screen_variants_are_valid_configs():
     """Every variant of experiments/diversity/diversity_screen.py overrides keys that exist and
     gives a config that validates with its task built (a typo'd key or task option fails)."""
     from experiments.diversity import diversity_screen as screen
-    from jaxgrpo.config import validate
+    from jaxgrpo.experiment import validate
 
     for name in screen.VARIANTS:
         c = validate(screen.variant_config(name), inputs=True)

@@ -19,7 +19,7 @@ EOS, OTHER = 2, 3
 
 
 def _config(**overrides):
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     c = base_config()
     c.rewards.verifier_workers = 1
@@ -137,7 +137,7 @@ def test_fine_scores_and_data_sources():
     rf = make_reward_fn([RewardSpec("format", 1.0)])
     with pytest.raises(ValueError, match=r"fine_score='dense' not in \('logprob', 'format'"):
         env_lib.Env([], [], rf, fine_score="dense")
-    from jaxgrpo.config import validate
+    from jaxgrpo.experiment import validate
 
     c = _config(**{"data.source": "hub"})
     with pytest.raises(ValueError, match=r"data\.source"):

@@ -281,7 +281,7 @@ def test_evaluate_policy_one_compile_and_encoder_sees_correct_only(policy):
     out = evaluate_policy(graphdef, state, CharTokenizer(), ROWS, _toy_score_fn,
                           key=jax.random.key(5), encoder=enc, compute_entropy=False, **kw)
     cfg = SamplingConfig(max_new_tokens=9, temperature=1.0, eos_token_ids=(EOS,),
-                         pad_token_id=PAD, num_samples=4, return_prompt_logprobs=False)
+                         pad_token_id=PAD, num_generations=4, return_prompt_logprobs=False)
     assert make_sampler(graphdef, cfg)._cache_size() == 1
     correct_texts = [t for r in out["records"] for t, ok in zip(r["samples"], r["correct"]) if ok]
     assert [t for call in enc.calls for t in call] == correct_texts
@@ -392,7 +392,7 @@ def test_load_benchmark_errors(tmp_path):
 def test_run_eval_settings_read_the_run_config_and_take_overrides():
     from experiments.configs.diversity import get_config
 
-    from jaxgrpo.config import split_names
+    from jaxgrpo.experiment import split_names
     c = get_config("grpo")
     s = evaluate.run_eval_settings(c)
     assert s == dict(num_samples=c.eval.num_samples,

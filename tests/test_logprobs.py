@@ -176,7 +176,7 @@ def test_sampler_prompt_logprobs_chunked_match_torch(pair):
     from jaxgrpo.sampling import SamplingConfig, sample
     tm, m = pair
     ids, mask, _, _ = _batch()
-    cfg = SamplingConfig(max_new_tokens=2, temperature=1.3, num_samples=1,
+    cfg = SamplingConfig(max_new_tokens=2, temperature=1.3, num_generations=1,
                          prompt_logprobs_chunk=3)
     out = sample(m, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), cfg)
     logp = log_softmax64(torch_logits(tm, ids, mask) / 1.3)

@@ -245,7 +245,7 @@ def test_lora_run_trains_only_adapters_and_restores_merged(tiny_llama_dir, tiny_
 
 
 def test_lora_config_errors_name_the_key():
-    from jaxgrpo.config import base_config, validate
+    from jaxgrpo.experiment import base_config, validate
 
     c = base_config()
     c.lora.rank = 4
@@ -353,7 +353,7 @@ def test_branch_refuses_adapters_outside_the_layers():
 
 
 def _update_inputs(dropout):
-    from jaxgrpo.config import base_config, validate
+    from jaxgrpo.experiment import base_config, validate
     from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, split_model
     from tests.test_train import _random_rollout, _tiny_model
 

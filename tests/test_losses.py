@@ -437,14 +437,14 @@ def test_new_modes_through_policy_loss(mode):
 
 
 def test_one_default_aggregation_everywhere():
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     default = inspect.signature(losses.policy_loss).parameters["agg_mode"].default
     assert default == base_config().loss.agg_mode == losses.DEFAULT_AGG_MODE == "token-mean"
 
 
 def test_policy_loss_kwargs_from_config():
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     c = base_config()
     kw = losses.policy_loss_kwargs(c.loss)

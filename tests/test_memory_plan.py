@@ -188,7 +188,7 @@ def test_model_factory_applies_the_runtime_keys_as_the_run_does():
     from flax import nnx
 
     from experiments.memory_plan import plan as mp
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
     from jaxgrpo.models.config import ModelConfig
 
     c = base_config()

@@ -21,7 +21,7 @@ def test_urls_are_never_made_absolute_against_the_working_directory(tmp_path, mo
     from jaxgrpo.checkpoint import Checkpointer
     ck = Checkpointer.__new__(Checkpointer)
     assert paths.resolve("gs://b/r/checkpoints") == "gs://b/r/checkpoints"
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
     c = base_config()
     c.run_dir = "gs://my-bucket/runs/dra_paper"
     assert rdir.resolve_path(c) == "gs://my-bucket/runs/dra_paper"
@@ -30,7 +30,7 @@ def test_urls_are_never_made_absolute_against_the_working_directory(tmp_path, mo
 
 
 def test_run_dir_files_and_resume_rules_on_memory_filesystem():
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
     from jaxgrpo.logger import MetricsLogger
 
     url = f"memory://runs/r{time.time_ns()}"

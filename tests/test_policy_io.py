@@ -17,7 +17,7 @@ from jaxgrpo.errors import CheckpointError
 
 
 def _config(model_dir, **overrides):
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     c = base_config()
     c.model.path = str(model_dir)

@@ -597,7 +597,7 @@ def test_overlong_reward_in_tokens_through_make_reward_fn():
 
 
 def test_overlong_config_checks():
-    from jaxgrpo.config import base_config, validate
+    from jaxgrpo.experiment import base_config, validate
 
     c = base_config()
     c.rewards.overlong = 1.0

@@ -49,7 +49,7 @@ def test_second_process_is_refused_naming_dir_pid_host_and_a_dead_holder_is_take
 
 
 def _cfg(run, **flat):
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
     c = base_config()
     c.run_dir = str(run)
     c.update_from_flattened_dict(flat)

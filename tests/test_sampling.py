@@ -38,7 +38,7 @@ def test_greedy_matches_transformers_generate(pair, prompts):
     tm, m = pair
     ids, mask = prompts
     n = 10
-    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=n, greedy=True, num_samples=2))
+    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=n, greedy=True, num_generations=2))
     with torch.no_grad():
         ref = tm.generate(torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
                           max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
@@ -61,7 +61,7 @@ def test_greedy_with_splash_prefill_matches_transformers_generate(pair, prompts)
     ids, mask = prompts
     n = 6
     out = _run(set_attention(nnx.clone(m), "splash"), ids, mask,
-               SamplingConfig(max_new_tokens=n, greedy=True))
+               SamplingConfig(max_new_tokens=n, greedy=True, num_generations=1))
     with torch.no_grad():
         ref = tm.generate(torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
                           max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
@@ -75,7 +75,7 @@ def test_greedy_with_splash_prefill_matches_transformers_generate(pair, prompts)
 def test_sampler_logprobs_equal_teacher_forced(pair, prompts, kw):
     _, m = pair
     ids, mask = prompts
-    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=(3, 4, 5), num_samples=3, **kw)
+    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=(3, 4, 5), num_generations=3, **kw)
     out = _run(m, ids, mask, cfg, seed=7)
     lp = completion_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), out.completion_tokens,
                              out.completion_mask, temperature=cfg.temperature)
@@ -89,10 +89,10 @@ def test_truncation_only_emits_allowed_tokens(pair, prompts, kw):
     tm, m = pair
     ids, mask = prompts
     temperature = 1.5
-    cfg = SamplingConfig(max_new_tokens=8, temperature=temperature, num_samples=4, **kw)
+    cfg = SamplingConfig(max_new_tokens=8, temperature=temperature, num_generations=4, **kw)
     out = _run(m, ids, mask, cfg, seed=3)
     comp = np.asarray(out.completion_tokens)
-    g = cfg.num_samples
+    g = cfg.num_generations
     full = np.concatenate([np.repeat(ids, g, 0), comp], 1)
     fmask = np.concatenate([np.repeat(mask, g, 0), np.ones_like(comp)], 1)
     logp = log_softmax64(torch_logits(tm, full, fmask)[:, ids.shape[1] - 1:-1] / temperature)
@@ -120,7 +120,7 @@ def test_left_padding_does_not_change_results(pair, prompts):
     ids2 = np.concatenate([np.zeros((ids.shape[0], extra), ids.dtype), ids], 1)
     mask2 = np.concatenate([np.zeros((ids.shape[0], extra), mask.dtype), mask], 1)
     for kw in [dict(temperature=1.0), dict(temperature=0.8, top_k=10, top_p=0.9)]:
-        cfg = SamplingConfig(max_new_tokens=10, num_samples=2, eos_token_ids=(3,), **kw)
+        cfg = SamplingConfig(max_new_tokens=10, num_generations=2, eos_token_ids=(3,), **kw)
         a, b = _run(m, ids, mask, cfg, seed=11), _run(m, ids2, mask2, cfg, seed=11)
         np.testing.assert_array_equal(np.asarray(a.completion_tokens),
                                       np.asarray(b.completion_tokens))
@@ -135,7 +135,7 @@ def test_eos_stops_rows_and_masks(pair, prompts):
     ids, mask = prompts
     eos = tuple(range(10, 40))  # a third of the vocabulary: most rows stop early
     cfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_token_ids=eos, pad_token_id=1,
-                         num_samples=4)
+                         num_generations=4)
     out = _run(m, ids, mask, cfg, seed=5)
     toks, cmask = np.asarray(out.completion_tokens), np.asarray(out.completion_mask)
     lengths, trunc = np.asarray(out.lengths), np.asarray(out.truncated)
@@ -155,10 +155,11 @@ def test_eos_stops_rows_and_masks(pair, prompts):
 def test_no_eos_runs_to_max_and_early_exit_when_all_stop(pair, prompts):
     _, m = pair
     ids, mask = prompts
-    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=5))
+    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=5, num_generations=1))
     assert np.all(np.asarray(out.lengths) == 5) and np.all(np.asarray(out.truncated))
     # every token is EOS: all rows stop at the first token
-    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=7, eos_token_ids=tuple(range(VOCAB))))
+    out = _run(m, ids, mask, SamplingConfig(max_new_tokens=7, eos_token_ids=tuple(range(VOCAB)),
+                                            num_generations=1))
     assert np.all(np.asarray(out.lengths) == 1) and not np.any(np.asarray(out.truncated))
     assert np.all(np.asarray(out.completion_tokens)[:, 1:] == 0)
 
@@ -166,7 +167,7 @@ def test_no_eos_runs_to_max_and_early_exit_when_all_stop(pair, prompts):
 def test_determinism_and_group_diversity(pair, prompts):
     _, m = pair
     ids, mask = prompts
-    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, num_samples=4)
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, num_generations=4)
     a, b, c = (_run(m, ids, mask, cfg, seed=s) for s in (0, 0, 1))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -180,7 +181,7 @@ def test_make_sampler_is_cached_and_pure(pair, prompts):
     from flax import nnx
     _, m = pair
     ids, mask = prompts
-    cfg = SamplingConfig(max_new_tokens=4, num_samples=2)
+    cfg = SamplingConfig(max_new_tokens=4, num_generations=2)
     graphdef, state = nnx.split(m)
     f = make_sampler(graphdef, cfg)
     assert make_sampler(graphdef, cfg) is f
@@ -198,7 +199,7 @@ def test_make_sampler_is_cached_and_pure(pair, prompts):
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=0.0),
                                  dict(max_new_tokens=4, top_p=0.0),
                                  dict(max_new_tokens=4, top_k=-1),
-                                 dict(max_new_tokens=4, num_samples=0)])
+                                 dict(max_new_tokens=4, num_generations=0)])
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SamplingConfig(**bad)
@@ -279,7 +280,7 @@ def test_ignore_eos_runs_every_row_to_max(pair, prompts):
     _, m = pair
     ids, mask = prompts
     cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=tuple(range(VOCAB)), ignore_eos=True,
-                         num_samples=2)
+                         num_generations=2)
     out = _run(m, ids, mask, cfg)
     assert np.all(np.asarray(out.lengths) == 6) and np.all(np.asarray(out.completion_mask))
     lp = completion_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), out.completion_tokens,
@@ -290,7 +291,7 @@ def test_ignore_eos_runs_every_row_to_max(pair, prompts):
 def test_bf16_cache_logprobs_close_to_teacher_forced(pair, prompts):
     _, m = pair
     ids, mask = prompts
-    cfg = SamplingConfig(max_new_tokens=8, num_samples=2, cache_dtype="bfloat16")
+    cfg = SamplingConfig(max_new_tokens=8, num_generations=2, cache_dtype="bfloat16")
     assert cfg.cache_dtype == "bfloat16"
     out = _run(m, ids, mask, cfg, seed=4)
     lp = completion_logprobs(m, jnp.asarray(ids), jnp.asarray(mask), out.completion_tokens,
@@ -313,7 +314,7 @@ def test_unrolled_decode_equals_the_scanned_stack(pair, prompts, cache_dtype):
     later log-probs of that row."""
     _, m = pair
     ids, mask = prompts
-    kw = dict(max_new_tokens=12, temperature=1.0, num_samples=3, eos_token_ids=(5, 11),
+    kw = dict(max_new_tokens=12, temperature=1.0, num_generations=3, eos_token_ids=(5, 11),
               cache_dtype=cache_dtype)
     scanned = _run(m, ids, mask, SamplingConfig(unroll_layers=False, **kw), seed=3)
     unrolled = _run(m, ids, mask, SamplingConfig(unroll_layers=True, **kw), seed=3)
@@ -338,12 +339,12 @@ def test_decode_loop_copies_no_layer_cache(pair, prompts, unroll):
 
     _, m = pair
     ids, mask = prompts
-    cfg = SamplingConfig(max_new_tokens=6, num_samples=3, unroll_layers=unroll)
+    cfg = SamplingConfig(max_new_tokens=6, num_generations=3, unroll_layers=unroll)
     graphdef, state = nnx.split(m)
     hlo = make_sampler(graphdef, cfg).lower(state, jnp.asarray(ids), jnp.asarray(mask),
                                             jax.random.key(0)).compile().as_text()
     c = m.config
-    rows, slots = len(LENGTHS) * cfg.num_samples, ids.shape[1] + cfg.max_new_tokens
+    rows, slots = len(LENGTHS) * cfg.num_generations, ids.shape[1] + cfg.max_new_tokens
     layer_cache = f"f32[{rows},{c.num_key_value_heads},{slots},{c.head_dim}]"
     copies = [ln for ln in hlo.splitlines()
               if re.search(r"= " + re.escape(layer_cache) + r"\{[0-9,]*\} copy\(", ln)]
@@ -355,7 +356,7 @@ def test_unroll_layers_auto_unrolls_on_the_cpu_only(monkeypatch):
     """``unroll_layers=None`` (the config's "auto") unrolls the decode loop on the CPU backend and
     scans it elsewhere; "true" / "false" are kept whatever the backend."""
     from jaxgrpo import sampling
-    from jaxgrpo.config import base_config, unroll_layers
+    from jaxgrpo.experiment import base_config, unroll_layers
 
     c = base_config()
     assert c.sampling.unroll_layers == "auto" and unroll_layers(c) is None

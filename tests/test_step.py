@@ -388,7 +388,7 @@ def test_dynamic_sampling_that_can_never_fill_names_the_keys(tiny_llama_dir, tin
     finally:
         t.close()
     with pytest.raises(ValueError, match="dynamic_sampling"):
-        from jaxgrpo.config import validate
+        from jaxgrpo.experiment import validate
         validate(tiny_run_config(tiny_llama_dir, tmp_path / "r2", **{
             "train.dynamic_sampling": True, "train.fused": True}))
 

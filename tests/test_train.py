@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxgrpo.checkpoint import CheckpointError
-from jaxgrpo.config import base_config, validate
+from jaxgrpo.experiment import base_config, validate
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.rollout import Rollout
@@ -342,7 +342,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tiny_llama_dir, tiny_run_config, t
     c = tiny_run_config(tiny_llama_dir, run_dir, steps=200)
     cfg_file = tmp_path / "cfg.py"
     cfg_file.write_text(
-        "import json\nfrom jaxgrpo.config import base_config\n\n\ndef get_config():\n"
+        "import json\nfrom jaxgrpo.experiment import base_config\n\n\ndef get_config():\n"
         "    c = base_config()\n"
         f"    c.update_from_flattened_dict(json.loads({json.dumps(json.dumps(_flat(c.to_dict())))}))\n"
         "    return c\n")

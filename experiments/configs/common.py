@@ -1,5 +1,5 @@
 """Shared starting points for experiment configs (each experiment file overrides a few fields)."""
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 
 
 def smoke_config(name: str):

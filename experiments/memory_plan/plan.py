@@ -242,19 +242,21 @@ def model_factory(c, cfg):
 
 
 def sampling_config(c, cfg):
-    """The ``SamplingConfig`` the training step builds (``jaxgrpo.step.sampling_config``: the
+    """The ``SamplingConfig`` the training step builds (``SamplingConfig.from_config``: the
     config's sampling keys, ``train.logits_chunk`` as the prompt log-prob chunk, the prompt
     log-prob pass only when the advantage chain reads it). The decode loop is the scanned stack,
     as ``sampling.unroll_layers="auto"`` runs it on a GPU / TPU: the plan is traced on the CPU
     backend, where "auto" would unroll it."""
     import dataclasses
 
-    from jaxgrpo.step import rollout_needs, sampling_config as step_sampling_config
+    from jaxgrpo.sampling import SamplingConfig
+    from jaxgrpo.step import rollout_needs
 
-    scfg = step_sampling_config(
-        c, tuple(cfg.eos_token_ids) or (0,),
-        cfg.pad_token_id if cfg.pad_token_id is not None else 0,
-        prompt_logprobs="prompt_logprobs" in rollout_needs(c))
+    scfg = SamplingConfig.from_config(
+        c.sampling, eos_token_ids=tuple(cfg.eos_token_ids) or (0,),
+        pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
+        return_prompt_logprobs="prompt_logprobs" in rollout_needs(c),
+        prompt_logprobs_chunk=c.train.logits_chunk or None)
     if scfg.unroll_layers is None:
         scfg = dataclasses.replace(scfg, unroll_layers=False)
     return scfg
@@ -719,7 +721,7 @@ def child_main(argv):
 
     from experiments.run import parse_config
     from jaxgrpo import sharding as shd
-    from jaxgrpo.config import validate
+    from jaxgrpo.experiment import validate
 
     # inputs=False: the plan reads no data and builds the model from shapes (model.path may be
     # a path on the cluster, or absent: the shipped shape is used).

@@ -23,7 +23,7 @@ from flax import nnx
 
 from experiments._entry import main_entry
 from jaxgrpo import train as train_lib
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.rollout import Rollout
@@ -78,7 +78,7 @@ def bench_depth(width: str, layers: int, p: int, g: int, tp: int, tc: int, remat
     out["update_hlo_instructions"] = _n_instructions(compiled.as_text())
 
     # The scanned decode loop (what "auto" runs on a GPU / TPU; on the CPU it unrolls the layers).
-    scfg = SamplingConfig(max_new_tokens=tc, temperature=1.0, eos_token_ids=(2,), num_samples=g,
+    scfg = SamplingConfig(max_new_tokens=tc, temperature=1.0, eos_token_ids=(2,), num_generations=g,
                           unroll_layers=False)
     sampler = make_sampler(graphdef, scfg)
     full_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

@@ -95,7 +95,7 @@ def bench_jax(model, ids, mask, new_tokens, repeats):
     from jaxgrpo.sampling import SamplingConfig, make_sampler
 
     cfg = SamplingConfig(max_new_tokens=new_tokens, greedy=True, eos_token_ids=(),
-                         return_prompt_logprobs=False)
+                         num_generations=1, return_prompt_logprobs=False)
     graphdef, state = nnx.split(model)
     fn = make_sampler(graphdef, cfg)
     ji, jm, key = jax.numpy.asarray(ids, "int32"), jax.numpy.asarray(mask, bool), jax.random.key(0)

@@ -33,7 +33,7 @@ from flax import nnx
 from experiments._entry import main_entry
 from experiments.micro.bench_update import rollout
 from jaxgrpo import train as train_lib
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.sampling import SamplingConfig, make_sampler
@@ -64,7 +64,7 @@ def measure(width: int, layers: int, vocab: int, p: int, g: int, tp: int, tc: in
     graphdef, params, rest = train_lib.split_model(model)
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
 
-    scfg = SamplingConfig(max_new_tokens=tc, temperature=1.0, eos_token_ids=(), num_samples=g,
+    scfg = SamplingConfig(max_new_tokens=tc, temperature=1.0, eos_token_ids=(), num_generations=g,
                           return_prompt_logprobs=False)
     sampler = make_sampler(graphdef, scfg)
     full = nnx.merge_state(params, rest)

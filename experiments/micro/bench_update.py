@@ -23,7 +23,7 @@ from flax import nnx
 
 from experiments._entry import main_entry
 from jaxgrpo import train as train_lib
-from jaxgrpo.config import base_config
+from jaxgrpo.experiment import base_config
 from jaxgrpo.models.config import ModelConfig
 from jaxgrpo.models.decoder import Decoder
 from jaxgrpo.rollout import Rollout

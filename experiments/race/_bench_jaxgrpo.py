@@ -21,7 +21,7 @@ from experiments._entry import main_entry  # noqa: E402
 
 
 def bench_config(a, run_dir: str):
-    from jaxgrpo.config import base_config
+    from jaxgrpo.experiment import base_config
 
     c = base_config()
     c.name = "bench"

@@ -15,12 +15,14 @@ below is the INTERPRETATION written in METHODS.md §3, and each choice is a keyw
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+import dataclasses
+from typing import ClassVar, Dict, Optional, Tuple, Union
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from jaxgrpo import config
 from jaxgrpo.advantages import _common
 
 TAU_MODES = ("fixed", "adaptive")
@@ -28,6 +30,27 @@ NORMALIZERS = ("group", "unmasked")
 DISTINCTIVENESS = ("score", "embedding")
 SCORE_SOURCES = ("fine", "reward")
 ANCHOR_TRIGGERS = ("none_correct", "always", "at_most_one_correct")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnchorsConfig(config.Section):
+    """DaGRPO off-policy anchors (LUFFY-style): an expert solution joins the group.
+
+    The ``config.anchors`` section (:func:`add_anchors`).
+    """
+
+    NAME: ClassVar[str] = "anchors"
+    enabled: bool = config.key(
+        False, 'add an anchor completion to groups (needs baseline "dagrpo")')
+    trigger: str = config.key(
+        'none_correct',
+        '"none_correct" | "always" | "at_most_one_correct"',
+        choices=ANCHOR_TRIGGERS)
+    format: str = config.key(
+        '\\boxed{{{answer}}}', 'text of the anchor completion, from the gold answer')
+
+    def __post_init__(self):
+        config.check_template("anchors.format", self.format, ("answer",))
 
 
 def dagrpo_score(correct: jax.Array, fine_scores: jax.Array, *, alpha: float = 0.5) -> jax.Array:

