@@ -12,6 +12,7 @@ import pytest
 from jaxgrpo import env as env_lib
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.rewards.functions import RewardSpec, make_reward_fn
+from jaxgrpo.experiment import validate
 
 # A digit vocabulary for hand-written token ids: "d" -> 10 + d, "-" -> 20; 2 = EOS, 3 = other.
 CHARS = {str(d): 10 + d for d in range(10)} | {"-": 20}
@@ -261,7 +262,8 @@ def test_build_env_digits_verifier(tiny_tokenizer):
     for extra, match in [({"rewards.format": 1.0}, r"rewards\.format=1\.0 is a text reward"),
                          ({"rewards.cosine": 1.0}, r"rewards\.cosine=1\.0 is a text reward"),
                          ({"rewards.fine_score": "format"}, r"fine_score='format' reads the text")]:
+        # the digit verifier's cross-section rules are the experiment's (checked by validate)
         with pytest.raises(ConfigError, match=match):
-            env_lib.build_env(_config(**kw, **extra), tok, tok.eos_token_id)
+            validate(_config(**kw, **extra, **{"eval.num_prompts": 2}))
     with pytest.raises(ValueError, match=r"needs the tokenizer and eos_id"):
         env_lib.build_env(_config(**kw))
