@@ -67,7 +67,7 @@ def main():
 
     import jax
 
-    from jaxgrpo import warm_memory
+    from jaxgrpo.cpu import warm_memory
     from jaxgrpo.loop import Trainer
 
     compiles = []

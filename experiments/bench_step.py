@@ -178,7 +178,7 @@ def main(argv=None):
             # Tunix is XLA:CPU too: "tunix" runs with the same process settings as jaxgrpo
             # (jaxgrpo.runtime's XLA flag and malloc tunable, set in its environment), so the
             # race compares the frameworks, not the settings; "tunix-untuned" without them.
-            from jaxgrpo.runtime import tuned_environment
+            from jaxgrpo.cpu.process import tuned_environment
             env = dict(os.environ, JAXGRPO_BENCH_LABEL=peer,
                        **(tuned_environment() if peer == "tunix" else {}))
             recs.append(run_child([a.tunix_python, "experiments/_bench_tunix.py", *common],

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         return errors.EXIT_OK
     # Multi-host (SLURM, Open MPI, TPU pod slices, JAX_COORDINATOR_ADDRESS): initialise JAX's
     # distributed runtime before anything touches a backend; a no-op on one machine.
-    from jaxgrpo import warm_memory
+    from jaxgrpo.cpu import warm_memory
     from jaxgrpo.sharding import initialize_distributed
     try:  # an environment variable with a bad value: one line before anything loads
         warm_memory.switch_mode()
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxgrpo.runtime import tune_process
+    from jaxgrpo.cpu import install
 
-    tune_process()  # XLA:CPU flags + huge pages (restarts the process once)
+    install()  # XLA:CPU flags + huge pages (restarts once), the warm-memory hook
     sys.exit(main())

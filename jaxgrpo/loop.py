@@ -29,7 +29,7 @@ from flax import nnx
 
 from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
-from jaxgrpo import warm_memory
+from jaxgrpo import executables
 from jaxgrpo.checkpoint import Checkpointer
 from jaxgrpo.config import validate
 from jaxgrpo.data import PromptIterator
@@ -271,7 +271,7 @@ class Trainer:
 
     def close(self):
         self.env.close()
-        warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
+        executables.release()  # what the executable hook holds (jaxgrpo.executables)
 
 
 def _progress(total: int, initial: int, enabled: bool):

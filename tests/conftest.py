@@ -34,10 +34,10 @@ if os.environ.get("JAXGRPO_TEST_XLA_OPT", "0") != "1" and \
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAXGRPO_COMPILATION_CACHE", tempfile.mkdtemp(prefix="jaxgrpo-test-xla-"))
-# The CLI's XLA:CPU settings (jaxgrpo.runtime), so tests compute what a run computes; the malloc
+# The CLI's XLA:CPU settings (jaxgrpo.cpu.process), so tests compute what a run computes; the malloc
 # tunable reaches the xdist workers and subprocesses through the environment (this process was
 # started without it, and is not restarted).
-from jaxgrpo.runtime import tuned_environment  # noqa: E402
+from jaxgrpo.cpu.process import tuned_environment  # noqa: E402
 
 os.environ.update(tuned_environment())
 
