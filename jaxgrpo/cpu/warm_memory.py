@@ -27,8 +27,8 @@ whose freed pages are still warm when reused, do not).
 
 :func:`wrap` puts a jitted function behind the process's reserve when :func:`enabled` (else
 returns it unchanged): ``JAXGRPO_WARM_MEMORY`` = ``auto`` (default: on for the CPU backend,
-under ``jaxgrpo.cpu.process``'s CPU settings switch, where a balloon device reports free pages),
-``1`` (on wherever the backend is the CPU) or ``0`` (off). :func:`release` gives the memory back (the
+under ``jaxgrpo.cpu.process``'s CPU settings switch, where a balloon device reports free
+pages), ``1`` (on wherever the backend is the CPU) or ``0`` (off). :func:`release` gives the memory back (the
 Trainer does on ``close``, through ``jaxgrpo.executables.release``). Entry points install
 :func:`wrap` as the executable hook of ``jaxgrpo.executables`` (``jaxgrpo.cpu.install``).
 """

@@ -1,4 +1,5 @@
-"""jaxgrpo.cpu.process: the command line's XLA:CPU flag and the malloc tunable (with its restart)."""
+"""jaxgrpo.cpu.process: the command line's XLA:CPU flag and the malloc tunable (with its
+restart)."""
 import json
 import os
 import subprocess
