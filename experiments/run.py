@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         return errors.EXIT_OK
     # Multi-host (SLURM, Open MPI, TPU pod slices, JAX_COORDINATOR_ADDRESS): initialise JAX's
     # distributed runtime before anything touches a backend; a no-op on one machine.
-    from jaxgrpo import warm_memory
+    from jaxgrpo.cpu import warm_memory
     from jaxgrpo.sharding import initialize_distributed
     try:  # an environment variable with a bad value: one line before anything loads
         warm_memory.switch_mode()

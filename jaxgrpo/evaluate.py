@@ -51,7 +51,7 @@ from flax import nnx
 
 from jaxgrpo import config
 from jaxgrpo import sharding as shd
-from jaxgrpo import warm_memory
+from jaxgrpo import executables
 from jaxgrpo.data import decode_completions, encode_rows, split_names
 from jaxgrpo.logprobs import completion_logprobs
 from jaxgrpo.metrics import (distinct_correct, maj_at_k_mean, mean_pairwise_cosine_distance,
@@ -336,7 +336,7 @@ def evaluate_policy(graphdef, state, tokenizer, rows: Sequence[dict], score_fn: 
                          top_p=top_p, greedy=greedy, eos_token_ids=tuple(eos_token_ids),
                          pad_token_id=pad_token_id, num_generations=num_samples,
                          return_prompt_logprobs=False, unroll_layers=unroll_layers)
-    sampler = warm_memory.wrap(make_sampler(graphdef, cfg))  # CPU: warm host memory lent
+    sampler = executables.wrap(make_sampler(graphdef, cfg))  # the entry point's hook, if any
     entropy_fn = _make_entropy_fn(graphdef, float(temperature)) if compute_entropy else None
 
     tokens, mask, n_trunc = encode_rows(

@@ -29,7 +29,7 @@ from flax import nnx
 from jaxgrpo import paths
 from jaxgrpo import run_dir as rdir
 from jaxgrpo import sharding as shd
-from jaxgrpo import warm_memory
+from jaxgrpo import executables
 from jaxgrpo.checkpoint import Checkpointer
 from jaxgrpo.experiment import validate
 from jaxgrpo.data import PromptIterator
@@ -365,7 +365,7 @@ class Trainer:
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
-        warm_memory.release()  # the step's warm host memory (jaxgrpo.warm_memory)
+        executables.release()  # what the executable hook holds (jaxgrpo.executables)
 
 
 def abstract_param_paths(c) -> List[Tuple[str, tuple]]:

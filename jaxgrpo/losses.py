@@ -28,7 +28,7 @@ UNREDUCED ``[N, T]`` arrays (padding positions hold finite junk; aggregation mas
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, NamedTuple, Optional, Tuple, Union
 
 import chex
 import jax
@@ -53,10 +53,12 @@ Scalar = Union[int, float, jax.Array]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LossConfig(config.Section):
-    """The clipped policy loss.
+    """The clipped policy loss: the ``config.loss`` section, the options of :func:`policy_loss`.
 
-    The ``config.loss`` section: the options of :func:`policy_loss` (see
-    :func:`policy_loss_kwargs`).
+    Numbers where 0 means off (``kl_clamp``, ``kl_log_ratio_clamp``, ``log_ratio_clamp``,
+    ``clip_ratio_c``, ``delta``) are read through :func:`off`; ``kl_clamp_preset`` other than
+    ``"none"`` sets both KL clamps (:func:`kl_clamps`). ``mask_truncated_completions`` is read by
+    the update (``jaxgrpo.train``), which drops truncated completions before the loss.
     """
 
     NAME: ClassVar[str] = "loss"
@@ -300,31 +302,106 @@ def aggregate_loss(
     return jnp.sum(x) / (nseq * jnp.asarray(lmax, jnp.float32))
 
 
+class LossNorms(NamedTuple):
+    """The global normalisers of :func:`aggregate_loss` for one call (None: from the call's own
+    arrays); see there. Values may be traced scalars."""
+
+    global_num_tokens: Optional[Scalar] = None
+    global_num_seqs: Optional[Scalar] = None
+    max_completion_length: Optional[Scalar] = None
+    num_micro_batches: Scalar = 1
+    generation_num_tokens: Optional[Scalar] = None
+
+
+def off(v) -> Optional[float]:
+    """A config number where 0 means "off" -> None, else float."""
+    return None if not v else float(v)
+
+
+def kl_clamps(cfg: LossConfig) -> Tuple[Optional[float], Optional[float]]:
+    """``(value clamp, log-ratio clamp)`` of the KL estimate: the preset's
+    (:data:`KL_CLAMP_PRESETS`) unless it is ``"none"``, else ``kl_clamp`` / ``kl_log_ratio_clamp``
+    (0: off)."""
+    if cfg.kl_clamp_preset != "none":
+        return KL_CLAMP_PRESETS[cfg.kl_clamp_preset]
+    return off(cfg.kl_clamp), off(cfg.kl_log_ratio_clamp)
+
+
+def _check_inputs(logprobs, old_logprobs, mask, cfg: LossConfig, ref_logprobs) -> None:
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    if cfg.beta > 0 and ref_logprobs is None:
+        raise ValueError("beta > 0 needs ref_logprobs.")
+
+
+def _per_token_surrogate(logprobs, old_logprobs, advantages, mask, anchor, is_anchor,
+                         cfg: LossConfig) -> jax.Array:
+    """[N, T]: :func:`clipped_surrogate` on on-policy rows, :func:`anchor_surrogate` on anchor
+    rows (``is_anchor`` given)."""
+    surr = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low=cfg.eps_low,
+                             eps_high=cfg.eps_high, mask=mask,
+                             importance_sampling_level=cfg.importance_sampling_level,
+                             log_ratio_clamp=off(cfg.log_ratio_clamp),
+                             clip_ratio_c=off(cfg.clip_ratio_c), delta=off(cfg.delta))
+    if is_anchor is not None:
+        surr = jnp.where(anchor[:, None],
+                         anchor_surrogate(logprobs, advantages, gamma=cfg.anchor_gamma), surr)
+    return surr
+
+
+def _kl_term(logprobs, ref_logprobs, mask, cfg: LossConfig, agg: Dict[str, Any]):
+    """``(kl_loss, metrics)``: the aggregated KL estimate and its ``kl_mean`` (0 and no metric
+    without ``ref_logprobs``)."""
+    if ref_logprobs is None:
+        return jnp.zeros((), jnp.float32), {}
+    clamp, log_ratio_clamp = kl_clamps(cfg)
+    kl = kl_penalty(logprobs, ref_logprobs, estimator=cfg.kl_estimator, clamp=clamp,
+                    log_ratio_clamp=log_ratio_clamp)
+    kl_mean = masked_stats(jax.lax.stop_gradient(kl), mask)["mean"]
+    return aggregate_loss(kl, mask, **agg), {"kl_mean": kl_mean}
+
+
+def _ratio_metrics(logprobs, rho, advantages, mask, anchor, cfg: LossConfig
+                   ) -> Dict[str, jax.Array]:
+    """Clip fractions and ratio statistics over on-policy tokens, anchor statistics."""
+    anchor_tok = anchor[:, None] & mask
+    onpol_tok = ~anchor[:, None] & mask
+    a = _broadcast_adv(advantages, rho.shape)
+    sg_rho = jax.lax.stop_gradient(rho)
+    nvalid_on = jnp.maximum(jnp.sum(onpol_tok), 1)
+    low = onpol_tok & (a < 0) & (sg_rho < 1.0 - cfg.eps_low)
+    high = onpol_tok & (a > 0) & (sg_rho > 1.0 + cfg.eps_high)
+    clip_ratio_c = off(cfg.clip_ratio_c)
+    if clip_ratio_c is not None:
+        dual = onpol_tok & (a < 0) & (sg_rho > clip_ratio_c)
+    else:
+        dual = jnp.zeros_like(onpol_tok)
+    rstats = masked_stats(sg_rho, onpol_tok)
+    p_anchor = jnp.exp(jax.lax.stop_gradient(logprobs).astype(jnp.float32))
+    return {
+        "clip_frac_low": jnp.sum(low) / nvalid_on,
+        "clip_frac_high": jnp.sum(high) / nvalid_on,
+        "clip_frac": jnp.sum(low | high) / nvalid_on,
+        "dual_clip_frac": jnp.sum(dual) / nvalid_on,
+        "ratio_min": rstats["min"],
+        "ratio_mean": rstats["mean"],
+        "ratio_max": rstats["max"],
+        "anchor_token_frac": jnp.sum(anchor_tok) / jnp.maximum(jnp.sum(mask), 1),
+        "anchor_prob_mean": masked_stats(p_anchor, anchor_tok)["mean"],
+        "num_tokens": jnp.sum(mask).astype(jnp.float32),
+    }
+
+
 def policy_loss(
     logprobs: jax.Array,
     old_logprobs: jax.Array,
     advantages: jax.Array,
     mask: jax.Array,
+    config: LossConfig = LossConfig(),
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    importance_sampling_level: str = "token",
-    log_ratio_clamp: Optional[float] = None,
-    clip_ratio_c: Optional[float] = None,
-    delta: Optional[float] = None,
-    agg_mode: str = DEFAULT_AGG_MODE,
-    global_num_tokens: Optional[Scalar] = None,
-    global_num_seqs: Optional[Scalar] = None,
-    max_completion_length: Optional[Scalar] = None,
-    num_micro_batches: Scalar = 1,
-    generation_num_tokens: Optional[Scalar] = None,
+    norms: LossNorms = LossNorms(),
     ref_logprobs: Optional[jax.Array] = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_clamp: Optional[float] = None,
-    kl_log_ratio_clamp: Optional[float] = None,
     is_anchor: Optional[jax.Array] = None,
-    anchor_gamma: float = 0.1,
     token_entropy: Optional[jax.Array] = None,
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """GRPO-family policy loss on flat [N, T] arrays: (scalar loss, metrics).
@@ -337,17 +414,12 @@ def policy_loss(
       old_logprobs: [N, T] log pi_old (0 on anchor rows).
       advantages: [N] or [N, T].
       mask: bool [N, T], valid completion tokens.
-      eps_low, eps_high, importance_sampling_level, log_ratio_clamp, clip_ratio_c, delta: see
-        :func:`clipped_surrogate` (defaults: PPO's per-token ratio, clip 0.2, nothing else).
-      agg_mode, global_num_tokens, global_num_seqs, max_completion_length, num_micro_batches,
-        generation_num_tokens: see :func:`aggregate_loss`. Default ``"token-mean"``, the same
-        as ``config.loss.agg_mode``.
-      ref_logprobs: optional [N, T] log pi_ref; required when beta > 0.
-      beta: KL weight (0 default: no reference model).
-      kl_estimator, kl_clamp, kl_log_ratio_clamp: see :func:`kl_penalty` (``estimator``,
-        ``clamp``, ``log_ratio_clamp``).
+      config: the options (:class:`LossConfig`; defaults: PPO's per-token ratio clipped at 0.2,
+        ``"token-mean"`` aggregation, no KL term).
+      norms: the global normalisers of the aggregation (:class:`LossNorms`,
+        :func:`aggregate_loss`).
+      ref_logprobs: optional [N, T] log pi_ref; required when ``config.beta > 0``.
       is_anchor: optional bool [N], off-policy anchor rows.
-      anchor_gamma: LUFFY shaping gamma (0.1).
       token_entropy: optional [N, T] per-token policy entropy, for the metric only.
 
     Returns:
@@ -356,91 +428,27 @@ def policy_loss(
       ``clip_frac_high`` (A > 0 and rho > 1 + eps_high), ``clip_frac``, ``dual_clip_frac`` (A < 0
       and the dual clip is active; 0 without it), ``ratio_{min,mean,max}`` (on-policy tokens;
       rho at the chosen importance-sampling level), ``kl_mean``, ``entropy_mean`` (if given),
-      ``adv_{mean,std,min,max}``, ``anchor_token_frac``, ``anchor_prob_mean``, ``num_tokens``.
+      ``anchor_token_frac``, ``anchor_prob_mean``, ``num_tokens``.
     """
-    chex.assert_rank([logprobs, old_logprobs, mask], 2)
-    chex.assert_equal_shape([logprobs, old_logprobs, mask])
-    if beta > 0 and ref_logprobs is None:
-        raise ValueError("beta > 0 needs ref_logprobs.")
+    cfg = config
+    _check_inputs(logprobs, old_logprobs, mask, cfg, ref_logprobs)
     mask = mask.astype(bool)
     n = logprobs.shape[0]
     anchor = (jnp.zeros((n,), bool) if is_anchor is None
               else jnp.asarray(is_anchor).astype(bool).reshape(n))
-    anchor_tok = anchor[:, None] & mask
-    onpol_tok = ~anchor[:, None] & mask
-
-    ratio_opts = dict(level=importance_sampling_level, log_ratio_clamp=log_ratio_clamp)
-    rho = importance_ratio(logprobs, old_logprobs, mask, **ratio_opts)
-    a = _broadcast_adv(advantages, rho.shape)
-    surr = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low=eps_low,
-                             eps_high=eps_high, mask=mask,
-                             importance_sampling_level=importance_sampling_level,
-                             log_ratio_clamp=log_ratio_clamp, clip_ratio_c=clip_ratio_c,
-                             delta=delta)
-    if is_anchor is not None:
-        surr = jnp.where(anchor[:, None], anchor_surrogate(logprobs, advantages, gamma=anchor_gamma),
-                         surr)
-    agg = dict(mode=agg_mode, global_num_tokens=global_num_tokens,
-               global_num_seqs=global_num_seqs, max_completion_length=max_completion_length,
-               num_micro_batches=num_micro_batches, generation_num_tokens=generation_num_tokens)
+    rho = importance_ratio(logprobs, old_logprobs, mask, level=cfg.importance_sampling_level,
+                           log_ratio_clamp=off(cfg.log_ratio_clamp))
+    surr = _per_token_surrogate(logprobs, old_logprobs, advantages, mask, anchor, is_anchor, cfg)
+    agg = dict(mode=cfg.agg_mode, **norms._asdict())
     pg_loss = aggregate_loss(surr, mask, **agg)
-    metrics: Dict[str, jax.Array] = {}
-    if ref_logprobs is not None:
-        kl = kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator, clamp=kl_clamp,
-                        log_ratio_clamp=kl_log_ratio_clamp)
-        kl_loss = aggregate_loss(kl, mask, **agg)
-        metrics["kl_mean"] = masked_stats(jax.lax.stop_gradient(kl), mask)["mean"]
-    else:
-        kl_loss = jnp.zeros((), jnp.float32)
-    loss = pg_loss + beta * kl_loss
-
-    sg_rho = jax.lax.stop_gradient(rho)
-    nvalid_on = jnp.maximum(jnp.sum(onpol_tok), 1)
-    low = onpol_tok & (a < 0) & (sg_rho < 1.0 - eps_low)
-    high = onpol_tok & (a > 0) & (sg_rho > 1.0 + eps_high)
-    if clip_ratio_c is not None:
-        dual = onpol_tok & (a < 0) & (sg_rho > clip_ratio_c)
-    else:
-        dual = jnp.zeros_like(onpol_tok)
-    rstats = masked_stats(sg_rho, onpol_tok)
-    p_anchor = jnp.exp(jax.lax.stop_gradient(logprobs).astype(jnp.float32))
-    metrics.update({
-        "pg_loss": jax.lax.stop_gradient(pg_loss),
-        "kl_loss": jax.lax.stop_gradient(kl_loss),
-        "clip_frac_low": jnp.sum(low) / nvalid_on,
-        "clip_frac_high": jnp.sum(high) / nvalid_on,
-        "clip_frac": jnp.sum(low | high) / nvalid_on,
-        "dual_clip_frac": jnp.sum(dual) / nvalid_on,
-        "ratio_min": rstats["min"],
-        "ratio_mean": rstats["mean"],
-        "ratio_max": rstats["max"],
-        "anchor_token_frac": jnp.sum(anchor_tok) / jnp.maximum(jnp.sum(mask), 1),
-        "anchor_prob_mean": masked_stats(p_anchor, anchor_tok)["mean"],
-        "num_tokens": jnp.sum(mask).astype(jnp.float32),
-    })
+    kl_loss, metrics = _kl_term(logprobs, ref_logprobs, mask, cfg, agg)
+    loss = pg_loss + cfg.beta * kl_loss
+    metrics.update({"pg_loss": jax.lax.stop_gradient(pg_loss),
+                    "kl_loss": jax.lax.stop_gradient(kl_loss)})
+    metrics.update(_ratio_metrics(logprobs, rho, advantages, mask, anchor, cfg))
     if token_entropy is not None:
         chex.assert_equal_shape([token_entropy, mask])
         metrics["entropy_mean"] = masked_stats(
             jax.lax.stop_gradient(token_entropy).astype(jnp.float32), mask)["mean"]
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return loss, metrics
-
-
-def _off(v):
-    """A config number where 0 means "off" -> None."""
-    return None if not v else float(v)
-
-
-def policy_loss_kwargs(loss_config) -> Dict[str, Any]:
-    """The :func:`policy_loss` keyword arguments of a ``config.loss`` section (jaxgrpo.config):
-    numbers where 0 means off become None, and ``kl_clamp_preset`` fills the two KL clamps."""
-    lc = loss_config
-    kl_clamp, kl_lr_clamp = _off(lc.kl_clamp), _off(lc.kl_log_ratio_clamp)
-    if lc.kl_clamp_preset != "none":
-        kl_clamp, kl_lr_clamp = KL_CLAMP_PRESETS[lc.kl_clamp_preset]
-    return dict(
-        eps_low=lc.eps_low, eps_high=lc.eps_high,
-        importance_sampling_level=lc.importance_sampling_level,
-        log_ratio_clamp=_off(lc.log_ratio_clamp), clip_ratio_c=_off(lc.clip_ratio_c),
-        delta=_off(lc.delta), agg_mode=lc.agg_mode, beta=lc.beta, kl_estimator=lc.kl_estimator,
-        kl_clamp=kl_clamp, kl_log_ratio_clamp=kl_lr_clamp, anchor_gamma=lc.anchor_gamma)

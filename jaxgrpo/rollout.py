@@ -7,8 +7,11 @@ Assembly (the training step's last collect stage, ``jaxgrpo.step``):
 
 * :func:`rollout_from_sample`: a sampler output (rows ``p * G + g``) plus per-row rewards ->
   ``Rollout`` ``[P, G]``; pure ``jnp``, so it runs on the host path and inside the fused jit.
-* :class:`Anchors` / :func:`encode_anchors` / :func:`with_anchors`: DaGRPO's off-policy
-  anchors (an expert solution per prompt joins its group as member G; arXiv 2512.06337).
+* :class:`Anchors` / :func:`encode_anchors`: DaGRPO's off-policy anchors (an expert solution
+  per prompt; arXiv 2512.06337), which ``jaxgrpo.step.assemble`` adds to each group as member G
+  (``jaxgrpo.advantages.add_anchors``).
+
+This module imports no advantage code: the advantage transforms read the Rollout.
 """
 from __future__ import annotations
 
@@ -176,16 +179,6 @@ def encode_anchors(tokenizer, texts: Sequence[str], width: int, eos_id: int,
         toks[i, :len(ids)] = ids
         mask[i, :len(ids)] = True
     return toks, mask
-
-
-def with_anchors(rollout: Rollout, anchors: Anchors, trigger: str) -> Rollout:
-    """``rollout`` [P, G] -> [P, G + 1] with the anchors as member G, a member where ``trigger``
-    fires (``jaxgrpo.advantages.dagrpo.add_anchors``); pure ``jnp``."""
-    from jaxgrpo.advantages.dagrpo import add_anchors
-
-    return add_anchors(rollout, anchors.tokens, anchors.mask,
-                       anchor_embeddings=anchors.embeddings, anchor_reward=anchors.rewards,
-                       anchor_fine_score=anchors.fine_scores, trigger=trigger)
 
 
 # ----------------------------------------------------------------------------- group selection

@@ -175,8 +175,8 @@ def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
     """Index i with cdf[i-1] <= u * total < cdf[i] for non-negative weights [B, N]; u [B].
 
     Two levels, blocks of ~sqrt(N) entries: pick the block from the block sums' cdf, then the
-    entry from that block's cdf. Same distribution as one cdf over N, but XLA:CPU's cumsum over a
-    whole vocabulary cost ~30 ms per call on [32, 32000]; this costs ~3 ms.
+    entry from that block's cdf. Same distribution as one cdf over N, with two cumulative sums
+    over ~sqrt(N) entries instead of one over the whole vocabulary.
     """
     b, n = weights.shape
     w = 1 << max(0, (n.bit_length() + 1) // 2)  # block width, a power of two >= sqrt(N)
@@ -214,8 +214,7 @@ def _nucleus_key(keys: jax.Array, e: jax.Array, top_p: float) -> jax.Array:
     """Smallest uint32 t with  sum(e[keys > t]) < top_p * sum(e)  per row: keys [B, V], e [B, V].
 
     The predicate is monotone in t, so 32 bisection steps over the key range find it exactly;
-    each step is one fused masked sum over V (no sort: a full-vocabulary sort on XLA:CPU cost
-    ~1 s per call on [32, 32000]).
+    each step is one fused masked sum over V (no sort of the vocabulary).
     """
     bound = top_p * jnp.sum(e, axis=-1)
     lo = jnp.min(keys, axis=-1) - jnp.uint32(1)  # predicate false (all mass is above it)
@@ -246,7 +245,7 @@ def allowed_tokens(z: jax.Array, top_k: int, top_p: float) -> jax.Array:
     keep = jnp.ones(z.shape, bool)
     if top_k and top_k < z.shape[-1]:
         # Reduce, never slice, the values: slicing them stops XLA:CPU from using its TopK kernel
-        # (a full sort instead, ~100x slower).
+        # (it sorts the whole row instead).
         vals, _ = jax.lax.top_k(z, top_k)  # [B, k], descending
         keep = z >= jnp.min(vals, axis=-1, keepdims=True)
         if top_p < 1.0:
@@ -291,17 +290,12 @@ def decode_unrolled(cfg: SamplingConfig) -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
+def _prefill(model, prompt_tokens, pmask, cfg: SamplingConfig):
+    """Prefill P prompts [P, Tp] once into a fresh cache of Tp + Tc slots: ``(cache, key mask
+    [P, Tp + Tc], prompt log-probs [P, Tp] (zeros unless requested), last logits [P, V])``."""
     p, tp = prompt_tokens.shape
-    g, tc = cfg.num_generations, cfg.max_new_tokens
-    b, s = p * g, tp + tc
-    prompt_tokens = prompt_tokens.astype(jnp.int32)
-    pmask = prompt_mask.astype(bool)
-    eos_ids = () if cfg.ignore_eos else cfg.eos_token_ids
-    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
-
-    # Prefill each prompt once.
-    cache = init_cache(model.config, p, s, model.dtype if cfg.cache_dtype is None
+    tc = cfg.max_new_tokens
+    cache = init_cache(model.config, p, tp + tc, model.dtype if cfg.cache_dtype is None
                        else jnp.dtype(cfg.cache_dtype))
     key_mask_p = jnp.concatenate([pmask, jnp.ones((p, tc), bool)], axis=1)
     pos_p = positions_from_mask(pmask)
@@ -312,33 +306,35 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
                                    cfg.prompt_logprobs_chunk)
     else:
         plp = jnp.zeros((p, tp), jnp.float32)
-    last_logits = model.logits_from_hidden(hidden[:, -1])  # [P, V]
+    return cache, key_mask_p, plp, model.logits_from_hidden(hidden[:, -1])
 
-    # Broadcast to G samples per prompt (prompt-major rows).
-    rep = lambda a: jnp.repeat(a, g, axis=0) if g > 1 else a
-    cache = cache.repeat(g)
-    key_mask = rep(key_mask_p)
-    next_pos = rep(jnp.sum(pmask, axis=1).astype(jnp.int32))  # position of completion token 0
-    logits0 = rep(last_logits)
+
+def _record(state, i, tok, lp, eos, pad_token_id: int):
+    """Write token ``i`` (pad after a row's stop) and its log-prob (0 there) into ``(tokens
+    [B, Tc], log-probs [B, Tc], done [B])``; a row is done after an EOS."""
+    toks, lps, done = state
+    tok = jnp.where(done, pad_token_id, tok)
+    lp = jnp.where(done, 0.0, lp)
+    toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
+    lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
+    done = done | jnp.any(tok[:, None] == eos[None, :], axis=-1)
+    return (toks, lps, done), tok
+
+
+def _decode(model, cache, key_mask, next_pos, logits0, key, eos, tp: int, cfg: SamplingConfig):
+    """Sample token 0 from ``logits0`` [B, V], then decode one token per step (cache slot
+    tp + i - 1 holds token i - 1) until every row is done or Tc tokens: ``(tokens [B, Tc],
+    log-probs [B, Tc])``. Row r's uniform at step i is a function of (key, i, r) only."""
+    b, tc = logits0.shape[0], cfg.max_new_tokens
 
     def draw(i):
         return jax.random.uniform(jax.random.fold_in(key, i), (b,), jnp.float32)
-
-    def record(state, i, tok, lp):
-        toks, lps, done = state
-        tok = jnp.where(done, cfg.pad_token_id, tok)
-        lp = jnp.where(done, 0.0, lp)
-        toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
-        lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
-        valid = ~done
-        done = done | jnp.any(tok[:, None] == eos[None, :], axis=-1)
-        return (toks, lps, done), tok, valid
 
     toks = jnp.full((b, tc), cfg.pad_token_id, jnp.int32)
     lps = jnp.zeros((b, tc), jnp.float32)
     done = jnp.zeros((b,), bool)
     tok0, lp0 = select_tokens(logits0, draw(0), cfg)
-    (toks, lps, done), tok0, _ = record((toks, lps, done), 0, tok0, lp0)
+    (toks, lps, done), tok0 = _record((toks, lps, done), 0, tok0, lp0, eos, cfg.pad_token_id)
 
     unroll = decode_unrolled(cfg)
     if unroll:  # per-layer weights and caches, each its own array: no slices per step
@@ -360,11 +356,29 @@ def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) ->
                                   positions=(next_pos + i - 1)[:, None], cache=cache,
                                   cache_index=tp + i - 1)
         t, lp = select_tokens(logits[:, 0], draw(i), cfg)
-        (toks, lps, done), t, _ = record((toks, lps, done), i, t, lp)
+        (toks, lps, done), t = _record((toks, lps, done), i, t, lp, eos, cfg.pad_token_id)
         return i + 1, t, cache, (toks, lps), done, 0
 
     carry = (jnp.int32(1), tok0, cache, (toks, lps), done, 0)
-    _, _, _, (toks, lps), done, _ = jax.lax.while_loop(cond, body, carry)
+    _, _, _, (toks, lps), _, _ = jax.lax.while_loop(cond, body, carry)
+    return toks, lps
+
+
+def _sample_impl(model, prompt_tokens, prompt_mask, key, cfg: SamplingConfig) -> SampleOutput:
+    p, tp = prompt_tokens.shape
+    g = cfg.num_generations
+    prompt_tokens = prompt_tokens.astype(jnp.int32)
+    pmask = prompt_mask.astype(bool)
+    eos_ids = () if cfg.ignore_eos else cfg.eos_token_ids
+    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+    cache, key_mask_p, plp, last_logits = _prefill(model, prompt_tokens, pmask, cfg)
+
+    # Broadcast to G samples per prompt (prompt-major rows).
+    rep = lambda a: jnp.repeat(a, g, axis=0) if g > 1 else a
+    cache = cache.repeat(g)
+    next_pos = rep(jnp.sum(pmask, axis=1).astype(jnp.int32))  # position of completion token 0
+    toks, lps = _decode(model, cache, rep(key_mask_p), next_pos, rep(last_logits), key, eos, tp,
+                        cfg)
 
     # Mask: tokens up to and including the first EOS.
     is_eos = jnp.any(toks[:, :, None] == eos[None, None, :], axis=-1)

@@ -19,8 +19,11 @@
 
 Both paths derive the sampling key one way (:func:`sample_key`), compute the same extras — what
 the chain reads from the rollout (:func:`rollout_needs`: embeddings, fine scores, prompt
-log-probs, the question-token mask, from ``jaxgrpo.advantages.required_inputs``) — and share the stage functions below, so they give
-the same metrics on the same seed (tests/test_step.py).
+log-probs, the question-token mask, from ``jaxgrpo.advantages.required_inputs``) — assemble the
+rollout with one function (:func:`assemble`), report with one info builder (:func:`step_info`)
+and one metrics builder (:func:`step_metrics`), so they give the same metrics on the same seed
+(tests/test_step.py). Compiled functions go through ``jaxgrpo.executables.wrap`` (the identity
+unless an entry point installed a wrapper).
 
 Where things go:
 
@@ -46,19 +49,19 @@ from flax import nnx
 from jax.experimental import checkify
 
 from jaxgrpo import sharding as shd
-from jaxgrpo import warm_memory
-from jaxgrpo.advantages import required_inputs
+from jaxgrpo import executables
+from jaxgrpo.advantages import add_anchors, required_inputs
 from jaxgrpo.data import decode_completions, encode_prompts, question_token_mask
 from jaxgrpo.env import Env, sequence_probability
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.rollout import (Anchors, Rollout, completion_width, concat_groups, encode_anchors,
-                             group_has_spread, rollout_from_sample, take_groups, trim_completions,
-                             with_anchors)
+                             group_has_spread, rollout_from_sample, take_groups, trim_completions)
 from jaxgrpo.sampling import SamplingConfig, make_sampler
 from jaxgrpo.train import (StateShardedJit, TrainState, advantage_chain,
                            advantage_fn_from_config, make_update_fn, policy_params)
 
-__all__ = ["sample_key", "rollout_needs", "make_step", "Step"]
+__all__ = ["sample_key", "rollout_needs", "assemble", "step_info", "merge_infos",
+           "step_metrics", "make_step", "Step"]
 
 
 # ----------------------------------------------------------------------------- the key
@@ -121,6 +124,76 @@ def _jit_checked(fn: Callable, check: bool, donate=()) -> Callable:
     return run
 
 
+# ----------------------------------------------------------------------------- shared stages
+
+def assemble(out, rewards, correct, *, fine_scores=None, embeddings=None, question_mask=None,
+             anchors: Optional[Anchors] = None, trigger: str = "none_correct") -> Rollout:
+    """Stage ``assemble`` of both paths: a ``SampleOutput`` (P prompts x G rows) and per-row
+    rewards / correctness [P*G] (fine scores [P*G], embeddings [P*G, D] when the chain reads
+    them) -> the ``[P, G]`` Rollout, with the question-token mask [P, Tp] when given and, with
+    ``anchors``, DaGRPO's anchor as member G where ``trigger`` fires (``[P, G + 1]``,
+    ``jaxgrpo.advantages.add_anchors``). Pure ``jnp``: the host path calls it eagerly, the
+    fused path inside its jit."""
+    ro = rollout_from_sample(out, rewards, correct, fine_scores=fine_scores,
+                             embeddings=embeddings)
+    if question_mask is not None:
+        ro = ro.replace(question_mask=question_mask)
+    if anchors is not None:
+        ro = add_anchors(ro, anchors.tokens, anchors.mask, anchor_embeddings=anchors.embeddings,
+                         anchor_reward=anchors.rewards, anchor_fine_score=anchors.fine_scores,
+                         trigger=trigger)
+    return ro
+
+
+def step_info(*, texts: List[str], rows: List[dict], rewards, components: Dict[str, Any],
+              stats: Dict[str, Any], prompts_truncated: int, n_tokens: int, truncated: float,
+              times: Dict[str, float], dynamic: Optional[Dict[str, float]] = None
+              ) -> Dict[str, Any]:
+    """The host-side info of one step, for the log: completion texts and their rows [P*G],
+    rewards [P*G], reward components {name: [P*G]}, verifier stats, prompts cut by the length
+    limit, valid completion tokens, the fraction of completions without an EOS, stage times,
+    and (dynamic sampling) its counters."""
+    info = dict(texts=texts, rows=rows, rewards=rewards, components=components, stats=stats,
+                prompts_truncated=prompts_truncated, n_tokens=n_tokens, truncated=truncated,
+                times=times)
+    if dynamic is not None:
+        info["dynamic"] = dynamic
+    return info
+
+
+def merge_infos(infos: List[Dict[str, Any]], dynamic: Dict[str, float]) -> Dict[str, Any]:
+    """The :func:`step_info` of several sampling rounds of one step: every completion's texts,
+    rows, rewards and components, summed counts and times, the mean truncated fraction."""
+    first = infos[0]
+    return step_info(
+        texts=sum((i["texts"] for i in infos), []), rows=sum((i["rows"] for i in infos), []),
+        rewards=np.concatenate([np.asarray(i["rewards"]) for i in infos]),
+        components={k: np.concatenate([np.asarray(i["components"][k]) for i in infos])
+                    for k in first["components"]},
+        stats={k: sum(i["stats"].get(k, 0) for i in infos) for k in first["stats"]},
+        prompts_truncated=sum(i["prompts_truncated"] for i in infos),
+        n_tokens=sum(i["n_tokens"] for i in infos),
+        truncated=float(np.mean([i["truncated"] for i in infos])),
+        times={k: sum(i["times"][k] for i in infos) for k in first["times"]}, dynamic=dynamic)
+
+
+def step_metrics(metrics: Dict[str, Any], info: Dict[str, Any], elapsed: float
+                 ) -> Dict[str, float]:
+    """The logged metrics of one step: the update's (host values), the mean of each reward
+    component (``reward/<name>``), verifier stats (``verify/...``), stage times, dynamic
+    sampling counters, the step time, throughput, truncation fractions."""
+    m = {k: float(v) for k, v in metrics.items()}
+    for name, comp in info["components"].items():
+        m[f"reward/{name}"] = float(np.mean(comp))
+    m.update({f"verify/{k}": float(v) for k, v in info["stats"].items()})
+    m.update(info["times"])
+    m.update(info.get("dynamic", {}))
+    m.update({"time/step": elapsed, "tokens_per_s": info["n_tokens"] / elapsed,
+              "sample/truncated_frac": info["truncated"],
+              "data/prompts_truncated": info["prompts_truncated"]})
+    return m
+
+
 # ----------------------------------------------------------------------------- the step
 
 class Step:
@@ -131,10 +204,13 @@ class Step:
       update: ``(state, rollout) -> (state, metrics)``, jitted, advantages inside.
       fused: ``(state, rows) -> (state, Rollout, metrics)``, one jit; None when the reward is not
         computable from tokens or an extra needs the host.
+      time_advantages: the host path also runs the chain alone, jitted, to log
+        ``time/advantages`` (off by default: the update computes the advantages itself).
     """
 
     def __init__(self, c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_id: int,
-                 env: Env, mesh=None, ref_params=None, frozen=None):
+                 env: Env, mesh=None, ref_params=None, frozen=None,
+                 time_advantages: bool = False):
         self.c, self.env, self.tokenizer, self.mesh = c, env, tokenizer, mesh
         self.graphdef, self.rest, self.ref_params = graphdef, rest, ref_params
         # LoRA: the frozen base the adapters (state.params) are merged into (None otherwise).
@@ -144,30 +220,30 @@ class Step:
         self.needs = rollout_needs(c)
         self.anchors = bool(c.anchors.enabled)
         self.group = c.sampling.num_generations
-        check = _checks_nonfinite(c)
-        # The sampler and the update run with the process's warm host memory lent to them
-        # where that helps (jaxgrpo.warm_memory: CPU backend on a VM that reports free pages).
-        # The rollout sampler: config.sampling, and the prompt log-prob pass only when the
-        # chain reads prompt_logprobs.
-        self.sampler = warm_memory.wrap(make_sampler(graphdef, SamplingConfig.from_config(
+        self.time_advantages = time_advantages
+        self._check = _checks_nonfinite(c)
+        # Compiled functions go through the entry point's executable hook (jaxgrpo.executables;
+        # the identity unless one was installed). The rollout sampler: config.sampling, and the
+        # prompt log-prob pass only when the chain reads prompt_logprobs.
+        self.sampler = executables.wrap(make_sampler(graphdef, SamplingConfig.from_config(
             c.sampling, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
             return_prompt_logprobs="prompt_logprobs" in self.needs,
             prompt_logprobs_chunk=c.train.logits_chunk or None)))
         self._policy_embed = make_policy_embed(graphdef, rest)
         self._policy_embed_jit = jax.jit(self._policy_embed)
-        # The update as a pure function; jitted here (donating the state), with checkify when
-        # a transform checks for non-finite rewards.
+        # The update as a pure function, and jitted (donating the state) so that the state
+        # comes back with the shardings it went in with (no recompile at step 2,
+        # ``StateShardedJit``); with checkify (a plain jit) when a transform checks for
+        # non-finite rewards.
         self._update_fn = make_update_fn(c, graphdef, rest, tx, jit=False, mesh=mesh)
-        # Jitted so that the state comes back with the shardings it went in with (no recompile
-        # at step 2, ``StateShardedJit``); the checkify variant is a plain jit.
-        self._update_jit = (_jit_checked(self._update_fn, check, donate=(0,)) if check else
-                            warm_memory.wrap(make_update_fn(c, graphdef, rest, tx, mesh=mesh),
+        self._update_jit = (_jit_checked(self._update_fn, True, donate=(0,)) if self._check else
+                            executables.wrap(make_update_fn(c, graphdef, rest, tx, mesh=mesh),
                                              donates_state=True))
-        # Timed separately for the log only (time/advantages); the update computes its own.
-        self._advantages_jit = _jit_checked(advantage_fn_from_config(c), check)
-        self._fused_run = self._make_fused(check) if env.token_reward is not None else None
+        self._advantages_jit = None  # built on first use (time_advantages)
+        self._fused_jit = (self._make_fused_jit()
+                           if env.token_reward is not None and self._fusable() else None)
         self.fused = None
-        if self._fused_run is not None:
+        if self._fused_jit is not None:
             self.fused = lambda state, rows: self._fused_run(state, rows)[:3]
 
     # -- host pieces -------------------------------------------------------------------------
@@ -229,7 +305,6 @@ class Step:
                 ) -> Tuple[Rollout, Dict[str, Any]]:
         """Stages encode -> sample -> reward -> embed -> assemble on the host path. ``round_``
         > 0: a further sampling round of the same step (dynamic sampling; its own key)."""
-        g = self.group
         key = sample_key(state)
         if round_:
             key = jax.random.fold_in(key, round_)
@@ -244,7 +319,7 @@ class Step:
         ctoks, cmask, lps, trunc = shd.to_host((out.completion_tokens, out.completion_mask,
                                                 out.logprobs, out.truncated))
         texts = decode_completions(self.tokenizer, ctoks, cmask)
-        rep_rows = [r for r in rows for _ in range(g)]
+        rep_rows = [r for r in rows for _ in range(self.group)]
         fine_needed = "fine_scores" in self.needs
         scored = self.env.reward(                                                     # reward
             texts, rep_rows, lengths=cmask.sum(-1), tokens=ctoks, mask=cmask,
@@ -252,21 +327,18 @@ class Step:
         t2 = time.perf_counter()
         emb = (self.embed(params, texts, ctoks, cmask) if "embeddings" in self.needs
                else None)                                                             # embed
-        ro = rollout_from_sample(out, scored.rewards, scored.correct,
-                                 fine_scores=scored.fine_scores if fine_needed else None,
-                                 embeddings=emb)                                      # assemble
-        qmask = self.question_mask(rows, prompts.shape[1])
-        if qmask is not None:
-            ro = ro.replace(question_mask=qmask)
-        if self.anchors:
-            ro = with_anchors(ro, self.host_anchors(params, rows), self.c.anchors.trigger)
+        ro = assemble(out, scored.rewards, scored.correct,                            # assemble
+                      fine_scores=scored.fine_scores if fine_needed else None, embeddings=emb,
+                      question_mask=self.question_mask(rows, prompts.shape[1]),
+                      anchors=self.host_anchors(params, rows) if self.anchors else None,
+                      trigger=self.c.anchors.trigger)
         ro = jax.block_until_ready(ro)
         t3 = time.perf_counter()
-        info = dict(texts=texts, rows=rep_rows, rewards=scored.rewards,
-                    components=scored.components, stats=scored.stats, prompts_truncated=n_trunc,
-                    n_tokens=int(cmask.sum()), truncated=float(np.mean(trunc)),
-                    times={"time/sample": t1 - t0, "time/reward": t2 - t1, "time/embed": t3 - t2})
-        return ro, info
+        return ro, step_info(
+            texts=texts, rows=rep_rows, rewards=scored.rewards, components=scored.components,
+            stats=scored.stats, prompts_truncated=n_trunc, n_tokens=int(cmask.sum()),
+            truncated=float(np.mean(trunc)),
+            times={"time/sample": t1 - t0, "time/reward": t2 - t1, "time/embed": t3 - t2})
 
     def collect_filled(self, state: TrainState, rows: List[dict],
                        more_rows: Callable[[int], List[dict]]) -> Tuple[Rollout, Dict[str, Any]]:
@@ -298,19 +370,9 @@ class Step:
         ro = concat_groups([k for k in kept if k.num_prompts] + [s for s in spare
                                                                  if s.num_prompts])
         ro = take_groups(ro, np.arange(p))
-        info = {k: sum((i[k] for i in infos), []) for k in ("texts", "rows")}
-        info["rewards"] = np.concatenate([np.asarray(i["rewards"]) for i in infos])
-        info["components"] = {k: np.concatenate([np.asarray(i["components"][k]) for i in infos])
-                              for k in infos[0]["components"]}
-        info["stats"] = {k: sum(i["stats"].get(k, 0) for i in infos) for k in infos[0]["stats"]}
-        info["prompts_truncated"] = sum(i["prompts_truncated"] for i in infos)
-        info["n_tokens"] = sum(i["n_tokens"] for i in infos)
-        info["truncated"] = float(np.mean([i["truncated"] for i in infos]))
-        info["times"] = {k: sum(i["times"][k] for i in infos) for k in infos[0]["times"]}
-        info["dynamic"] = {"dynamic/frac_reward_zero_std": zero_first,
-                           "dynamic/rounds": float(len(infos)),
-                           "dynamic/unfilled": float(max(p - n_kept, 0))}
-        return ro, info
+        return ro, merge_infos(infos, {"dynamic/frac_reward_zero_std": zero_first,
+                                       "dynamic/rounds": float(len(infos)),
+                                       "dynamic/unfilled": float(max(p - n_kept, 0))})
 
     def update(self, state: TrainState, rollout: Rollout):
         """Stages advantages -> loss -> optax: the jitted pure update (state donated), on the
@@ -322,20 +384,27 @@ class Step:
                 longest, rollout.completion_tokens.shape[-1], buckets))
         return self._update_jit(state, rollout, self.ref_params, self.frozen)
 
+    def advantages(self, rollout: Rollout):
+        """The configured chain alone on ``rollout``, jitted: ``(adv [P, G], diag)`` (what the
+        update computes inside; run by the host path only with ``time_advantages``)."""
+        if self._advantages_jit is None:
+            self._advantages_jit = _jit_checked(advantage_fn_from_config(self.c), self._check)
+        return self._advantages_jit(rollout)
+
     # -- the fused path ----------------------------------------------------------------------
 
-    def _make_fused(self, check: bool) -> Optional[Callable]:
-        """``fused(state, rows) -> (state, rollout, metrics, prompts truncated)``: encode and
-        the anchors' tokens
-        on the host (they depend on the rows only), then sample -> token reward -> embed ->
-        assemble -> update in one jit. None when an extra needs the host."""
-        c = self.c
-        if "embeddings" in self.needs and c.embedding.model != "policy":
-            return None  # a sentence encoder reads decoded text
-        token_reward, anchors, needs = self.env.token_reward, self.anchors, self.needs
-        embed, rest, sampler, update = (self._policy_embed, self.rest, self.sampler,
-                                        self._update_fn)
-        trigger = c.anchors.trigger
+    def _fusable(self) -> bool:
+        """Whether every extra the chain reads can be computed inside the jit (a sentence
+        encoder reads decoded text)."""
+        return "embeddings" not in self.needs or self.c.embedding.model == "policy"
+
+    def _make_fused_jit(self) -> Callable:
+        """The jitted fused step ``(state, prompts, pmask, targets, anchor_in, qmask,
+        ref_params, frozen) -> (state, rollout, metrics)``: sample -> token reward -> embed ->
+        assemble -> update, the state donated."""
+        c, needs, anchors, trigger = self.c, self.needs, self.anchors, self.c.anchors.trigger
+        token_reward, embed, rest = self.env.token_reward, self._policy_embed, self.rest
+        sampler, update = self.sampler, self._update_fn
 
         def step(state, prompts, pmask, targets, anchor_in, qmask, ref_params, frozen):
             params = policy_params(c, state.params, frozen)
@@ -347,46 +416,48 @@ class Step:
                     if "fine_scores" in needs else None)
             emb = (embed(params, out.completion_tokens, out.completion_mask)
                    if "embeddings" in needs else None)                                # embed
-            ro = rollout_from_sample(out, rewards, correct, fine_scores=fine,
-                                     embeddings=emb)                                  # assemble
-            if qmask is not None:
-                ro = ro.replace(question_mask=qmask)
+            anc = None
             if anchors:
                 atoks, amask, atargets = anchor_in
                 a_reward, _ = token_reward(atoks, amask, atargets)
-                a_emb = embed(params, atoks, amask) if "embeddings" in needs else None
-                ro = with_anchors(ro, Anchors(tokens=atoks, mask=amask, rewards=a_reward,
-                                              fine_scores=jnp.ones_like(a_reward),
-                                              embeddings=a_emb), trigger)
+                anc = Anchors(tokens=atoks, mask=amask, rewards=a_reward,
+                              fine_scores=jnp.ones_like(a_reward),
+                              embeddings=embed(params, atoks, amask) if "embeddings" in needs
+                              else None)
+            ro = assemble(out, rewards, correct, fine_scores=fine, embeddings=emb,
+                          question_mask=qmask, anchors=anc, trigger=trigger)          # assemble
             state, metrics = update(state, ro, ref_params, frozen)                    # update
             return state, (ro, metrics)
 
-        if check:
-            run = _jit_checked(step, check, donate=(0,))
+        if self._check:
+            run = _jit_checked(step, True, donate=(0,))
         else:
-            run = warm_memory.wrap(StateShardedJit(lambda mesh: step, self.mesh,
+            run = executables.wrap(StateShardedJit(lambda mesh: step, self.mesh,
                                                    replicate_aux=False), donates_state=True)
 
         def jitted(*args):
             state, (ro, metrics) = run(*args)
             return state, ro, metrics
 
-        def fused(state: TrainState, rows: List[dict]):
-            prompts, pmask, n_trunc = self.encode(rows)                               # encode
-            rep_rows = [r for r in rows for _ in range(self.group)]
-            targets = jax.tree.map(jnp.asarray, token_reward.targets(rep_rows))
-            anchor_in = None
-            if anchors:
-                _, atoks, amask = self._anchor_tokens(rows)
-                anchor_in = (jnp.asarray(atoks), jnp.asarray(amask),
-                             jax.tree.map(jnp.asarray, token_reward.targets(rows)))
-            qmask = self.question_mask(rows, prompts.shape[1])
-            state, ro, metrics = jitted(state, self.put_batch(prompts), self.put_batch(pmask),
-                                        targets, anchor_in, qmask, self.ref_params,
-                                        self.frozen)
-            return state, ro, metrics, n_trunc
+        return jitted
 
-        return fused
+    def _fused_run(self, state: TrainState, rows: List[dict]):
+        """``(state, rollout, metrics, prompts truncated)``: encode and the anchors' tokens on
+        the host (they depend on the rows only), then the fused jit."""
+        token_reward = self.env.token_reward
+        prompts, pmask, n_trunc = self.encode(rows)                                   # encode
+        rep_rows = [r for r in rows for _ in range(self.group)]
+        targets = jax.tree.map(jnp.asarray, token_reward.targets(rep_rows))
+        anchor_in = None
+        if self.anchors:
+            _, atoks, amask = self._anchor_tokens(rows)
+            anchor_in = (jnp.asarray(atoks), jnp.asarray(amask),
+                         jax.tree.map(jnp.asarray, token_reward.targets(rows)))
+        qmask = self.question_mask(rows, prompts.shape[1])
+        state, ro, metrics = self._fused_jit(state, self.put_batch(prompts),
+                                             self.put_batch(pmask), targets, anchor_in, qmask,
+                                             self.ref_params, self.frozen)
+        return state, ro, metrics, n_trunc
 
     def _fused_info(self, ro: Rollout, rows: List[dict], prompts_truncated: int
                     ) -> Dict[str, Any]:
@@ -401,13 +472,32 @@ class Step:
         w = self.env.token_reward.weight
         # Truncated: the last slot holds a token that is not an EOS (no EOS within Tc).
         truncated = cmask[:, -1] & ~np.isin(ctoks[:, -1], self.eos_ids)
-        return dict(texts=decode_completions(self.tokenizer, ctoks, cmask),
-                    rows=[r for r in rows for _ in range(g)], rewards=rewards,
-                    components={"digits": rewards / w if w else rewards}, stats={},
-                    prompts_truncated=prompts_truncated, n_tokens=int(cmask.sum()),
-                    truncated=float(np.mean(truncated)), times={})
+        return step_info(texts=decode_completions(self.tokenizer, ctoks, cmask),
+                         rows=[r for r in rows for _ in range(g)], rewards=rewards,
+                         components={"digits": rewards / w if w else rewards}, stats={},
+                         prompts_truncated=prompts_truncated, n_tokens=int(cmask.sum()),
+                         truncated=float(np.mean(truncated)), times={})
 
     # -- the whole step ----------------------------------------------------------------------
+
+    def _host_step(self, state: TrainState, rows: List[dict], more_rows):
+        """``(state, device metrics, info)`` of the host path, stage times in ``info``."""
+        if self.c.train.dynamic_sampling:
+            if more_rows is None:
+                raise ValueError("train.dynamic_sampling needs more_rows(n) (the data source)")
+            ro, info = self.collect_filled(state, rows, more_rows)
+        else:
+            ro, info = self.collect(state, rows)                      # encode .. assemble
+        t1 = time.perf_counter()
+        if self.time_advantages:
+            jax.block_until_ready(self.advantages(ro))                 # timed for the log
+            t_adv = time.perf_counter()
+            info["times"]["time/advantages"] = t_adv - t1
+            t1 = t_adv
+        state, metrics = self.update(state, ro)                        # advantages .. optax
+        metrics = jax.device_get(metrics)
+        info["times"]["time/update"] = time.perf_counter() - t1
+        return state, metrics, info
 
     def __call__(self, state: TrainState, rows: List[dict],
                  more_rows: Optional[Callable[[int], List[dict]]] = None):
@@ -416,44 +506,26 @@ class Step:
         dropped; required with ``train.dynamic_sampling``).
 
         The host path reports per-stage times (``time/sample``, ``time/reward``, ``time/embed``
-        — embed includes assembly and anchors —, ``time/advantages``: a separately jitted call
-        of the same chain on the same rollout, timed for the log only, and ``time/update``: the
-        jitted update, which computes the advantages again inside); the fused path only
-        ``time/step``. The metrics come back to the host in one transfer."""
+        — embed includes assembly and anchors —, ``time/update``: the jitted update, which
+        computes the advantages inside, and with ``time_advantages`` ``time/advantages``: a
+        separately jitted call of the same chain on the same rollout, timed for the log only);
+        the fused path only ``time/step``. The metrics come back to the host in one
+        transfer."""
         t0 = time.perf_counter()
         if self.c.train.fused:
             state, ro, metrics, n_trunc = self._fused_run(state, rows)
             metrics = jax.device_get(metrics)
-            t2 = time.perf_counter()
+            elapsed = time.perf_counter() - t0
             info = self._fused_info(ro, rows, n_trunc)
         else:
-            if self.c.train.dynamic_sampling:
-                if more_rows is None:
-                    raise ValueError("train.dynamic_sampling needs more_rows(n) (the data source)")
-                ro, info = self.collect_filled(state, rows, more_rows)
-            else:
-                ro, info = self.collect(state, rows)                  # encode .. assemble
-            t1 = time.perf_counter()
-            jax.block_until_ready(self._advantages_jit(ro))            # timed for the log
-            t_adv = time.perf_counter()
-            state, metrics = self.update(state, ro)                    # advantages .. optax
-            metrics = jax.device_get(metrics)
-            t2 = time.perf_counter()
-            info["times"].update({"time/advantages": t_adv - t1, "time/update": t2 - t_adv})
-        m = {k: float(v) for k, v in metrics.items()}
-        for name, comp in info["components"].items():
-            m[f"reward/{name}"] = float(np.mean(comp))
-        m.update({f"verify/{k}": float(v) for k, v in info["stats"].items()})
-        m.update(info["times"])
-        m.update(info.get("dynamic", {}))
-        m.update({"time/step": t2 - t0, "tokens_per_s": info["n_tokens"] / (t2 - t0),
-                  "sample/truncated_frac": info["truncated"],
-                  "data/prompts_truncated": info["prompts_truncated"]})
-        return state, m, info
+            state, metrics, info = self._host_step(state, rows, more_rows)
+            elapsed = time.perf_counter() - t0
+        return state, step_metrics(metrics, info, elapsed), info
 
 
 def make_step(c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_id: int,
-              env: Env, mesh=None, ref_params=None, frozen=None) -> Step:
+              env: Env, mesh=None, ref_params=None, frozen=None,
+              time_advantages: bool = False) -> Step:
     """The training step of config ``c`` (see the module docstring).
 
     Args:
@@ -465,13 +537,16 @@ def make_step(c: mc.ConfigDict, *, graphdef, rest, tx, tokenizer, eos_ids, pad_i
       ref_params: the frozen reference policy's params (``loss.beta > 0``), else None.
       frozen: with LoRA (``config.lora.rank > 0``) the base parameters the adapters in
         ``state.params`` are merged into (also the reference policy), else None.
+      time_advantages: the host path also times the advantage chain alone
+        (``time/advantages``; one more jitted call per step). Default off.
 
     Raises:
       ConfigError: ``train.fused=True`` with a reward that is not computable from tokens or an
         embedding that needs text; an extra the chain reads that the config cannot provide.
     """
     step = Step(c, graphdef=graphdef, rest=rest, tx=tx, tokenizer=tokenizer, eos_ids=eos_ids,
-                pad_id=pad_id, env=env, mesh=mesh, ref_params=ref_params, frozen=frozen)
+                pad_id=pad_id, env=env, mesh=mesh, ref_params=ref_params, frozen=frozen,
+                time_advantages=time_advantages)
     if c.train.fused and step.fused is None:
         if env.token_reward is None:
             raise ConfigError("config.train.fused=True needs a reward computable from token ids: "

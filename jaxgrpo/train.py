@@ -28,6 +28,7 @@ host path or fused into one jit for token rewards, is composed in ``jaxgrpo.step
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, ClassVar, Dict, Optional
 
@@ -325,15 +326,16 @@ def _frozen_base(frozen):
 def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
     """``loss_fn(params, batch, norms, frozen=None, dropout_key=None) -> (loss, metrics)`` for
     one micro-batch whose rows are whole groups of ``group`` completions (``group=1``: no
-    assumption). ``frozen``: the LoRA base (``policy_params``); with ``lora.dropout > 0`` the
-    adapters run unmerged with dropout keyed by ``dropout_key`` (None: no dropout).
+    assumption); ``norms`` the minibatch's ``losses.LossNorms``. ``frozen``: the LoRA base
+    (``policy_params``); with ``lora.dropout > 0`` the adapters run unmerged with dropout keyed
+    by ``dropout_key`` (None: no dropout).
 
     The LM head, log-softmax and entropy run in time chunks of ``train.logits_chunk`` tokens
     (0: one pass), each chunk rematerialised in the backward pass, so at most
     [rows, chunk, V] float32 logits are live."""
     from jaxgrpo.lora import LoraBranch, lora_config
 
-    loss_kwargs = losses.policy_loss_kwargs(c.loss)
+    loss_cfg = losses.LossConfig.from_config(c.loss)
     chunk = c.train.logits_chunk or None
     lora = lora_config(c)
     unmerged = lora is not None and lora.dropout > 0
@@ -351,8 +353,8 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
             chunk_size=chunk, lora=branch)
         return losses.policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
-            ref_logprobs=batch.get("ref_logprobs"), is_anchor=batch["is_anchor"],
-            token_entropy=entropy, **loss_kwargs, **norms)
+            loss_cfg, norms=norms, ref_logprobs=batch.get("ref_logprobs"),
+            is_anchor=batch["is_anchor"], token_entropy=entropy)
 
     return loss_fn
 
@@ -446,18 +448,126 @@ def make_update_fn(c: mc.ConfigDict, graphdef, rest, tx: optax.GradientTransform
     advantage_fn = advantage_fn or advantage_fn_from_config(c)
 
     def build(mesh):
-        return _build_update(c, graphdef, rest, tx, advantage_fn, mesh)
+        return build_update(c, graphdef, rest, tx, advantage_fn, mesh)
 
     return StateShardedJit(build, mesh) if jit else build(mesh)
 
 
-def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> Callable:
-    mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
-    beta = c.loss.beta
-    chunk = c.train.logits_chunk or None
+def split_micro_batches(batch: Dict[str, jax.Array], group: int, n_micro: int,
+                        mesh: Optional[Mesh]):
+    """``(mbs, unit)``: the flat batch as ``n_micro`` strided micro-batches of whole groups
+    (:func:`micro_batches`; arrays [n_micro, N / n_micro, ...]), their rows split over the
+    mesh's batch devices. A micro-batch those devices or the groups cannot divide raises
+    ``ValueError`` (``jaxgrpo.config.check_micro_batch``)."""
     batch_devices = 1 if mesh is None else math.prod(dict(mesh.shape).get(a, 1)
                                                      for a in BATCH_AXES)
+    n = batch["advantages"].shape[0]
+    check_micro_batch(n, group, n_micro, batch_devices, need_whole_groups=False)
+    mbs, unit = micro_batches(batch, n_micro, group)
+    return constrain_rows(mbs, mesh, axis=1), unit
 
+
+def reference_logprobs(ref_model, mbs: Dict[str, jax.Array], unit: int, mesh: Optional[Mesh],
+                       *, temperature: float, chunk: Optional[int]) -> jax.Array:
+    """float32 [n_micro, per, Tc]: the reference policy's log-probs of every micro-batch's
+    completions, one micro-batch at a time (``lax.map``), so only [N, Tc] log-probs survive,
+    never the [N, Tc, V] logits of all rows at once. No gradient."""
+
+    def ref_pass(mb):
+        mb = constrain_rows(mb, mesh)
+        lp = completion_logprobs(
+            ref_model, *shared_prompts(mb, unit), mb["completion_tokens"],
+            mb["completion_mask"], temperature=temperature, chunk_size=chunk)
+        return jax.lax.stop_gradient(lp)
+
+    keys = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")
+    return constrain_rows(jax.lax.map(ref_pass, {k: mbs[k] for k in keys}), mesh, axis=1)
+
+
+def minibatch_norms(mb: Dict[str, jax.Array], max_len: int, n_acc: int,
+                    generation_tokens: jax.Array) -> losses.LossNorms:
+    """The loss normalisers of one minibatch ``mb`` ([n_acc, per, ...]): its valid tokens and
+    sequences, the generation limit ``max_len``, its ``n_acc`` micro-batches, and the
+    rollout's valid tokens (``agg_mode="dapo"``)."""
+    return losses.LossNorms(global_num_tokens=jnp.sum(mb["completion_mask"]),
+                            global_num_seqs=jnp.sum(jnp.any(mb["completion_mask"], axis=-1)),
+                            max_completion_length=max_len, num_micro_batches=n_acc,
+                            generation_num_tokens=generation_tokens)
+
+
+def micro_batch_grads(loss_fn: Callable, params, mb: Dict[str, jax.Array], keys,
+                      norms: losses.LossNorms, frozen, mesh: Optional[Mesh]):
+    """``(grads, losses [n_acc], metrics {name: [n_acc]})``: the float32 sum of the loss
+    gradients over the minibatch's micro-batches ``mb`` ([n_acc, per, ...], ``lax.scan``),
+    each normalised by the minibatch's ``norms`` so that the sum is the minibatch gradient.
+    ``keys``: [n_acc] LoRA dropout keys, or None."""
+
+    def micro(gsum, xs):
+        micro_batch, key = xs
+        micro_batch = constrain_rows(micro_batch, mesh)
+        (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms,
+                                                                 frozen, key)
+        # float32 accumulator whatever the parameter dtype: bf16 sums lose small terms.
+        return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), gsum, g), (loss, m)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    grads, (micro_losses, ms) = jax.lax.scan(micro, zeros, (mb, keys))
+    return grads, micro_losses, ms
+
+
+def optimiser_step(tx: optax.GradientTransformation, params, opt_state, grads):
+    """``(params, opt_state, grad_norm)`` after one optax step on float32 ``grads``; the
+    optimiser sees them in the parameters' dtype, so its state keeps its dtype across steps
+    (float32 master weights: no cast at all). ``grad_norm``: of the float32 gradients."""
+    grad_norm = optax.global_norm(grads)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, grad_norm
+
+
+def minibatch_step(carry, xs, *, loss_fn: Callable, tx: optax.GradientTransformation,
+                   norms_of: Callable, frozen, mesh: Optional[Mesh]):
+    """One optimiser step of ``lax.scan``: carry ``(params, opt_state)``, xs ``(minibatch,
+    keys)``; returns the new carry and the minibatch's metrics (``loss``: the sum of its
+    micro-batch losses, which share the minibatch normaliser; ``grad_norm``)."""
+    mb, mb_keys = xs
+    params, opt_state = carry
+    grads, micro_losses, ms = micro_batch_grads(loss_fn, params, mb, mb_keys, norms_of(mb),
+                                                frozen, mesh)
+    params, opt_state, grad_norm = optimiser_step(tx, params, opt_state, grads)
+    ms = _reduce_metrics(ms)
+    ms["loss"] = jnp.sum(micro_losses)
+    ms["grad_norm"] = grad_norm
+    return (params, opt_state), ms
+
+
+def dropout_keys(state: TrainState, shape) -> jax.Array:
+    """LoRA dropout keys [mu, n_mb, n_acc], one per micro-batch forward: a function of
+    ``(state.rng, state.step)`` only, so a resumed run draws the same masks."""
+    base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), DROPOUT_SALT)
+    return jax.random.split(jax.random.fold_in(base, state.step), shape)
+
+
+def rollout_metrics(rollout: Rollout, adv_diag: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """The advantage chain's diagnostics (``adv/...`` unless namespaced) and the on-policy
+    members' mean reward, accuracy and completion length."""
+    metrics = {f"adv/{k}" if "/" not in k else k: v for k, v in adv_diag.items()}
+    member = rollout.member_mask & ~rollout.is_anchor
+    n_member = jnp.maximum(jnp.sum(member), 1)
+    metrics["reward/mean"] = jnp.sum(jnp.where(member, rollout.rewards, 0)) / n_member
+    metrics["accuracy"] = jnp.sum(rollout.correct & member) / n_member
+    lengths = jnp.sum(rollout.completion_mask, axis=-1)
+    metrics["completion_length"] = jnp.sum(jnp.where(member, lengths, 0)) / n_member
+    return metrics
+
+
+def build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> Callable:
+    """The pure update of :func:`make_update_fn` for ``mesh`` (None: no sharding
+    constraints): advantages, micro-batches, reference log-probs, then ``num_iterations``
+    passes of ``num_minibatches`` optimiser steps (:func:`minibatch_step`)."""
+    mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
+    loss_cfg = losses.LossConfig.from_config(c.loss)
+    chunk = c.train.logits_chunk or None
     lora = c.lora.rank > 0
     lora_dropout = lora and float(c.lora.dropout) > 0
 
@@ -465,88 +575,34 @@ def _build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> 
         if lora:  # the reference policy is the base: adapters off, no second copy
             ref_params = frozen
         adv, adv_diag = advantage_fn(rollout)
-        if c.loss.mask_truncated_completions:  # after the advantages: only the loss drops them
+        if loss_cfg.mask_truncated_completions:  # after the advantages: only the loss drops them
             rollout = mask_truncated_completions(rollout)
         batch = flatten_rollout(rollout, adv)
-        group = rollout.rewards.shape[1]
-        n = batch["advantages"].shape[0]
-        check_micro_batch(n, group, n_mb * n_acc, batch_devices, need_whole_groups=False)
-        # [n_mb * n_acc, per, ...]: strided whole groups, rows split over the batch devices.
-        mbs, unit = micro_batches(batch, n_mb * n_acc, group)
-        mbs = constrain_rows(mbs, mesh, axis=1)
-        if beta > 0:
-            # Reference log-probs once per update, one micro-batch at a time: only [N, Tc]
-            # float32 log-probs survive, never the [N, Tc, V] logits of all rows at once.
-            ref_model = nnx.merge(graphdef, ref_params, rest)
-
-            def ref_pass(mb):
-                mb = constrain_rows(mb, mesh)
-                lp = completion_logprobs(
-                    ref_model, *shared_prompts(mb, unit), mb["completion_tokens"],
-                    mb["completion_mask"], temperature=c.sampling.temperature, chunk_size=chunk)
-                return jax.lax.stop_gradient(lp)
-
-            keys = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")
-            mbs["ref_logprobs"] = constrain_rows(
-                jax.lax.map(ref_pass, {k: mbs[k] for k in keys}), mesh, axis=1)
-        # Micro-batches of whole groups run each prompt once; otherwise prompts are repeated.
-        loss_fn = make_loss_fn(c, graphdef, rest, unit)
+        mbs, unit = split_micro_batches(batch, rollout.rewards.shape[1], n_mb * n_acc, mesh)
+        if loss_cfg.beta > 0:
+            mbs["ref_logprobs"] = reference_logprobs(
+                nnx.merge(graphdef, ref_params, rest), mbs, unit, mesh,
+                temperature=c.sampling.temperature, chunk=chunk)
         mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, *x.shape[1:]), mbs)
         # Dr.GRPO's constant normaliser is the generation limit (TRL max_completion_length),
         # not the array width: the host path trims padding columns (train.completion_buckets).
         max_len = max(batch["completion_tokens"].shape[-1], c.sampling.max_new_tokens)
         gen_tokens = jnp.sum(batch["completion_mask"])  # for agg_mode="dapo"
-        # LoRA dropout: one key per micro-batch forward, a function of (rng, step) only, so a
-        # resumed run draws the same masks. None without dropout.
-        keys = None
-        if lora_dropout:
-            base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), DROPOUT_SALT)
-            keys = jax.random.split(jax.random.fold_in(base, state.step), (mu, n_mb, n_acc))
+        keys = dropout_keys(state, (mu, n_mb, n_acc)) if lora_dropout else None
+        # Micro-batches of whole groups run each prompt once; otherwise prompts are repeated.
+        opt_step = functools.partial(
+            minibatch_step, loss_fn=make_loss_fn(c, graphdef, rest, unit), tx=tx,
+            norms_of=lambda mb: minibatch_norms(mb, max_len, n_acc, gen_tokens),
+            frozen=frozen, mesh=mesh)
 
-        def opt_step(carry, xs):
-            mb, mb_keys = xs
-            params, opt_state = carry
-            norms = dict(global_num_tokens=jnp.sum(mb["completion_mask"]),
-                         global_num_seqs=jnp.sum(jnp.any(mb["completion_mask"], axis=-1)),
-                         max_completion_length=max_len, num_micro_batches=n_acc,
-                         generation_num_tokens=gen_tokens)
-
-            def micro(gsum, xs):
-                micro_batch, key = xs
-                micro_batch = constrain_rows(micro_batch, mesh)
-                (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, norms,
-                                                                         frozen, key)
-                # float32 accumulator whatever the parameter dtype: bf16 sums lose small terms.
-                return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), gsum, g), (loss, m)
-
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            grads, (micro_losses, ms) = jax.lax.scan(micro, zeros, (mb, mb_keys))
-            grad_norm = optax.global_norm(grads)
-            # The optimizer sees gradients in the parameters' dtype, so its state keeps its
-            # dtype across steps (float32 master weights: no cast at all).
-            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            ms = _reduce_metrics(ms)
-            ms["loss"] = jnp.sum(micro_losses)  # micro losses share the minibatch normaliser
-            ms["grad_norm"] = grad_norm
-            return (params, opt_state), ms
-
-        def iteration(carry, it_keys):
+        def iteration(carry, it_keys):  # one pass over the minibatches
             return jax.lax.scan(opt_step, carry, (mbs, it_keys))
 
         (params, opt_state), ms = jax.lax.scan(iteration, (state.params, state.opt_state),
                                                keys, length=mu)
         metrics = _reduce_metrics(ms)
         metrics["loss_first"] = ms["loss"][0, 0]
-        metrics.update({f"adv/{k}" if "/" not in k else k: v for k, v in adv_diag.items()})
-        member = rollout.member_mask & ~rollout.is_anchor
-        metrics["reward/mean"] = jnp.sum(jnp.where(member, rollout.rewards, 0)) / jnp.maximum(
-            jnp.sum(member), 1)
-        metrics["accuracy"] = jnp.sum(rollout.correct & member) / jnp.maximum(jnp.sum(member), 1)
-        lengths = jnp.sum(rollout.completion_mask, axis=-1)
-        metrics["completion_length"] = jnp.sum(jnp.where(member, lengths, 0)) / jnp.maximum(
-            jnp.sum(member), 1)
+        metrics.update(rollout_metrics(rollout, adv_diag))
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new_state, metrics
 

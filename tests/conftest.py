@@ -15,7 +15,7 @@ milliseconds), so the session (and every subprocess it starts, through the envir
 - compiles with LLVM at -O0 (``--xla_backend_optimization_level=0``: ~40% less compile time, same
   HLO passes, so numerics keep float32 semantics; set ``JAXGRPO_TEST_XLA_OPT=1`` to keep XLA's
   default),
-- applies the command line's XLA:CPU settings (``jaxgrpo.runtime``: YNNPACK for dots only, huge
+- applies the command line's XLA:CPU settings (``jaxgrpo.cpu``: YNNPACK for dots only, huge
   pages for large allocations in the workers), and
 - shares one persistent compilation cache in a fresh temporary folder, so the many Trainers built
   from the same tiny config load the sampler and update instead of recompiling them. Tests that
@@ -34,10 +34,10 @@ if os.environ.get("JAXGRPO_TEST_XLA_OPT", "0") != "1" and \
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAXGRPO_COMPILATION_CACHE", tempfile.mkdtemp(prefix="jaxgrpo-test-xla-"))
-# The CLI's XLA:CPU settings (jaxgrpo.runtime), so tests compute what a run computes; the malloc
+# The CLI's XLA:CPU settings (jaxgrpo.cpu.process), so tests compute what a run computes; the malloc
 # tunable reaches the xdist workers and subprocesses through the environment (this process was
 # started without it, and is not restarted).
-from jaxgrpo.runtime import tuned_environment  # noqa: E402
+from jaxgrpo.cpu.process import tuned_environment  # noqa: E402
 
 os.environ.update(tuned_environment())
 

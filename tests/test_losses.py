@@ -1,7 +1,7 @@
 """Tests for jaxgrpo.losses against NumPy float64 references (written from TRL's, verl's and the
 papers' formulas) and analytic gradients."""
+import dataclasses
 import functools
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -152,8 +152,10 @@ def test_gradient_at_ratio_one(mode):
     ntok, lmax = m.sum(), 10  # a max completion length larger than the array width
 
     def f(lp):
-        loss, _ = losses.policy_loss(lp, old, adv, mask, agg_mode=mode, global_num_tokens=ntok,
-                                     global_num_seqs=n, max_completion_length=lmax)
+        loss, _ = losses.policy_loss(lp, old, adv, mask, losses.LossConfig(agg_mode=mode),
+                                     norms=losses.LossNorms(global_num_tokens=ntok,
+                                                            global_num_seqs=n,
+                                                            max_completion_length=lmax))
         return loss
 
     g = np.asarray(jax.jit(jax.grad(f))(old))  # ratio exactly 1
@@ -176,8 +178,8 @@ def test_value_and_metrics(variant):
     lp, old, adv, mask = batch(spread=0.5, seed=3)
     ref = old - 0.1
     ent = jnp.abs(lp)
-    fn = variant(functools.partial(losses.policy_loss, eps_low=0.2, eps_high=0.28,
-                                        beta=0.04, agg_mode="token-mean"))
+    fn = variant(functools.partial(losses.policy_loss, config=losses.LossConfig(
+        eps_low=0.2, eps_high=0.28, beta=0.04, agg_mode="token-mean")))
     loss, met = fn(lp, old, adv, mask, ref_logprobs=ref, token_entropy=ent)
     m = np.asarray(mask)
     surr = np_surrogate(lp, old, adv, 0.2, 0.28)
@@ -205,7 +207,8 @@ def test_anchor_rows():
     is_anchor = jnp.asarray([False, False, True, False, True, False])
     old = jnp.where(is_anchor[:, None], 0.0, old)
     adv = jnp.abs(adv)
-    loss, met = jax.jit(functools.partial(losses.policy_loss, agg_mode="token-mean"))(
+    loss, met = jax.jit(functools.partial(
+        losses.policy_loss, config=losses.LossConfig(agg_mode="token-mean")))(
         lp, old, adv, mask, is_anchor=is_anchor)
     m = np.asarray(mask)
     anc = np.asarray(is_anchor)[:, None]
@@ -223,11 +226,12 @@ def test_all_masked():
     lp, old, adv, _ = batch()
     mask = jnp.zeros(lp.shape, bool)
     for mode in MODES:
-        loss, met = jax.jit(functools.partial(losses.policy_loss, agg_mode=mode))(
+        cfg = losses.LossConfig(agg_mode=mode)
+        loss, met = jax.jit(functools.partial(losses.policy_loss, config=cfg))(
             lp, old, adv, mask)
         assert float(loss) == 0.0
         assert all(np.isfinite(v) for v in met.values())
-        g = jax.jit(jax.grad(lambda x: losses.policy_loss(x, old, adv, mask, agg_mode=mode)[0]))(
+        g = jax.jit(jax.grad(lambda x: losses.policy_loss(x, old, adv, mask, cfg)[0]))(
             lp)
         assert np.all(np.asarray(g) == 0.0)
 
@@ -235,7 +239,7 @@ def test_all_masked():
 def test_errors():
     lp, old, adv, mask = batch()
     with pytest.raises(ValueError, match="ref_logprobs"):
-        losses.policy_loss(lp, old, adv, mask, beta=0.1)
+        losses.policy_loss(lp, old, adv, mask, losses.LossConfig(beta=0.1))
     with pytest.raises(AssertionError):
         losses.policy_loss(lp, old[:, :3], adv, mask)
     with pytest.raises(ValueError, match="advantages"):
@@ -309,8 +313,8 @@ def test_gspo_gradient(level, per_token_adv):
     lo, hi = 3e-2, 4e-2
 
     def f(x):
-        return losses.policy_loss(x, old, adv, mask, eps_low=lo, eps_high=hi,
-                                  importance_sampling_level=level, agg_mode="token-mean")[0]
+        return losses.policy_loss(x, old, adv, mask, losses.LossConfig(
+            eps_low=lo, eps_high=hi, importance_sampling_level=level, agg_mode="token-mean"))[0]
 
     g = np.asarray(jax.jit(jax.grad(f))(lp))
     ref = _np_gspo_grad(lp, old, adv, mask, lo, hi, level)
@@ -322,8 +326,8 @@ def test_gspo_levels_share_gradient_for_sequence_advantages():
     lp, old, adv, mask = batch(spread=0.3, seed=7)
 
     def f(x, level):
-        return losses.policy_loss(x, old, adv, mask, eps_low=0.05, eps_high=0.05,
-                                  importance_sampling_level=level)[0]
+        return losses.policy_loss(x, old, adv, mask, losses.LossConfig(
+            eps_low=0.05, eps_high=0.05, importance_sampling_level=level))[0]
 
     g_seq = jax.grad(f)(lp, "sequence")
     g_tok = jax.grad(f)(lp, "gspo-token")
@@ -333,8 +337,8 @@ def test_gspo_levels_share_gradient_for_sequence_advantages():
 
 def test_dual_clip_matches_verl(variant):
     lp, old, adv, mask = batch(spread=1.5, seed=8)  # ratios well above 3
-    fn = variant(functools.partial(losses.policy_loss, eps_low=0.2, eps_high=0.28,
-                                   clip_ratio_c=3.0, agg_mode="token-mean"))
+    fn = variant(functools.partial(losses.policy_loss, config=losses.LossConfig(
+        eps_low=0.2, eps_high=0.28, clip_ratio_c=3.0, agg_mode="token-mean")))
     loss, met = fn(lp, old, adv, mask)
     m = np.asarray(mask)
     rho = np.exp(np.asarray(lp, np.float64) - np.asarray(old, np.float64))
@@ -368,8 +372,8 @@ def test_log_ratio_clamp():
     a = jnp.asarray([1.0])
     rho = losses.importance_ratio(lp, old, log_ratio_clamp=20.0)
     np.testing.assert_allclose(rho, np.exp([[20.0, -20.0, 5.0, -5.0]]), rtol=1e-5)
-    loss, met = losses.policy_loss(lp, old, -a, jnp.ones((1, 4), bool), log_ratio_clamp=20.0,
-                                   clip_ratio_c=3.0)
+    loss, met = losses.policy_loss(lp, old, -a, jnp.ones((1, 4), bool),
+                                   losses.LossConfig(log_ratio_clamp=20.0, clip_ratio_c=3.0))
     assert np.isfinite(loss) and all(np.isfinite(v) for v in met.values())
 
 
@@ -425,8 +429,9 @@ def test_dapo_normalises_by_the_generation_batch():
 @pytest.mark.parametrize("mode", ["bnpo", "dapo"])
 def test_new_modes_through_policy_loss(mode):
     lp, old, adv, mask = batch(seed=13)
-    loss, _ = losses.policy_loss(lp, old, adv, mask, agg_mode=mode, num_micro_batches=2,
-                                 generation_num_tokens=40)
+    loss, _ = losses.policy_loss(lp, old, adv, mask, losses.LossConfig(agg_mode=mode),
+                                 norms=losses.LossNorms(num_micro_batches=2,
+                                                        generation_num_tokens=40))
     surr = np_surrogate(lp, old, adv, 0.2, 0.2)
     m = np.asarray(mask)
     denom = 2 * m.sum() if mode == "bnpo" else 40
@@ -439,21 +444,21 @@ def test_new_modes_through_policy_loss(mode):
 def test_one_default_aggregation_everywhere():
     from jaxgrpo.experiment import base_config
 
-    default = inspect.signature(losses.policy_loss).parameters["agg_mode"].default
+    default = losses.LossConfig().agg_mode
     assert default == base_config().loss.agg_mode == losses.DEFAULT_AGG_MODE == "token-mean"
 
 
-def test_policy_loss_kwargs_from_config():
+def test_loss_config_from_config():
     from jaxgrpo.experiment import base_config
 
     c = base_config()
-    kw = losses.policy_loss_kwargs(c.loss)
-    sig = inspect.signature(losses.policy_loss).parameters
-    for k, v in kw.items():  # the config defaults are the function's defaults
-        assert sig[k].default == v, k
+    cfg = losses.LossConfig.from_config(c.loss)
+    assert set(c.loss.keys()) == {f.name for f in dataclasses.fields(losses.LossConfig)}
+    assert cfg == losses.LossConfig()  # the config defaults are the class's defaults
+    assert losses.kl_clamps(cfg) == (None, None)
     c.loss.kl_clamp_preset = "verl"
     c.loss.clip_ratio_c = 3.0
     c.loss.importance_sampling_level = "sequence"
-    kw = losses.policy_loss_kwargs(c.loss)
-    assert (kw["kl_clamp"], kw["kl_log_ratio_clamp"]) == (10.0, 20.0)
-    assert kw["clip_ratio_c"] == 3.0 and kw["importance_sampling_level"] == "sequence"
+    cfg = losses.LossConfig.from_config(c.loss)
+    assert losses.kl_clamps(cfg) == (10.0, 20.0)
+    assert losses.off(cfg.clip_ratio_c) == 3.0 and cfg.importance_sampling_level == "sequence"

@@ -96,6 +96,7 @@ def test_one_host_step_of_every_transform_and_option(tiny_llama_dir, tiny_run_co
         # The prefill's prompt log-probs are computed only when read (zeros otherwise).
         has_plp = bool(np.any(np.asarray(ro.prompt_logprobs) != 0))
         assert has_plp == ("prompt_logprobs" in need)
+        t.step.time_advantages = True  # the opt-in timing of the chain alone
         state, m, _ = t.step(t.state, rows)
         assert all(np.isfinite(v) for v in m.values()), m
         for k in ("time/sample", "time/reward", "time/embed", "time/advantages", "time/update"):
@@ -398,17 +399,26 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
                                              monkeypatch, warm):
     """The Trainer's step compiles its sampler and update once: steps 2 and 3 compile nothing
     (the initial state is laid out as the update returns it, rng and step included). With warm
-    host memory (jaxgrpo.warm_memory) reading each function's need compiles nothing more, and
-    the reserve is filled at step 2 and lent from step 3 on."""
+    host memory (jaxgrpo.cpu.warm_memory, the executable hook an entry point installs) reading
+    each function's need compiles nothing more, and the reserve is filled at step 2 and lent
+    from step 3 on."""
     import logging
 
-    from jaxgrpo import warm_memory
+    from jaxgrpo import executables
+    from jaxgrpo.cpu import warm_memory
 
     monkeypatch.setenv(warm_memory.SWITCH, warm)
     monkeypatch.setattr(warm_memory, "PAYS_KERNEL_S_PER_GB", 0.0)  # lending pays here
     monkeypatch.setattr(warm_memory, "PAYS_MIN_KERNEL_S", 0.0)
+    # As jaxgrpo.cpu.install() sets it (without tuning this test process).
+    executables.set_wrapper(warm_memory.wrap, release=warm_memory.release)
     # One width: trimming to the longest completion compiles once per bucket seen (tested above).
-    t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path, **{"train.completion_buckets": 1})
+    try:
+        t = _trainer(tiny_llama_dir, tiny_run_config, tmp_path,
+                     **{"train.completion_buckets": 1})
+    except BaseException:
+        executables.set_wrapper(None)
+        raise
     assert isinstance(t.step.sampler, warm_memory.WarmCall) == (warm == "1")
     records = []
 
@@ -440,7 +450,8 @@ def test_no_compilation_after_the_first_step(tiny_llama_dir, tiny_run_config, tm
     finally:
         jax.config.update("jax_log_compiles", False)
         logging.getLogger("jax").removeHandler(handler)
-        t.close()
+        t.close()  # gives the reserve back (executables.release)
+        executables.set_wrapper(None)
 
 
 # ------------------------------------------------------------------------------ padding columns

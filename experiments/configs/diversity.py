@@ -90,7 +90,7 @@ Prompts (``PROMPTS``; ``diversity.py:grpo,prefill``, ``--prompt prefill`` in the
   "prefill": the assistant's turn begun "The number is", 8 new tokens: base pass@1 0.141, 22 of
     32 prompts solved at n = 8 (2026-12-04, the AMD EPYC; experiments/results/diversity_screen.md)
 steps = 60, prompt "prefill", seeds 0-2, every method (seed 0's GRPO and ProGRPO on 2026-12-04,
-1,009 s and 876 s per run; the other 16 runs on 2026-12-07 with jaxgrpo.runtime's CPU settings,
+1,009 s and 876 s per run; the other 16 runs on 2026-12-07 with jaxgrpo.cpu's CPU settings,
 ~6.5-7.5 min per run with its 64 x 32 evaluation; the 2-core AMD EPYC, quiet; one method per invocation:
 ``python -m experiments.tables.diversity --prompt prefill --methods <method> --seeds <s> --steps 60
 --eval_every 10 --eval_prompts 32 --num_samples 16 --final_eval --out runs/diversity_prefill``;

@@ -8,7 +8,7 @@ bench's model directory and prompts, without the held-out evaluations. Prints on
 import os
 import time
 
-# Process start, carried across the restart of jaxgrpo.runtime.tune_process (wall clock), so the
+# Process start, carried across the restart of jaxgrpo.cpu.tune_process (wall clock), so the
 # time to first step includes the first process's start-up as the peers' does.
 os.environ.setdefault("JAXGRPO_BENCH_T0", repr(time.time()))
 T_START = time.perf_counter() - (time.time() - float(os.environ["JAXGRPO_BENCH_T0"]))
@@ -69,7 +69,7 @@ def main():
 
     import jax
 
-    from jaxgrpo import warm_memory
+    from jaxgrpo.cpu import warm_memory
     from jaxgrpo.loop import Trainer
 
     compiles = []

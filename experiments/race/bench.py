@@ -16,8 +16,8 @@ the other (never together), so peak RSS is its own.
         --peers jaxgrpo,trl,trl-accum4,tunix \
         --set model.remat=none --set train.grad_accum=4   # the 2026-12-07 135M race
 
-Peers: ``jaxgrpo`` (with ``jaxgrpo.runtime``'s CPU settings, as every experiments command),
-``jaxgrpo-untuned`` (without), ``jaxgrpo-cold`` (with them, but without ``jaxgrpo.warm_memory``:
+Peers: ``jaxgrpo`` (with ``jaxgrpo.cpu``'s CPU settings, as every experiments command),
+``jaxgrpo-untuned`` (without), ``jaxgrpo-cold`` (with them, but without ``jaxgrpo.cpu.warm_memory``:
 ``JAXGRPO_WARM_MEMORY=0``), ``jaxgrpo-scanned`` (``sampling.unroll_layers=false``: the decode
 loop over the scanned layer stack, where the CPU default unrolls it), ``trl`` (TRL's defaults:
 one 32-row batch, gradient checkpointing), ``trl-accum4`` (4 micro-batches of 8 rows, no
@@ -133,7 +133,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--peers", default="jaxgrpo,trl",
                     help="comma-separated: jaxgrpo, jaxgrpo-untuned (JAXGRPO_CPU_TUNING=0: "
-                         "without jaxgrpo.runtime's XLA flag and huge pages), jaxgrpo-cold "
+                         "without jaxgrpo.cpu's XLA flag and huge pages), jaxgrpo-cold "
                          "(JAXGRPO_WARM_MEMORY=0: without warm host memory), jaxgrpo-scanned "
                          "(sampling.unroll_layers=false: the scanned decode loop), trl, "
                          "trl-accum4 (4 micro-batches, no gradient checkpointing), tunix (with the "
@@ -156,7 +156,7 @@ def main(argv=None):
     recs = []
     for peer in [p.strip() for p in a.peers.split(",") if p.strip()]:
         if peer in ("jaxgrpo", "jaxgrpo-untuned", "jaxgrpo-cold", "jaxgrpo-scanned"):
-            # untuned: without jaxgrpo.runtime's settings; cold: without jaxgrpo.warm_memory;
+            # untuned: without jaxgrpo.cpu's settings; cold: without jaxgrpo.cpu.warm_memory;
             # scanned: the decode loop over the scanned layer stack (the CPU default unrolls it)
             extra = [x for kv in a.set for x in ("--set", kv)]
             if peer == "jaxgrpo-scanned":
@@ -178,9 +178,9 @@ def main(argv=None):
         elif peer in ("tunix", "tunix-untuned"):
             need_python("--tunix-python", a.tunix_python, "tunix")
             # Tunix is XLA:CPU too: "tunix" runs with the same process settings as jaxgrpo
-            # (jaxgrpo.runtime's XLA flag and malloc tunable, set in its environment), so the
+            # (jaxgrpo.cpu's XLA flag and malloc tunable, set in its environment), so the
             # race compares the frameworks, not the settings; "tunix-untuned" without them.
-            from jaxgrpo.runtime import tuned_environment
+            from jaxgrpo.cpu.process import tuned_environment
             env = dict(os.environ, JAXGRPO_BENCH_LABEL=peer,
                        **(tuned_environment() if peer == "tunix" else {}))
             recs.append(run_child([a.tunix_python, "experiments/race/_bench_tunix.py", *common],

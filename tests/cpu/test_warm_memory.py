@@ -1,4 +1,4 @@
-"""jaxgrpo.warm_memory: the free-page-reporting probe, the switch, the reserve's lending, and a
+"""jaxgrpo.cpu.warm_memory: the free-page-reporting probe, the switch, the reserve's lending, and a
 wrapped jitted function (same outputs, its need read from XLA without a second compile)."""
 import logging
 import os
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrpo import warm_memory as wm
+from jaxgrpo.cpu import warm_memory as wm
 from jaxgrpo.errors import ConfigError
 
 MIB = 1 << 20

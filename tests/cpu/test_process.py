@@ -1,4 +1,5 @@
-"""jaxgrpo.runtime: the command line's XLA:CPU flag and the malloc tunable (with its restart)."""
+"""jaxgrpo.cpu.process: the command line's XLA:CPU flag and the malloc tunable (with its
+restart)."""
 import json
 import os
 import subprocess
@@ -7,11 +8,11 @@ import textwrap
 
 import pytest
 
-from jaxgrpo import runtime
-from jaxgrpo.runtime import (MALLOC_TUNABLE, XLA_CPU_FLAGS, hugepages_help, tune_process,
-                             tuned_environment, with_malloc_tunable, with_xla_flags)
+from jaxgrpo.cpu import process as runtime
+from jaxgrpo.cpu.process import (MALLOC_TUNABLE, XLA_CPU_FLAGS, hugepages_help, tune_process,
+                                 tuned_environment, with_malloc_tunable, with_xla_flags)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_xla_flags_are_added_once_and_the_users_value_wins():
@@ -90,7 +91,7 @@ def test_a_command_restarts_itself_with_both_settings(tmp_path):
         with open(sys.argv[-1], "a") as f:
             f.write("start\\n")
         if __name__ == "__main__":
-            from jaxgrpo.runtime import tune_process
+            from jaxgrpo.cpu import tune_process
             tune_process()
             print(json.dumps({"args": sys.argv[1:], "xla": os.environ.get("XLA_FLAGS", ""),
                               "tunables": os.environ.get("GLIBC_TUNABLES", "")}))

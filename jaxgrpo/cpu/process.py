@@ -23,8 +23,8 @@ Together: the 135M update (no remat) 24.0 -> 19.7 s (flag) -> 14.8 s (both); who
 ``experiments.bench_step`` 6.62 -> 3.03 s at the tiny shape, 37.0 -> 32.9 s at 135M with remat.
 
 A third CPU measure acts between executions rather than at process start:
-:mod:`jaxgrpo.warm_memory` (host memory held between XLA:CPU executions on a VM that hands free
-memory back to its hypervisor), under the same ``JAXGRPO_CPU_TUNING`` switch.
+:mod:`jaxgrpo.cpu.warm_memory` (host memory held between XLA:CPU executions on a VM that hands
+free memory back to its hypervisor), under the same ``JAXGRPO_CPU_TUNING`` switch.
 
 Neither is applied when an accelerator plugin (CUDA, ROCm, TPU) is installed, when the variable
 is already set by the user (the user's value wins), or with ``JAXGRPO_CPU_TUNING=0``. In a

@@ -26,10 +26,11 @@ spent enough kernel time per GiB of need (the 135M update does; the tiny bench's
 whose freed pages are still warm when reused, do not).
 
 :func:`wrap` puts a jitted function behind the process's reserve when :func:`enabled` (else
-returns it unchanged): ``JAXGRPO_WARM_MEMORY`` = ``auto`` (default: on for the CPU backend, under
-``jaxgrpo.runtime``'s CPU settings switch, where a balloon device reports free pages), ``1`` (on
-wherever the backend is the CPU) or ``0`` (off). :func:`release` gives the memory back (the
-Trainer does on ``close``).
+returns it unchanged): ``JAXGRPO_WARM_MEMORY`` = ``auto`` (default: on for the CPU backend,
+under ``jaxgrpo.cpu.process``'s CPU settings switch, where a balloon device reports free
+pages), ``1`` (on wherever the backend is the CPU) or ``0`` (off). :func:`release` gives the memory back (the
+Trainer does on ``close``, through ``jaxgrpo.executables.release``). Entry points install
+:func:`wrap` as the executable hook of ``jaxgrpo.executables`` (``jaxgrpo.cpu.install``).
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import jax
 import numpy as np
 
+from jaxgrpo.cpu.process import tuning_enabled
 from jaxgrpo.errors import ConfigError
-from jaxgrpo.runtime import tuning_enabled
 
 __all__ = ["SWITCH", "CHUNK_BYTES", "AHEAD_BYTES", "PAYS_KERNEL_S_PER_GB", "PAYS_MIN_KERNEL_S",
            "free_page_reporting", "switch_mode", "enabled", "WarmReserve", "reserve", "release",
@@ -233,7 +234,8 @@ def reserve() -> WarmReserve:
 
 
 def release() -> None:
-    """Give the process's reserve back to the kernel (``jaxgrpo.loop.Trainer.close`` does)."""
+    """Give the process's reserve back to the kernel (``jaxgrpo.loop.Trainer.close`` does, through
+    ``jaxgrpo.executables.release``)."""
     _RESERVE.release()
 
 
