@@ -23,15 +23,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "jaxgrpo"
 
-# The one cycle another branch (core-step, issue 37 point 5) cuts: advantages.registry imports
-# rollout while rollout imports advantages.dagrpo (so the
-# package face, which imports registry) inside a function. The lead deletes this
-# constant at merge, after which the cycle test is strict for every module.
-KNOWN_CYCLES = (
-    frozenset({"jaxgrpo.advantages", "jaxgrpo.advantages.registry", "jaxgrpo.rollout"}),
-)
-
-
 def module_files(root: str = ROOT) -> Dict[str, str]:
     """``{dotted module name: path}`` of every ``.py`` file under ``root/jaxgrpo``."""
     out = {}
@@ -193,15 +184,7 @@ def test_the_graph_sees_function_local_imports():
 def test_no_import_cycle():
     graph, _ = import_graph()
     found = cycles(graph)
-    unexpected = [sorted(c) for c in found if c not in KNOWN_CYCLES]
-    assert not unexpected, f"import cycles: {unexpected}"
-
-
-@pytest.mark.xfail(bool(KNOWN_CYCLES), strict=True,
-                   reason="KNOWN_CYCLES: the rollout <-> advantages cycle, cut in core-step")
-def test_no_import_cycle_at_all():
-    graph, _ = import_graph()
-    assert not cycles(graph), [sorted(c) for c in cycles(graph)]
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
 
 
 def test_config_imports_only_errors():
@@ -215,13 +198,11 @@ def test_layers_cover_every_module_once():
     flat = [m for layer in found for m in layer]
     assert sorted(flat) == sorted(graph)
     assert "jaxgrpo.errors" in found[0] and "jaxgrpo.config" in found[1]
-    # no import goes from a lower layer to a higher one (outside the known cycles)
+    # no import goes from a lower layer to a higher one
     where = {m: i for i, layer in enumerate(found) for m in layer}
-    in_known = {m for c in KNOWN_CYCLES for m in c}
     for m, targets in graph.items():
         for t in targets:
-            if not (m in in_known and t in in_known):
-                assert where[t] < where[m], f"{m} (layer {where[m]}) imports {t} ({where[t]})"
+            assert where[t] < where[m], f"{m} (layer {where[m]}) imports {t} ({where[t]})"
 
 
 if __name__ == "__main__":
