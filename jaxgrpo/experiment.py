@@ -186,6 +186,11 @@ def check_across(c: mc.ConfigDict, s: Dict[str, config.Section]) -> None:
     if train.fused and r.verifier != "digits":
         raise ConfigError("config.train.fused=True needs a reward computable from token ids: "
                           "set config.rewards.verifier='digits' (or train.fused=False)")
+    if s["loss"].sampler_correction != "none" and train.pi_old != "trainer":
+        raise ConfigError(
+            f"config.loss.sampler_correction={s['loss'].sampler_correction!r} weights by "
+            "pi_old / pi_sampler, which is 1 with config.train.pi_old='sampler': set "
+            "train.pi_old='trainer' (or loss.sampler_correction='none')")
 
 
 def check_inputs(c: mc.ConfigDict) -> None:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jaxgrpo import config
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.metrics import masked_stats
+from jaxgrpo.mismatch import SAMPLER_CORRECTIONS
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "bnpo", "dapo")
 DEFAULT_AGG_MODE = "token-mean"  # also config.loss.agg_mode's default (verl's default)
@@ -95,6 +96,19 @@ class LossConfig(config.Section):
         False,
         'TRL mask_truncated_completions: completions without EOS (cut at max_new_tokens) take '
         'part in the advantages but not in the loss nor its token / sequence normalisers.')
+    sampler_correction: str = config.key(
+        'none',
+        "Importance correction for the sampler / trainer gap (needs train.pi_old='trainer'): "
+        'the policy-gradient term of each token is multiplied by w = exp(log pi_old - log '
+        "pi_sampler), per token or per sequence, truncated to [floor, cap] or masked outside it "
+        "(TRL vllm_importance_sampling_mode; verl rollout_is = '<level>_truncate', floor 0); "
+        '"none" = off (jaxgrpo.mismatch).',
+        choices=SAMPLER_CORRECTIONS)
+    sampler_correction_cap: float = config.key(
+        3.0, "C_max of loss.sampler_correction (TRL's default 3; verl's rollout_is_threshold 2)",
+        gt=0)
+    sampler_correction_floor: float = config.key(
+        0.0, 'C_min of loss.sampler_correction; 0 = none (TRL and verl)', ge=0)
 
     def __post_init__(self):
         if self.kl_clamp_preset != "none" and (self.kl_clamp or self.kl_log_ratio_clamp):
@@ -106,6 +120,10 @@ class LossConfig(config.Section):
             v = getattr(self, name)
             if v and v <= 1.0:
                 raise ConfigError(f"config.loss.{name}={v} must be > 1 (or 0 = off)")
+        if self.sampler_correction_floor >= self.sampler_correction_cap:
+            raise ConfigError(
+                f"config.loss.sampler_correction_floor={self.sampler_correction_floor} must be "
+                f"below config.loss.sampler_correction_cap={self.sampler_correction_cap}")
 
 
 def _broadcast_adv(advantages: jax.Array, shape) -> jax.Array:
@@ -335,14 +353,17 @@ def _check_inputs(logprobs, old_logprobs, mask, cfg: LossConfig, ref_logprobs) -
 
 
 def _per_token_surrogate(logprobs, old_logprobs, advantages, mask, anchor, is_anchor,
-                         cfg: LossConfig) -> jax.Array:
-    """[N, T]: :func:`clipped_surrogate` on on-policy rows, :func:`anchor_surrogate` on anchor
-    rows (``is_anchor`` given)."""
+                         cfg: LossConfig, is_weights=None) -> jax.Array:
+    """[N, T]: :func:`clipped_surrogate` on on-policy rows (times ``is_weights``, the sampler
+    correction's constant weights, when given), :func:`anchor_surrogate` on anchor rows
+    (``is_anchor`` given)."""
     surr = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low=cfg.eps_low,
                              eps_high=cfg.eps_high, mask=mask,
                              importance_sampling_level=cfg.importance_sampling_level,
                              log_ratio_clamp=off(cfg.log_ratio_clamp),
                              clip_ratio_c=off(cfg.clip_ratio_c), delta=off(cfg.delta))
+    if is_weights is not None:
+        surr = surr * jax.lax.stop_gradient(is_weights).astype(surr.dtype)
     if is_anchor is not None:
         surr = jnp.where(anchor[:, None],
                          anchor_surrogate(logprobs, advantages, gamma=cfg.anchor_gamma), surr)
@@ -403,6 +424,7 @@ def policy_loss(
     ref_logprobs: Optional[jax.Array] = None,
     is_anchor: Optional[jax.Array] = None,
     token_entropy: Optional[jax.Array] = None,
+    is_weights: Optional[jax.Array] = None,
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """GRPO-family policy loss on flat [N, T] arrays: (scalar loss, metrics).
 
@@ -421,6 +443,9 @@ def policy_loss(
       ref_logprobs: optional [N, T] log pi_ref; required when ``config.beta > 0``.
       is_anchor: optional bool [N], off-policy anchor rows.
       token_entropy: optional [N, T] per-token policy entropy, for the metric only.
+      is_weights: optional [N, T] constant weights of the on-policy rows' policy-gradient term
+        (the sampler correction, ``jaxgrpo.mismatch.sampler_correction_weights``); the KL term
+        and anchor rows are not weighted (as TRL and verl).
 
     Returns:
       ``(loss, metrics)``; metrics are jnp scalars computed over this call's tokens (no host
@@ -438,7 +463,8 @@ def policy_loss(
               else jnp.asarray(is_anchor).astype(bool).reshape(n))
     rho = importance_ratio(logprobs, old_logprobs, mask, level=cfg.importance_sampling_level,
                            log_ratio_clamp=off(cfg.log_ratio_clamp))
-    surr = _per_token_surrogate(logprobs, old_logprobs, advantages, mask, anchor, is_anchor, cfg)
+    surr = _per_token_surrogate(logprobs, old_logprobs, advantages, mask, anchor, is_anchor, cfg,
+                                is_weights)
     agg = dict(mode=cfg.agg_mode, **norms._asdict())
     pg_loss = aggregate_loss(surr, mask, **agg)
     kl_loss, metrics = _kl_term(logprobs, ref_logprobs, mask, cfg, agg)

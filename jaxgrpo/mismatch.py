@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["SAMPLER_CORRECTIONS", "LOG_RATIO_BOUND", "sampler_correction_weights",
-           "mismatch_metrics"]
+           "mismatch_sums", "metrics_from_sums", "mismatch_metrics"]
 
 # "none" or "<level>_<constraint>", named as TRL's vllm_importance_sampling_mode.
 SAMPLER_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate",
@@ -67,6 +67,30 @@ def sampler_correction_weights(old_logprobs: jax.Array, sampler_logprobs: jax.Ar
     return jax.lax.stop_gradient(jnp.where(m, w, 0.0))
 
 
+def mismatch_sums(trainer_logprobs: jax.Array, sampler_logprobs: jax.Array,
+                  mask: jax.Array) -> Dict[str, jax.Array]:
+    """The sums behind :func:`mismatch_metrics` over the valid tokens ``mask``: ``count``,
+    ``abs`` (sum |r|), ``abs_max``, ``kl`` (sum -r), ``k3`` (sum exp(r) - r - 1), with
+    r_t = log pi_trainer(o_t) - log pi_sampler(o_t). Sums of several batches add up (maxima
+    take the max), so a micro-batched update reports token means over its whole batch."""
+    m = mask.astype(bool)
+    r = jnp.where(m, trainer_logprobs.astype(jnp.float32) - sampler_logprobs.astype(jnp.float32),
+                  0.0)
+    # exp(r) - r - 1 cancels to rounding noise for the small gaps of interest (1e-6 .. 1e-2):
+    # there its Taylor series (error < r^5 / 100) is exact in float32.
+    series = r * r * (0.5 + r / 6.0 + r * r / 24.0)
+    k3 = jnp.where(m, jnp.where(jnp.abs(r) < 1e-2, series, jnp.expm1(r) - r), 0.0)
+    return {"count": jnp.sum(m).astype(jnp.float32), "abs": jnp.sum(jnp.abs(r)),
+            "abs_max": jnp.max(jnp.abs(r)), "kl": jnp.sum(-r), "k3": jnp.sum(k3)}
+
+
+def metrics_from_sums(sums: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """``mismatch/*`` token means (and the max) of :func:`mismatch_sums`' sums."""
+    n = jnp.maximum(sums["count"], 1.0)
+    return {"mismatch/abs_mean": sums["abs"] / n, "mismatch/abs_max": sums["abs_max"],
+            "mismatch/kl": sums["kl"] / n, "mismatch/k3": sums["k3"] / n}
+
+
 def mismatch_metrics(trainer_logprobs: jax.Array, sampler_logprobs: jax.Array,
                      mask: jax.Array) -> Dict[str, jax.Array]:
     """The gap between the trainer's and the sampler's log-probs of the sampled tokens.
@@ -77,15 +101,4 @@ def mismatch_metrics(trainer_logprobs: jax.Array, sampler_logprobs: jax.Array,
     ``mismatch/k3`` = mean(exp(r) - r - 1) (k3 estimate, >= 0; verl ``k3_kl``). Scalars, float32;
     0 when there is no valid token.
     """
-    m = mask.astype(bool)
-    n = jnp.maximum(jnp.sum(m), 1)
-    r = jnp.where(m, trainer_logprobs.astype(jnp.float32) - sampler_logprobs.astype(jnp.float32),
-                  0.0)
-    # exp(r) - r - 1 cancels to rounding noise for the small gaps of interest (1e-6 .. 1e-2):
-    # there its Taylor series (error < r^5 / 100) is exact in float32.
-    series = r * r * (0.5 + r / 6.0 + r * r / 24.0)
-    k3 = jnp.where(m, jnp.where(jnp.abs(r) < 1e-2, series, jnp.expm1(r) - r), 0.0)
-    return {"mismatch/abs_mean": jnp.sum(jnp.abs(r)) / n,
-            "mismatch/abs_max": jnp.max(jnp.abs(r)),
-            "mismatch/kl": jnp.sum(-r) / n,
-            "mismatch/k3": jnp.sum(k3) / n}
+    return metrics_from_sums(mismatch_sums(trainer_logprobs, sampler_logprobs, mask))

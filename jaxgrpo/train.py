@@ -44,6 +44,7 @@ from jaxgrpo.advantages import make_advantage_fn
 from jaxgrpo.data import split_names
 from jaxgrpo.errors import ConfigError
 from jaxgrpo.logprobs import completion_logprobs
+from jaxgrpo.mismatch import metrics_from_sums, mismatch_sums, sampler_correction_weights
 from jaxgrpo.rollout import Rollout, mask_truncated_completions
 from jaxgrpo.sharding import BATCH_AXES
 
@@ -51,6 +52,7 @@ from jaxgrpo.sharding import BATCH_AXES
 DROPOUT_SALT = 0x10DA
 
 SCHEDULES = ("constant", "cosine", "linear")  # optim.schedule (see lr_schedule)
+PI_OLD_SOURCES = ("trainer", "sampler")  # train.pi_old (see pi_old_pass)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,6 +86,14 @@ class TrainConfig(config.Section):
         'whose rewards have zero spread and sample more prompts until the batch is full')
     max_sampling_rounds: int = config.key(
         3, 'sampling rounds per step at most (verl max_num_gen_batches)', ge=1)
+    pi_old: str = config.key(
+        'trainer',
+        "Where the update's pi_old (the importance ratio's denominator) comes from: 'trainer' = "
+        "the update's own log-probs of the rollout under the parameters that sampled it (the "
+        'stop-gradient of the first pass when one generation feeds one optimiser step: the ratio '
+        'is exactly 1; else one no-grad pass before the first step); "sampler" = the sampler\'s '
+        'log-probs (KV-cache decode; in bfloat16 they differ from the trainer\'s).',
+        choices=PI_OLD_SOURCES)
     completion_buckets: int = config.key(
         4,
         "Before the host path's update, drop completion columns past the batch's longest "
@@ -236,7 +246,7 @@ def flatten_rollout(rollout: Rollout, advantages: jax.Array) -> Dict[str, jax.Ar
         prompt_mask=jnp.repeat(rollout.prompt_mask, g, axis=0),
         completion_tokens=flat(rollout.completion_tokens),
         completion_mask=flat(rollout.completion_mask) & flat(rollout.member_mask)[:, None],
-        old_logprobs=flat(rollout.logprobs),
+        sampler_logprobs=flat(rollout.logprobs),
         advantages=flat(advantages),
         is_anchor=flat(rollout.is_anchor),
     )
@@ -351,12 +361,63 @@ def make_loss_fn(c: mc.ConfigDict, graphdef, rest, group: int = 1) -> Callable:
             model, *shared_prompts(batch, group), batch["completion_tokens"],
             batch["completion_mask"], temperature=c.sampling.temperature, return_entropy=True,
             chunk_size=chunk, lora=branch)
-        return losses.policy_loss(
-            logp, batch["old_logprobs"], batch["advantages"], batch["completion_mask"],
-            loss_cfg, norms=norms, ref_logprobs=batch.get("ref_logprobs"),
-            is_anchor=batch["is_anchor"], token_entropy=entropy)
+        old, trainer = old_logprobs(c, batch, logp)
+        onpolicy = batch["completion_mask"] & ~batch["is_anchor"][:, None]
+        weights = None
+        if loss_cfg.sampler_correction != "none":
+            weights = sampler_correction_weights(
+                old, batch["sampler_logprobs"], onpolicy, mode=loss_cfg.sampler_correction,
+                cap=loss_cfg.sampler_correction_cap, floor=loss_cfg.sampler_correction_floor)
+        loss, metrics = losses.policy_loss(
+            logp, old, batch["advantages"], batch["completion_mask"], loss_cfg, norms=norms,
+            ref_logprobs=batch.get("ref_logprobs"), is_anchor=batch["is_anchor"],
+            token_entropy=entropy, is_weights=weights)
+        metrics.update(pass_mismatch_sums(trainer, batch["sampler_logprobs"], onpolicy, weights))
+        return loss, metrics
 
     return loss_fn
+
+
+def old_logprobs(c: mc.ConfigDict, batch: Dict[str, jax.Array], logp: jax.Array):
+    """``(pi_old, trainer)`` [N, T] for a loss pass whose log-probs are ``logp``.
+
+    ``train.pi_old = "sampler"``: pi_old is the sampler's log-probs, and ``trainer`` (the
+    trainer's log-probs to compare them with) is this pass's, detached. ``"trainer"``: the
+    batch's ``old_logprobs`` when :func:`pi_old_pass` computed them, else this pass's detached
+    log-probs (the update's first and only optimiser step: the ratio is exactly 1); anchor rows
+    keep the sampler's value (0: behaviour probability 1) either way."""
+    sampler = batch["sampler_logprobs"]
+    if c.train.pi_old == "sampler":
+        return sampler, jax.lax.stop_gradient(logp)
+    trainer = batch.get("old_logprobs")
+    if trainer is None:
+        trainer = jnp.where(batch["is_anchor"][:, None], sampler, jax.lax.stop_gradient(logp))
+    return trainer, trainer
+
+
+def pass_mismatch_sums(trainer: jax.Array, sampler: jax.Array, mask: jax.Array,
+                       weights: Optional[jax.Array]) -> Dict[str, jax.Array]:
+    """One loss pass's ``mismatch_sum/*`` aux metrics (:func:`mismatch_from_metrics`): the
+    sums of :func:`jaxgrpo.mismatch.mismatch_sums` over the on-policy tokens ``mask``, and of
+    the sampler correction's ``weights`` there when given."""
+    sums = mismatch_sums(trainer, sampler, mask)
+    if weights is not None:
+        sums["is_weight"] = jnp.sum(jnp.where(mask, weights, 0.0))
+        sums["is_weight_max"] = jnp.max(jnp.where(mask, weights, -jnp.inf))
+        sums["is_weight_min"] = jnp.min(jnp.where(mask, weights, jnp.inf))
+    return {f"mismatch_sum/{k}": v for k, v in sums.items()}
+
+
+def mismatch_from_metrics(ms: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """``mismatch/*`` of the ``mismatch_sum/*`` entries of reduced metrics (each a mean over
+    micro-batches of one pass's sums, so their ratios are token means over the batch)."""
+    sums = {k.split("/", 1)[1]: v for k, v in ms.items() if k.startswith("mismatch_sum/")}
+    out = metrics_from_sums(sums)
+    if "is_weight" in sums:
+        out["mismatch/is_weight_mean"] = sums["is_weight"] / jnp.maximum(sums["count"], 1.0)
+        out["mismatch/is_weight_max"] = sums["is_weight_max"]
+        out["mismatch/is_weight_min"] = sums["is_weight_min"]
+    return out
 
 
 def _mesh_of(tree: Any) -> Optional[Mesh]:
@@ -467,21 +528,22 @@ def split_micro_batches(batch: Dict[str, jax.Array], group: int, n_micro: int,
     return constrain_rows(mbs, mesh, axis=1), unit
 
 
-def reference_logprobs(ref_model, mbs: Dict[str, jax.Array], unit: int, mesh: Optional[Mesh],
-                       *, temperature: float, chunk: Optional[int]) -> jax.Array:
-    """float32 [n_micro, per, Tc]: the reference policy's log-probs of every micro-batch's
-    completions, one micro-batch at a time (``lax.map``), so only [N, Tc] log-probs survive,
-    never the [N, Tc, V] logits of all rows at once. No gradient."""
+def pass_logprobs(model, mbs: Dict[str, jax.Array], unit: int, mesh: Optional[Mesh],
+                  *, temperature: float, chunk: Optional[int]) -> jax.Array:
+    """float32 [n_micro, per, Tc]: ``model``'s log-probs of every micro-batch's completions (the
+    reference policy's, or the policy's own pi_old), one micro-batch at a time (``lax.map``),
+    in the update's precision and chunking, so only [N, Tc] log-probs survive, never the
+    [N, Tc, V] logits of all rows at once. No gradient."""
 
-    def ref_pass(mb):
+    def one(mb):
         mb = constrain_rows(mb, mesh)
         lp = completion_logprobs(
-            ref_model, *shared_prompts(mb, unit), mb["completion_tokens"],
+            model, *shared_prompts(mb, unit), mb["completion_tokens"],
             mb["completion_mask"], temperature=temperature, chunk_size=chunk)
         return jax.lax.stop_gradient(lp)
 
     keys = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")
-    return constrain_rows(jax.lax.map(ref_pass, {k: mbs[k] for k in keys}), mesh, axis=1)
+    return constrain_rows(jax.lax.map(one, {k: mbs[k] for k in keys}), mesh, axis=1)
 
 
 def minibatch_norms(mb: Dict[str, jax.Array], max_len: int, n_acc: int,
@@ -561,6 +623,24 @@ def rollout_metrics(rollout: Rollout, adv_diag: Dict[str, jax.Array]) -> Dict[st
     return metrics
 
 
+def pi_old_pass(c: mc.ConfigDict) -> bool:
+    """Whether the update runs a no-grad pass for pi_old (``train.pi_old = "trainer"`` and the
+    rollout feeds more than one optimiser step: ``num_iterations`` or ``num_minibatches`` > 1);
+    with one step pi_old is that step's own detached log-probs (:func:`old_logprobs`)."""
+    return c.train.pi_old == "trainer" and c.train.num_iterations * c.train.num_minibatches > 1
+
+
+def update_mismatch(c: mc.ConfigDict, ms: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """The update's ``mismatch/*`` metrics from the [mu, n_mb] stacked pass metrics ``ms``:
+    over every pass when pi_old is the trainer's (each compares the same pi_old with the
+    sampler); with ``train.pi_old = "sampler"`` over the first optimiser step's passes only,
+    the ones run under the parameters that sampled (the first minibatch's rows)."""
+    mm = {k: v for k, v in ms.items() if k.startswith("mismatch_sum/")}
+    if c.train.pi_old == "sampler":
+        mm = {k: v[0, 0] for k, v in mm.items()}
+    return mismatch_from_metrics(_reduce_metrics(mm))
+
+
 def build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> Callable:
     """The pure update of :func:`make_update_fn` for ``mesh`` (None: no sharding
     constraints): advantages, micro-batches, reference log-probs, then ``num_iterations``
@@ -570,6 +650,7 @@ def build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> C
     chunk = c.train.logits_chunk or None
     lora = c.lora.rank > 0
     lora_dropout = lora and float(c.lora.dropout) > 0
+    old_pass = pi_old_pass(c)
 
     def update(state: TrainState, rollout: Rollout, ref_params=None, frozen=None):
         if lora:  # the reference policy is the base: adapters off, no second copy
@@ -580,9 +661,14 @@ def build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> C
         batch = flatten_rollout(rollout, adv)
         mbs, unit = split_micro_batches(batch, rollout.rewards.shape[1], n_mb * n_acc, mesh)
         if loss_cfg.beta > 0:
-            mbs["ref_logprobs"] = reference_logprobs(
+            mbs["ref_logprobs"] = pass_logprobs(
                 nnx.merge(graphdef, ref_params, rest), mbs, unit, mesh,
                 temperature=c.sampling.temperature, chunk=chunk)
+        if old_pass:  # pi_old from the trainer, before the first optimiser step moves it
+            mbs["old_logprobs"] = jnp.where(mbs["is_anchor"][..., None], mbs["sampler_logprobs"],
+                                            pass_logprobs(
+                nnx.merge(graphdef, policy_params(c, state.params, frozen), rest), mbs, unit,
+                mesh, temperature=c.sampling.temperature, chunk=chunk))
         mbs = jax.tree.map(lambda x: x.reshape(n_mb, n_acc, *x.shape[1:]), mbs)
         # Dr.GRPO's constant normaliser is the generation limit (TRL max_completion_length),
         # not the array width: the host path trims padding columns (train.completion_buckets).
@@ -600,8 +686,10 @@ def build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> C
 
         (params, opt_state), ms = jax.lax.scan(iteration, (state.params, state.opt_state),
                                                keys, length=mu)
-        metrics = _reduce_metrics(ms)
+        metrics = _reduce_metrics({k: v for k, v in ms.items()
+                                   if not k.startswith("mismatch_sum/")})
         metrics["loss_first"] = ms["loss"][0, 0]
+        metrics.update(update_mismatch(c, ms))
         metrics.update(rollout_metrics(rollout, adv_diag))
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new_state, metrics

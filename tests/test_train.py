@@ -767,3 +767,133 @@ def test_logits_chunk_bounds_the_updates_memory():
     assert temps[0] >= logits_bytes, temps  # the one-pass head holds the whole logits
     assert temps[32] < 0.3 * temps[0], temps
     assert temps[32] < logits_bytes, temps  # neither pass (policy, reference) holds them all
+
+
+# ------------------------------------------------------------ pi_old from the trainer (issue 40)
+
+
+def _sampled_rollout(dtype, p=2, g=4, tp=6, tc=8, seed=0):
+    """A rollout the tiny model sampled itself (KV-cache decode in ``dtype``), with rewards
+    that spread in every group: its logprobs are the sampler's, which in bfloat16 are not the
+    update's teacher-forced ones."""
+    from jaxgrpo.rollout import rollout_from_sample
+    from jaxgrpo.sampling import SamplingConfig, make_sampler
+
+    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=8)
+    model = Decoder(cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    r = np.random.default_rng(seed)
+    sampler = make_sampler(graphdef, SamplingConfig(max_new_tokens=tc, num_generations=g,
+                                                    eos_token_ids=(), pad_token_id=0))
+    out = sampler(state, jnp.asarray(r.integers(1, 64, (p, tp)), jnp.int32),
+                  jnp.ones((p, tp), bool), jax.random.key(seed))
+    rewards = jnp.asarray(r.normal(size=(p * g,)), jnp.float32)
+    return model, rollout_from_sample(out, rewards, rewards > 0)
+
+
+def _update_of(model, ro, **cfg):
+    import optax
+    c = base_config()
+    c.train.prompts_per_step, c.sampling.num_generations = ro.rewards.shape
+    c.sampling.max_new_tokens = ro.completion_tokens.shape[-1]
+    for k, v in cfg.items():
+        section, name = k.split(".")
+        c[section][name] = v
+    validate(c)
+    graphdef, params, rest = split_model(model)
+    params = jax.tree.map(jnp.copy, params)  # the update donates its state
+    tx = optax.sgd(1e-2)
+    update = make_update_fn(c, graphdef, rest, tx)
+    return jax.device_get(update(init_train_state(params, tx, 0), ro, None)[1])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_on_policy_first_pass_ratio_is_exactly_one(dtype):
+    """mu = 1, one minibatch: pi_old is the update's own detached log-probs, so every ratio is
+    exp(0) = 1 in bf16 as in fp32, while the sampler's log-probs (today's pi_old, kept as
+    train.pi_old='sampler') give ratios != 1 in bf16: the gap the mismatch metrics report."""
+    model, ro = _sampled_rollout(dtype)
+    m = _update_of(model, ro, **{"train.grad_accum": 2})
+    assert float(m["ratio_min"]) == 1.0 and float(m["ratio_max"]) == 1.0
+    assert float(m["clip_frac"]) == 0.0
+    legacy = _update_of(model, ro, **{"train.pi_old": "sampler", "train.grad_accum": 2})
+    # the same gap, measured from the same (first and only) pass in both modes
+    for k in ("mismatch/abs_mean", "mismatch/abs_max", "mismatch/kl", "mismatch/k3"):
+        np.testing.assert_allclose(m[k], legacy[k], rtol=1e-6, atol=1e-9)
+    # with the sampler's pi_old the ratio is exp(trainer - sampler): its extremes are the gap's
+    np.testing.assert_allclose(max(np.log(legacy["ratio_max"]), -np.log(legacy["ratio_min"])),
+                               legacy["mismatch/abs_max"], rtol=1e-3, atol=1e-7)
+    if dtype == jnp.bfloat16:
+        assert float(m["mismatch/abs_max"]) > 1e-3  # bf16 decode vs teacher forcing differ
+        assert float(legacy["ratio_max"]) > 1.0 or float(legacy["ratio_min"]) < 1.0
+    else:
+        assert float(m["mismatch/abs_max"]) < 1e-4  # float32 paths agree
+
+
+def _separate_pass(model, ro):
+    """log pi(o_t) of the rollout by one plain teacher-forced forward pass (each group's prompt
+    run once, as the update does)."""
+    from jaxgrpo.logprobs import completion_logprobs
+    p, g, tc = ro.completion_tokens.shape
+    lp = completion_logprobs(model, ro.prompt_tokens, ro.prompt_mask,
+                             ro.completion_tokens.reshape(p * g, tc),
+                             ro.completion_mask.reshape(p * g, tc))
+    return np.asarray(lp, np.float64), np.asarray(ro.logprobs.reshape(p * g, tc), np.float64), \
+        np.asarray(ro.completion_mask.reshape(p * g, tc))
+
+
+@pytest.mark.parametrize("cfg", [{"train.num_iterations": 2}, {"train.num_minibatches": 2}])
+def test_pi_old_pass_equals_a_separate_forward_pass(cfg):
+    """mu > 1 or several minibatches: pi_old comes from one no-grad pass before the first
+    optimiser step. Its gap to the sampler equals that of a separate forward pass of the
+    sampling parameters, and later passes see ratios != 1 (the policy moved)."""
+    model, ro = _sampled_rollout(jnp.bfloat16)
+    trainer, sampler, mask = _separate_pass(model, ro)
+    r = (trainer - sampler)[mask]
+    m = _update_of(model, ro, **cfg)
+    np.testing.assert_allclose(m["mismatch/abs_mean"], np.abs(r).mean(), rtol=1e-4)
+    np.testing.assert_allclose(m["mismatch/abs_max"], np.abs(r).max(), rtol=1e-4)
+    np.testing.assert_allclose(m["mismatch/kl"], (-r).mean(), rtol=1e-3, atol=1e-7)
+    assert float(m["ratio_max"]) > 1.0 or float(m["ratio_min"]) < 1.0
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])
+def test_sampler_correction_weights_the_policy_gradient_term(mode):
+    """loss.sampler_correction: with the ratio 1 (mu = 1) each token's surrogate is -A w, w the
+    TRL weight of pi_old = the trainer's pass against the sampler's log-probs (float64 port),
+    so pg_loss (token-mean) = -sum(A w) / tokens."""
+    model, ro = _sampled_rollout(jnp.bfloat16)
+    trainer, sampler, mask = _separate_pass(model, ro)
+    adv = np.asarray(np.random.default_rng(3).normal(size=ro.rewards.shape), np.float32)
+    diff = (trainer - sampler) * mask
+    if mode.startswith("sequence"):
+        diff = np.broadcast_to(diff.sum(-1, keepdims=True), diff.shape)
+    w = np.exp(diff)
+    cap = 1.002  # small: bf16 gaps of ~1e-3 per token cross it, so both branches are exercised
+    w = np.clip(w, None, cap) if mode.endswith("truncate") else np.where(w > cap, 0.0, w)
+    assert (w[mask] != 1).any()
+    a = np.repeat(adv.reshape(-1, 1), mask.shape[1], 1)
+    expect = -(a * w * mask).sum() / mask.sum()
+
+    import optax
+    c = base_config()
+    c.train.prompts_per_step, c.sampling.num_generations = ro.rewards.shape
+    c.loss.sampler_correction, c.loss.sampler_correction_cap = mode, cap
+    validate(c)
+    graphdef, params, rest = split_model(model)
+    params = jax.tree.map(jnp.copy, params)  # the update donates its state
+    tx = optax.sgd(1e-2)
+    update = make_update_fn(c, graphdef, rest, tx, advantage_fn=lambda _: (jnp.asarray(adv), {}))
+    m = jax.device_get(update(init_train_state(params, tx, 0), ro, None)[1])
+    np.testing.assert_allclose(m["pg_loss"], expect, rtol=2e-3, atol=1e-6)
+    assert float(m["mismatch/is_weight_max"]) <= cap + 1e-6
+
+
+def test_sampler_correction_needs_the_trainers_pi_old():
+    c = base_config()
+    c.loss.sampler_correction = "token_truncate"
+    c.train.pi_old = "sampler"
+    with pytest.raises(ValueError, match=r"loss\.sampler_correction.*train\.pi_old='trainer'"):
+        validate(c)

@@ -33,12 +33,8 @@ SMOLLM2_DIR = os.path.join(CARRY_DIR, "smollm2")
 
 
 def _memory_plan():
-    """experiments.memory_plan's module (a file today; a package with __main__.py after the
-    experiments/ reorganisation: both are found)."""
-    try:
-        return importlib.import_module("experiments.memory_plan.__main__")
-    except ModuleNotFoundError:
-        return importlib.import_module("experiments.memory_plan")
+    """The memory plan's module (``experiments/memory_plan/plan.py``)."""
+    return importlib.import_module("experiments.memory_plan.plan")
 
 
 def on_gpu() -> bool:
@@ -342,7 +338,7 @@ def _build_sampler(c, factory, depth: int, new_tokens: int):
     model = factory(depth)()
     graphdef, params, rest = train_lib.split_model(model)
     scfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.7,
-                          num_samples=c.sampling.num_generations, ignore_eos=True,
+                          num_generations=c.sampling.num_generations, ignore_eos=True,
                           return_prompt_logprobs=False, unroll_layers=False)
     p, tp = c.train.prompts_per_step, c.data.max_prompt_tokens
     rng = np.random.default_rng(0)
