@@ -31,7 +31,7 @@ Pieces:
   sentence embeddings, then ``summarize``; also returns per-prompt records (``write_jsonl``).
 * ``run_eval_settings`` / ``run_eval_kwargs``: the evaluation settings a run config implies
   (the trainer's periodic evaluation, ``experiments.evaluate --run_dir`` and
-  ``experiments.tables.diversity``'s final evaluation all use them, so they sample the same
+  ``experiments.diversity``'s final evaluation all use them, so they sample the same
   completions).
 * ``load_benchmark``: rows ``{"question", "answer", "metadata"}`` from a local JSON / JSONL /
   Parquet benchmark file (MATH-500, AIME, AMC, ... shapes), with errors that name the file.
@@ -78,7 +78,7 @@ class EvalConfig(config.Section):
         True,
         'Evaluate the initial policy (step 0) of a fresh run. False skips it, e.g. when runs that'
         ' share the model, data, seed and eval settings take their step-0 numbers from one of '
-        'them (experiments/tables/diversity.py).')
+        'them (experiments/diversity/testbed.py).')
     num_prompts: int = config.key(
         32, 'held-out prompts evaluated (at most the held-out rows)', ge=1)
     num_samples: int = config.key(4, 'n per prompt (pass@k needs n >= k)', ge=1)

@@ -86,7 +86,7 @@ def paper_dra_config(name: str, baseline: str):
     c.train.logits_chunk = 512  # [rows, 512, 151936] f32 logits at a time, not [rows, 3584, ...]
     # Recompute each layer in the backward pass: without it the 28 layers' saved activations
     # take 68.05 GB per device (XLA:TPU v5p-8, 3 rows/device, 60.94 GB of it temporaries), more
-    # than a 40 GB A100; with "full": 17.77 GB (experiments/memory_plan.py, README "Paper scale").
+    # than a 40 GB A100; with "full": 17.77 GB (experiments/memory_plan, docs/scaling.md).
     c.model.remat = "full"
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"

@@ -6,7 +6,7 @@ Command (GPU/TPU mesh; local model directory and data file required):
       --config.data.path=/data/open-rs.jsonl
   Add --config.advantage.baseline=grpo --config.loss.agg_mode=seq-mean-token-mean for DRA-GRPO.
 Hardware: the paper used 4x A100-40GB for 12.5 h; here data=1, fsdp=all devices.
-  Memory (experiments/memory_plan.py, XLA:TPU ahead-of-time compile under the mesh, 28 layers,
+  Memory (experiments/memory_plan, XLA:TPU ahead-of-time compile under the mesh, 28 layers,
   update arguments + temporaries per device; README "Paper scale"): 17.77 GB on 4 chips (v5p-8)
   with --config.train.grad_accum=4 (3 sequences/device), 13.72 GB on 8 chips (v5p-16) with
   grad_accum=1 (6 sequences/device); with model.remat=none 68.05 GB on 4 chips.

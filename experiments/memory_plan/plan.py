@@ -430,10 +430,14 @@ def compile_memory(fn, args, mesh):
 
 
 def extrapolate(points, depth):
-    """Linear in the number of layers through two (layers, bytes) points, evaluated at depth."""
+    """Linear in the number of layers through two (layers, bytes) points, evaluated at depth.
+
+    Bytes that fall with depth (XLA's buffer assignment reuses one depth-independent peak, e.g.
+    full-vocabulary logits, differently at each depth) are never extrapolated downwards: the
+    slope is floored at 0, so the estimate is the larger measured value, not a negative size."""
     (l0, y0), (l1, y1) = points
-    slope = (y1 - y0) / (l1 - l0)
-    return y1 + slope * (depth - l1), slope
+    slope = max((y1 - y0) / (l1 - l0), 0.0)
+    return max(y0, y1) + slope * (depth - l1), slope
 
 
 def gb(x):

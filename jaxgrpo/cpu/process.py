@@ -20,7 +20,7 @@ SmolLM2-135M update of the whole-step benchmark (4 prompts x G = 8 x 128 tokens;
   ``always`` mode large mappings get them anyway; in ``never`` mode they cannot).
 
 Together: the 135M update (no remat) 24.0 -> 19.7 s (flag) -> 14.8 s (both); whole GRPO steps of
-``experiments.bench_step`` 6.62 -> 3.03 s at the tiny shape, 37.0 -> 32.9 s at 135M with remat.
+``experiments.race`` 6.62 -> 3.03 s at the tiny shape, 37.0 -> 32.9 s at 135M with remat.
 
 A third CPU measure acts between executions rather than at process start:
 :mod:`jaxgrpo.cpu.warm_memory` (host memory held between XLA:CPU executions on a VM that hands
