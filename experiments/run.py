@@ -45,7 +45,31 @@ HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).replace("\\n", " ").split()).strip("'\" ")
+    """The exception's text on one line, without the quotes a KeyError's str() wraps it in."""
+    text = " ".join(str(e).replace("\\n", " ").split())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    return text.strip()
+
+
+def _unknown_key(argv) -> str:
+    """The one-line message for the first ``--config.<key>`` override that names no key of the
+    base config, with the nearest key as a suggestion; "" when every override names a key."""
+    import difflib
+
+    from jaxgrpo.config import flatten
+    from jaxgrpo.experiment import base_config
+
+    keys = set(flatten(base_config()))
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        name = a[len("--config."):].split("=", 1)[0]
+        if name not in keys:
+            near = difflib.get_close_matches(name, sorted(keys), n=1, cutoff=0.6)
+            hint = f"; did you mean config.{near[0]}?" if near else "; --help lists the keys"
+            return f"unknown key config.{name}{hint}"
+    return ""
 
 
 def _config_file(argv) -> str:
@@ -86,7 +110,8 @@ def parse_config(argv, *, inputs: bool = True):
         validate(config, inputs=inputs)
     except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError,
             flags.Error) as e:
-        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        unknown = _unknown_key(argv[1:]) if isinstance(e, (AttributeError, KeyError)) else ""
+        print(f"config error: {unknown or _one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
     return config
 
