@@ -58,6 +58,7 @@ from jaxgrpo.models.policy import PolicyConfig
 from jaxgrpo.rewards.tasks import OWN_TASKS, make_task
 from jaxgrpo.sampling import UNROLL_LAYERS, SamplingConfig  # UNROLL_LAYERS: re-exported
 from jaxgrpo.sharding import MeshConfig
+from jaxgrpo.micro_batch import grad_accum_candidates
 from jaxgrpo.train import MICRO_BATCH_KEYS, OptimConfig, TrainConfig, check_micro_batch
 
 __all__ = ["RunConfig", "SECTIONS", "base_config", "validate", "sections", "check_inputs",
@@ -155,11 +156,18 @@ def check_across(c: mc.ConfigDict, s: Dict[str, config.Section]) -> None:
     # resolved (and checked again) when the update is built: counting devices here would
     # start a JAX backend before jax.distributed.initialize() on multi-host runs.
     group = sampling.num_generations + (1 if s["anchors"].enabled else 0)
-    n_micro = train.num_minibatches * train.grad_accum
     batch_devices = mesh.data * mesh.fsdp if min(mesh.data, mesh.fsdp) > 0 else 1
-    check_micro_batch(train.prompts_per_step * sampling.num_generations,
-                      sampling.num_generations, n_micro, need_whole_groups=False)
-    check_micro_batch(train.prompts_per_step * group, group, n_micro, batch_devices)
+    if train.grad_accum == 0:  # auto: some count must be allowed (chosen when training starts)
+        if not grad_accum_candidates(c, batch_devices):
+            raise ConfigError(
+                f"config.train.grad_accum=0 (auto): no micro-batch count gives whole groups of "
+                f"{group} that {batch_devices} batch devices divide: change "
+                "train.prompts_per_step, train.num_minibatches or the mesh")
+    else:
+        n_micro = train.num_minibatches * train.grad_accum
+        check_micro_batch(train.prompts_per_step * sampling.num_generations,
+                          sampling.num_generations, n_micro, need_whole_groups=False)
+        check_micro_batch(train.prompts_per_step * group, group, n_micro, batch_devices)
     data, ev = s["data"], s["eval"]
     if not data.eval_path and ev.num_prompts > data.eval_size:
         raise ConfigError(

@@ -39,6 +39,7 @@ from jaxgrpo.logger import MetricsLogger, MetricsWindow, to_python
 from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 from jaxgrpo.step import make_step
 from jaxgrpo.lora import branch_supported, init_adapters, lora_config
+from jaxgrpo.micro_batch import choose_grad_accum, grad_accum_candidates, with_grad_accum
 from jaxgrpo.train import build_optimizer, init_train_state, policy_params, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
@@ -186,6 +187,14 @@ class Trainer:
         self.env = build_env(c, self.tokenizer,
                              self.eos_ids[0] if self.eos_ids else self.pad_id)
         self.train_iter = PromptIterator(self.env.train_rows, seed=c.seed)
+        if c.train.grad_accum == 0:  # auto: from the compiled update's memory (jaxgrpo.micro_batch)
+            self.progress("choosing train.grad_accum (compiling the update ahead of time)")
+            choice = choose_grad_accum(c, graphdef=self.graphdef, rest=self.rest, tx=self.tx,
+                                       state=state, hidden_size=self.model_config.hidden_size,
+                                       mesh=self.mesh, ref_params=ref_params, frozen=self.frozen)
+            print(f"[jaxgrpo] {choice.describe()}", flush=True)
+            c = with_grad_accum(c, choice.grad_accum)
+        self.grad_accum = c.train.grad_accum
         self.step = make_step(c, graphdef=self.graphdef, rest=self.rest, tx=self.tx,
                               tokenizer=self.tokenizer, eos_ids=self.eos_ids, pad_id=self.pad_id,
                               env=self.env, mesh=self.mesh, ref_params=ref_params,
@@ -411,8 +420,15 @@ def check_mesh_layout(c, n_devices: Optional[int] = None) -> Tuple[int, int, int
     data, fsdp, tensor = shd.resolved_mesh_sizes(c.mesh.data, c.mesh.fsdp, c.mesh.tensor,
                                                  n_devices)
     group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
-    check_micro_batch(c.train.prompts_per_step * group, group,
-                      c.train.num_minibatches * c.train.grad_accum, data * fsdp)
+    if c.train.grad_accum == 0:  # auto: chosen after the model loads, among the allowed counts
+        if not grad_accum_candidates(c, data * fsdp):
+            raise ConfigError(
+                f"config.train.grad_accum=0 (auto): no micro-batch count gives whole groups of "
+                f"{group} that the mesh's {data * fsdp} batch devices (mesh.data * mesh.fsdp) "
+                "divide: change train.prompts_per_step, train.num_minibatches or the mesh")
+    else:
+        check_micro_batch(c.train.prompts_per_step * group, group,
+                          c.train.num_minibatches * c.train.grad_accum, data * fsdp)
     return data, fsdp, tensor
 
 

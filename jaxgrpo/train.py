@@ -67,7 +67,15 @@ class TrainConfig(config.Section):
     prompts_per_step: int = config.key(4, 'P; completions per step = P * G', ge=1)
     num_iterations: int = config.key(1, 'mu: policy updates per rollout batch', ge=1)
     num_minibatches: int = config.key(1, 'optimiser steps per iteration', ge=1)
-    grad_accum: int = config.key(1, 'micro-batches per minibatch', ge=1)
+    grad_accum: int = config.key(
+        0,
+        'micro-batches per minibatch; 0 = auto: the Trainer compiles the update ahead of time '
+        'for the allowed counts and takes the preferred one that fits train.memory_fraction of '
+        'the device (jaxgrpo.micro_batch; a direct make_update_fn call runs 1)',
+        ge=0)
+    memory_fraction: float = config.key(
+        0.8, "grad_accum=0: the share of one device's memory (of the host's RAM on the CPU) the "
+        "update may take", gt=0, le=1)
     logits_chunk: int = config.key(
         0,
         'Time chunk of the LM head + log-softmax + entropy in the update, the reference pass and '
@@ -645,7 +653,8 @@ def build_update(c, graphdef, rest, tx, advantage_fn, mesh: Optional[Mesh]) -> C
     """The pure update of :func:`make_update_fn` for ``mesh`` (None: no sharding
     constraints): advantages, micro-batches, reference log-probs, then ``num_iterations``
     passes of ``num_minibatches`` optimiser steps (:func:`minibatch_step`)."""
-    mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum
+    # 0 = auto is chosen by the Trainer before the update is built (jaxgrpo.micro_batch).
+    mu, n_mb, n_acc = c.train.num_iterations, c.train.num_minibatches, c.train.grad_accum or 1
     loss_cfg = losses.LossConfig.from_config(c.loss)
     chunk = c.train.logits_chunk or None
     lora = c.lora.rank > 0

@@ -756,6 +756,11 @@ def child_main(argv):
             validate(c)
         except ValueError as e:
             raise SystemExit(f"config error: {e}")
+    elif c.train.grad_accum == 0:
+        # auto is chosen by the Trainer on the device; the plan compiles one given count
+        print("  note: config.train.grad_accum=0 (auto, chosen on the device when training "
+              "starts): planning 1 micro-batch per minibatch; --rows-per-device plans another")
+        c.train.grad_accum = 1
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = d, f, t
 
     cfg, shape_note = resolve_model_config(c, args.shape)
