@@ -1,4 +1,4 @@
-"""Run by tests/test_multihost.py: the same tiny training run as one process with 8 CPU devices
+"""Run by tests/integration/test_multihost.py: the same tiny training run as one process with 8 CPU devices
 (``single``) or as one of 2 processes with 4 CPU devices each (``multi``), on one 8-device mesh.
 
     python tests/_multihost_worker.py single OUT.json CKPT_DIR [MULTI_CKPT_DIR]

@@ -178,3 +178,23 @@ def tiny_run_config():
         return c
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_llama_dir, tiny_run_config, tmp_path_factory):
+    """(run_dir, final params as numpy leaves) of a 2-step tiny run with a checkpoint per step;
+    read by tests/test_policy_io.py and tests/experiments/test_evaluate.py (the CLI adds eval/)."""
+    import jax
+    import numpy as np
+
+    from jaxgrpo.loop import Trainer
+
+    run_dir = tmp_path_factory.mktemp("evalcli") / "run"
+    t = Trainer(tiny_run_config(tiny_llama_dir, run_dir, **{
+        "name": "evalcli", "steps": 2, "checkpoint.every": 1, "checkpoint.keep": 2}))
+    try:
+        t.train()
+        params = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(t.state.params))]
+    finally:
+        t.close()
+    return str(run_dir), params

@@ -339,3 +339,25 @@ def test_check_prompt_file_parquet_errors(tmp_path):
     p = tmp_path / "garbage.parquet"
     p.write_bytes(b"PAR1 this is not a parquet file")
     _one_line_error(r"garbage\.parquet'?: could not read as Parquet", check, str(p), "q", "a")
+
+
+def test_question_token_mask_marks_the_question_in_the_templated_prompt(tiny_tokenizer):
+    import ml_collections as mc
+
+    from jaxgrpo.data import encode_prompts, question_token_mask
+
+    rows = [{"question": "what is 12 + 30?"}, {"question": "The capital of France"}]
+    cfg = mc.ConfigDict(dict(template="chat", prompt_format="{question}\nAnswer: ",
+                             system_prompt="Let me think step by step.", max_prompt_tokens=64))
+    pad = tiny_tokenizer.pad_token_id
+    tokens, pmask, _ = encode_prompts(tiny_tokenizer, rows, cfg, pad)
+    qm = question_token_mask(tiny_tokenizer, rows, cfg, tokens.shape[1])
+    assert qm.shape == tokens.shape and not np.any(qm & ~pmask)
+    for i, r in enumerate(rows):
+        q_ids = tokens[i][qm[i]]
+        assert tiny_tokenizer.decode(q_ids.tolist()).strip() == r["question"]
+        assert qm[i].sum() < pmask[i].sum()  # template and instructions are not question tokens
+    cfg.max_prompt_tokens = 6  # truncation keeps the end of the prompt: no question token left
+    tokens, pmask, _ = encode_prompts(tiny_tokenizer, rows, cfg, pad)
+    qm = question_token_mask(tiny_tokenizer, rows, cfg, tokens.shape[1])
+    assert qm.shape == tokens.shape and not np.any(qm & ~pmask)

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from _torch_oracle import left_padded_prompts, log_softmax64, tiny_pair, torch_logits  # noqa: E402
+from tests._torch_oracle import left_padded_prompts, log_softmax64, tiny_pair, torch_logits  # noqa: E402
 from jaxgrpo.logprobs import completion_logprobs, prompt_logprobs  # noqa: E402
 
 VOCAB = 97

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxgrpo import policy_io
 from jaxgrpo.errors import CheckpointError
@@ -179,3 +180,62 @@ def test_load_run_policy_errors(saved_run, tiny_llama_dir, tmp_path):
                                               r"model its config\.json builds") as e:
         policy_io.load_run_policy(other)
     assert "\n" not in str(e.value)
+
+
+def _param_leaves(model):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+# ----------------------------------------------------------------------------- policy_io
+
+
+def test_load_run_policy_restores_the_trained_params(trained, tiny_llama_dir):
+    from jaxgrpo.checkpoint import CheckpointError
+    from jaxgrpo.policy_io import checkpoint_steps, load_run_policy
+
+    run_dir, final = trained
+    assert checkpoint_steps(run_dir) == [1, 2]
+    model, tok, config = load_run_policy(run_dir)
+    assert config.steps == 2 and config.model.path == tiny_llama_dir
+    assert tok.eos_token == "<|im_end|>"
+    got = _param_leaves(model)
+    assert len(got) == len(final)
+    for a, b in zip(got, final):
+        np.testing.assert_array_equal(a, b)
+    # step 1 is an earlier state (lr 1e-2 really moved the params)
+    early = _param_leaves(load_run_policy(run_dir, step=1)[0])
+    assert any(not np.array_equal(a, b) for a, b in zip(early, final))
+    with pytest.raises(CheckpointError, match=r"step 7 not found .*checkpoints.*\[1, 2\]"):
+        load_run_policy(run_dir, step=7)
+
+
+def test_load_run_policy_errors_name_the_path(trained, tmp_path):
+    from jaxgrpo.policy_io import load_run_config, load_run_policy
+
+    run_dir, _ = trained
+    with pytest.raises(FileNotFoundError, match="run directory not found: .*nope"):
+        load_run_policy(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json in run directory .*empty"):
+        load_run_policy(empty)
+    cfg = json.load(open(os.path.join(run_dir, "config.json")))
+    no_ckpt = tmp_path / "no_ckpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoints/ directory in run .*no_ckpt"):
+        load_run_policy(no_ckpt)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**cfg, "optim": {**cfg["optim"],
+                                                                  "learning_rate": 1.0}}))
+    with pytest.raises(ValueError, match=r"config\.json: unknown config key 'optim\.learning_rate'"):
+        load_run_config(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "steps": "many"}))
+    with pytest.raises(ValueError, match=r"config\.json: config key 'steps'"):
+        load_run_config(bad)
+    # Run directories written before "auto" hold a boolean sampling.unroll_layers.
+    for old, new in ((True, "true"), (False, "false")):
+        (bad / "config.json").write_text(json.dumps(
+            {**cfg, "sampling": {**cfg["sampling"], "unroll_layers": old}}))
+        assert load_run_config(bad).sampling.unroll_layers == new

@@ -130,7 +130,7 @@ def test_a_run_that_never_committed_a_step_restarts_with_a_corrected_config(tmp_
     rdir.prepare(_cfg(run, **{"train.prompts_per_step": 1}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "kind": "eval"}) + "\n")
     fixed = _cfg(run, **{"train.prompts_per_step": 2})
-    with pytest.raises(ConfigError):  # the strict rule of prepare() (tests/test_faults.py)
+    with pytest.raises(ConfigError):  # the strict rule of prepare() (tests/integration/test_faults.py)
         rdir.inspect(fixed)
     rd = rdir.inspect(fixed, unlock_unstarted=True)
     assert rd.restart and rd.changes["train.prompts_per_step"] == (1, 2)

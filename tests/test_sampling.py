@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from _torch_oracle import left_padded_prompts, log_softmax64, tiny_pair, torch_logits  # noqa: E402
+from tests._torch_oracle import left_padded_prompts, log_softmax64, tiny_pair, torch_logits  # noqa: E402
 from jaxgrpo.logprobs import completion_logprobs, prompt_logprobs  # noqa: E402
 from jaxgrpo.sampling import SampleOutput, SamplingConfig, make_sampler, sample  # noqa: E402
 

@@ -18,7 +18,7 @@ import pytest
 
 from experiments import roofline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 M, K, N = 128, 256, 64
 
 

@@ -24,7 +24,7 @@ from jaxgrpo.checkpoint import CheckpointError
 from jaxgrpo.experiment import base_config, config_docs, flatten, validate
 from jaxgrpo.errors import EXIT_CONFIG_ERROR, EXIT_STOPPED, ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _rows(path):

@@ -8,7 +8,7 @@ on its path, so ``rollout`` importing ``jaxgrpo.advantages.dagrpo`` is also an e
 face ``jaxgrpo.advantages``; only the packages that contain ``a`` itself are left out (a package's
 own submodules importing each other while its face imports them is Python's ordinary layout).
 
-The layering printed by ``python tests/test_imports.py``: layer 0 = modules importing no other
+The layering printed by ``python tests/integration/test_imports.py``: layer 0 = modules importing no other
 jaxgrpo module, layer n = modules whose imports are all in layers < n.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGE = "jaxgrpo"
 
 def module_files(root: str = ROOT) -> Dict[str, str]:

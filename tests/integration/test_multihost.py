@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "_multihost_worker.py")
 TIMEOUT = 900
 
@@ -186,8 +186,8 @@ def test_the_cli_trains_and_resumes_across_two_processes_as_on_one(tiny_llama_di
     (text rewards), the fused one (one jit, digit rewards on token ids) and DRA (the policy's
     embeddings of the completions), and LoRA, dynamic sampling and DaGRPO's anchors on the host
     step."""
-    from test_faults import _cfg_file
-    from test_step import DIGITS
+    from tests.integration.test_faults import _cfg_file
+    from tests.test_step import DIGITS
 
     from jaxgrpo.errors import EXIT_OK
 

@@ -1,6 +1,6 @@
 """jaxgrpo.models.decoder's structure: stacked, scanned layers, the stacked KV cache, remat.
 
-Numerical parity with transformers is in tests/test_models.py (loading) and test_logprobs.py /
+Numerical parity with transformers is in tests/models/test_loading.py and test_logprobs.py /
 test_sampling.py (cache paths); here: the program does not grow with depth, every remat policy
 gives the same loss and gradients as none, and remat does not save the stacked cache per layer.
 """
