@@ -13,7 +13,7 @@ Layout (written by ``jaxgrpo.loop.Trainer``)::
     <run_dir>/eval_step<N>.jsonl   per-prompt records of the evaluation at step N
     <run_dir>/summary.json         every evaluation of the run, written when it finishes
 
-Rules (each one is a test in tests/test_faults.py):
+Rules (each one is a test in tests/integration/test_faults.py and tests/test_run_dir.py):
 
 * One writer: process 0 holds an exclusive lock on the directory for the run's life (a
   second process is refused in one line naming the holder's pid and host, exit code 2; a dead

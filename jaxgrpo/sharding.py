@@ -45,7 +45,7 @@ coordinator address, process count and process id from the environment); elsewhe
 ``make_mesh`` builds a global mesh over them; every process runs the same program (SPMD) and
 feeds its own slice of the batch (``global_batch(local, mesh, n)`` with the rows
 ``process_rows(mesh, n)``, i.e. ``jax.make_array_from_process_local_data``) and reads sharded
-outputs back with ``to_host`` (a ``process_allgather``); tests/test_multihost.py runs this with
+outputs back with ``to_host`` (a ``process_allgather``); tests/integration/test_multihost.py runs this with
 2 local processes. ``initialize_distributed()`` below is a thin wrapper that calls it only when the
 environment (or a flag) says the run is multi-host, so the same entry point runs on a laptop.
 """

@@ -42,7 +42,7 @@ PROMPT_FORMAT = "{question}"
 
 # SmolLM2-135M-Instruct's own chat template written out (``data.template="plain"``) with the
 # assistant's turn begun: the completion continues "The number is" instead of opening with
-# "Sure, I'd be happy to help ...". tests/test_diversity.py checks it against the tokenizer's
+# "Sure, I'd be happy to help ...". tests/experiments/test_diversity.py checks it against the tokenizer's
 # template. Base pass@1 0.141 at 8 new tokens (the question prompt: 0.043), see
 # experiments/diversity/results/screen.md.
 RANGE_PREFILL = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "

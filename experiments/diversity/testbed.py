@@ -189,7 +189,7 @@ def final_evaluation(run_dir: str, num_prompts: int, num_samples: int, *, base: 
     rows, scorer, prompt rendering, temperature, ``max_new_tokens``, encoder and evaluation key
     ``key(seed + 1)``) on the first ``num_prompts`` held-out rows with ``num_samples`` samples,
     ks 1, 2, 4, ..., n. With the run's own evaluation size it reproduces the run's evaluation of
-    that step (tests/test_diversity.py). Returns {"step", "seconds", "metrics", "records"}."""
+    that step (tests/experiments/test_diversity.py). Returns {"step", "seconds", "metrics", "records"}."""
     from flax import nnx
 
     from jaxgrpo.env import build_env

@@ -33,7 +33,7 @@ Implementations (``ATTENTION_IMPLS``, chosen by name):
     mask), and at a static query offset of 0 (every training pass and the prefill)
     ``is_causal=True`` lets the kernel skip the key blocks after the query block. A decode step
     (T == 1) runs "blockwise", which reads only the filled cache blocks. Not run in this
-    project's CI (no GPU); ``tests/test_attention.py`` compares it with "naive" where a GPU is.
+    project's CI (no GPU); ``tests/models/test_attention.py`` compares it with "naive" where a GPU is.
   * ``"splash"``: the Pallas TPU splash-attention kernel (``jaxgrpo.models.splash``): flash
     attention whose forward and backward kernels skip the key blocks causality rules out. Needs
     a static query offset (``query_offset``, or concrete ``query_slots``); with a cache, a traced

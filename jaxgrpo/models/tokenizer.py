@@ -49,7 +49,7 @@ def cache_dir() -> str:
 
 # Model types whose AutoTokenizer resolution is the generic fast tokenizer when
 # tokenizer_config.json declares it (not in transformers' MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS,
-# which remaps e.g. qwen2; tests/test_models.py checks that against the installed transformers).
+# which remaps e.g. qwen2; tests/models/test_tokenizer.py checks that against the installed transformers).
 _DIRECT_MODEL_TYPES = ("llama",)
 _GENERIC_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
