@@ -68,7 +68,7 @@ print("prompt tokens:", prompt_tokens.shape)"""),
 from jaxgrpo.models import eos_ids
 from jaxgrpo.sampling import SamplingConfig, sample
 
-scfg = SamplingConfig(max_new_tokens=24, temperature=1.0, num_samples=G,
+scfg = SamplingConfig(max_new_tokens=24, temperature=1.0, num_generations=G,
                       eos_token_ids=eos_ids(model, tokenizer), pad_token_id=pad_id)
 out = sample(model, prompt_tokens, prompt_mask, jax.random.key(0), scfg)
 completions = decode_completions(tokenizer, out.completion_tokens, out.completion_mask)

@@ -352,7 +352,7 @@ def test_branch_refuses_adapters_outside_the_layers():
         jm(jnp.ones((1, 3), jnp.int32), lora=LoraBranch.from_config(ad, cfg, jax.random.key(1)))
 
 
-def _update_inputs(dropout):
+def _update_inputs(dropout, pi_old="trainer"):
     from jaxgrpo.experiment import base_config, validate
     from jaxgrpo.train import build_optimizer, init_train_state, make_update_fn, split_model
     from tests.test_train import _random_rollout, _tiny_model
@@ -362,6 +362,7 @@ def _update_inputs(dropout):
     c.train.grad_accum = 2
     c.lora.rank, c.lora.alpha, c.lora.dropout = 4, 8.0, dropout
     c.optim.lr = 1e-2
+    c.train.pi_old = pi_old
     validate(c)
     graphdef, params, rest = split_model(_tiny_model())
     adapters = init_adapters(params, LoraConfig(rank=4, alpha=8.0, dropout=dropout),
@@ -376,7 +377,8 @@ def _update_inputs(dropout):
 def test_update_with_lora_dropout_is_a_function_of_the_state():
     """The dropout masks come from (state.rng, state.step): the same state gives the same update
     (so an exact resume stays exact), another step other masks."""
-    update, state, ro, frozen = _update_inputs(0.2)
+    # With a fixed pi_old (the sampler's) the loss value carries the masks through the ratio.
+    update, state, ro, frozen = _update_inputs(0.2, pi_old="sampler")
     cp = lambda s: jax.tree.map(jnp.copy, s)
     s1, m1 = update(cp(state), ro, None, frozen)
     s2, m2 = update(cp(state), ro, None, frozen)
@@ -385,6 +387,17 @@ def test_update_with_lora_dropout_is_a_function_of_the_state():
     s3, m3 = update(cp(state).replace(step=state.step + 1), ro, None, frozen)
     assert float(m3["loss"]) != float(m1["loss"])
     assert np.isfinite(float(m1["loss"])) and float(m1["grad_norm"]) > 0
+    # The trainer's pi_old (the default) is the dropout pass's own detached log-probs: the ratio
+    # is 1 and the loss value -A carries no mask, so the masks show in the gradient.
+    update, state, ro, frozen = _update_inputs(0.2)
+    t1, n1 = update(cp(state), ro, None, frozen)
+    t2, _ = update(cp(state), ro, None, frozen)
+    for a, b in zip(jax.tree.leaves(t1.params), jax.tree.leaves(t2.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    t3, _ = update(cp(state).replace(step=state.step + 1), ro, None, frozen)
+    assert float(n1["ratio_min"]) == 1.0 == float(n1["ratio_max"])
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(t3.params), jax.tree.leaves(t1.params)))
 
 
 def test_trainer_refuses_dropout_on_a_kernel_outside_the_layers(tiny_qwen2_dir, tiny_run_config,

@@ -492,8 +492,14 @@ def test_trimmed_update_equals_the_full_width_update(tiny_llama_dir, tiny_run_co
         assert widths == [16]
         assert set(m_trim) == set(m_full)
         for k in m_full:
+            if k.startswith("mismatch/"):
+                continue  # below: differences of two log-probs, each exact to float32 rounding
             np.testing.assert_allclose(float(m_trim[k]), float(m_full[k]), rtol=1e-5, atol=1e-7,
                                        err_msg=k)
+        for k in (k for k in m_full if k.startswith("mismatch/")):
+            # |log pi_trainer - log pi_sampler| is ~1e-6 in float32; the two widths round the
+            # trainer's log-probs apart by about one ulp of a log-prob (~1e-6), no more.
+            assert abs(float(m_trim[k]) - float(m_full[k])) < 1e-5, k
         # Adam divides by sqrt(v): entries whose gradient is rounding noise move by up to +-lr
         # either way, so parameters agree to a small fraction of one step (lr = 1e-2) while
         # the loss and the gradient norm above agree to float32 rounding.
