@@ -39,9 +39,11 @@ from jaxgrpo.train import advantage_chain, check_micro_batch, make_update_fn
 __all__ = ["CPU_TOKENS_PER_MICRO_BATCH", "Choice", "grad_accum_candidates", "preference",
            "memory_budget", "with_grad_accum", "abstract_rollout", "choose_grad_accum"]
 
-# Tokens per micro-batch the CPU order prefers at most: SmolLM2-135M's update on the 2-core
-# XLA:CPU VM ran fastest with 4 micro-batches of 8 rows x (48 + 128) tokens (docs/performance.md).
-CPU_TOKENS_PER_MICRO_BATCH = 8 * (48 + 128)
+# Tokens per micro-batch the CPU order prefers at most, counted as the choice counts them
+# (rows x (data.max_prompt_tokens + sampling.max_new_tokens)): SmolLM2-135M's update in the race
+# (32 rows, max_prompt_tokens 96, 128 new tokens) ran fastest on the 2-core XLA:CPU VM as 4
+# micro-batches of 8 rows, against 1 x 32 and 2 x 16 (docs/performance.md).
+CPU_TOKENS_PER_MICRO_BATCH = 8 * (96 + 128)
 
 
 @dataclasses.dataclass(frozen=True)

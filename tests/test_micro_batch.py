@@ -37,11 +37,15 @@ def test_candidates_are_whole_groups_the_batch_devices_divide():
 
 
 def test_preference_by_backend():
-    # 32 rows of 96 + 48 tokens: at most 1,408 tokens per micro-batch on the CPU -> 4 x 8 rows
+    # 32 rows of 96 + 48 tokens: at most 1,792 tokens per micro-batch on the CPU -> 4 x 8 rows
+    # (2 x 16 rows would be 2,304)
     c = _config(p=8, g=4)
-    assert CPU_TOKENS_PER_MICRO_BATCH == 1408
+    assert CPU_TOKENS_PER_MICRO_BATCH == 1792
     assert preference(c, [1, 2, 4, 8], "cpu") == [4, 8]
     assert preference(c, [1, 2, 4, 8], "gpu") == [1, 2, 4, 8]
+    # the race's 32 rows of 96 + 128 tokens: 4 x 8 rows (1,792 tokens), its fastest on the CPU
+    c = _config(p=4, g=8, **{"sampling.max_new_tokens": 128})
+    assert preference(c, [1, 2, 4, 8], "cpu") == [4, 8]
     # nothing small enough: the most micro-batches first (and only)
     c = _config(p=8, g=4, **{"data.max_prompt_tokens": 2048})
     assert preference(c, [1, 2, 4, 8], "cpu") == [8]
