@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
+from jax.experimental import checkify
 
 from jaxgrpo import sharding as shd
 from jaxgrpo.advantages import required_inputs
@@ -186,7 +187,11 @@ def choose_grad_accum(c: mc.ConfigDict, *, graphdef, rest, tx, state, hidden_siz
     rows = c.train.prompts_per_step * _group(c) // c.train.num_minibatches
     tried: Dict[int, int] = {}
     for n in order:
-        update = make_update_fn(with_grad_accum(c, n), graphdef, rest, tx, mesh=mesh)
+        # checkify-functionalised: a chain with nonfinite="check" stages a check (as the step's
+        # checked update does); without one it only adds an empty error value.
+        update = jax.jit(checkify.checkify(make_update_fn(with_grad_accum(c, n), graphdef, rest,
+                                                          tx, jit=False, mesh=mesh)),
+                         donate_argnums=(0,))
         tried[n] = _peak(update.lower(*args).compile())
         if budget_bytes is None or tried[n] <= budget_bytes:
             return Choice(n, rows // n, tried[n], budget_bytes, tried)

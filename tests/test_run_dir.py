@@ -147,8 +147,11 @@ def test_a_run_that_never_committed_a_step_restarts_with_a_corrected_config(tmp_
 def test_preflight_mesh_minus_one_is_resolved_against_the_devices():
     from jaxgrpo.loop import check_mesh_layout
     c = _cfg("x", **{"mesh.data": -1, "train.prompts_per_step": 1,
-                     "sampling.num_generations": 3})
+                     "sampling.num_generations": 3, "train.grad_accum": 1})
     with pytest.raises(ConfigError, match="must divide over the mesh's 2 batch devices"):
+        check_mesh_layout(c, n_devices=2)
+    c.train.grad_accum = 0  # auto: no count can split 3 rows over 2 devices either
+    with pytest.raises(ConfigError, match=r"grad_accum=0 \(auto\).*2 batch devices"):
         check_mesh_layout(c, n_devices=2)
     assert check_mesh_layout(c, n_devices=1) == (1, 1, 1)
     assert check_mesh_layout(_cfg("x", **{"mesh.data": 1, "mesh.fsdp": -1}), n_devices=8) == (1, 8, 1)

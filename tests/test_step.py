@@ -367,8 +367,8 @@ def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_llam
                                    "dynamic/unfilled": 0.0}
         assert info["times"]["time/sample"] == 3.0 and len(info["texts"]) == 24
         # with one round allowed the second slot is a zero-spread group, counted
-        t.c.unlock()
-        t.c.train.max_sampling_rounds = 1
+        t.step.c.unlock()  # the step's config (the Trainer's, with train.grad_accum chosen)
+        t.step.c.train.max_sampling_rounds = 1
         calls.clear()
         ro, info = t.step.collect_filled(t.state, rows, more_rows)
         np.testing.assert_array_equal(np.asarray(ro.completion_tokens[:, 0, 0]), [101, 100])
