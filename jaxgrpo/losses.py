@@ -414,10 +414,7 @@ def _ratio_metrics(logprobs, rho, advantages, mask, anchor, cfg: LossConfig
 
 
 def policy_loss(
-    logprobs: jax.Array,
-    old_logprobs: jax.Array,
-    advantages: jax.Array,
-    mask: jax.Array,
+    logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, mask: jax.Array,
     config: LossConfig = LossConfig(),
     *,
     norms: LossNorms = LossNorms(),
@@ -437,15 +434,12 @@ def policy_loss(
       advantages: [N] or [N, T].
       mask: bool [N, T], valid completion tokens.
       config: the options (:class:`LossConfig`; defaults: PPO's per-token ratio clipped at 0.2,
-        ``"token-mean"`` aggregation, no KL term).
-      norms: the global normalisers of the aggregation (:class:`LossNorms`,
-        :func:`aggregate_loss`).
+        ``"token-mean"`` aggregation, no KL term). norms: the aggregation's global normalisers.
       ref_logprobs: optional [N, T] log pi_ref; required when ``config.beta > 0``.
       is_anchor: optional bool [N], off-policy anchor rows.
       token_entropy: optional [N, T] per-token policy entropy, for the metric only.
-      is_weights: optional [N, T] constant weights of the on-policy rows' policy-gradient term
-        (the sampler correction, ``jaxgrpo.mismatch.sampler_correction_weights``); the KL term
-        and anchor rows are not weighted (as TRL and verl).
+      is_weights: optional [N, T] constant weights of the on-policy policy-gradient term (the
+        sampler correction, ``jaxgrpo.mismatch``; not the KL term, as TRL and verl).
 
     Returns:
       ``(loss, metrics)``; metrics are jnp scalars computed over this call's tokens (no host

@@ -79,6 +79,14 @@ def paper_dra_config(name: str, baseline: str):
     c.train.prompts_per_step = 8  # 8 prompts x G=6 = 48 completions per optimiser step
     c.train.num_iterations = 1
     c.train.num_minibatches = 1
+    # One generation feeds one optimiser step (mu = 1, one minibatch), so pi_old is the update's
+    # own detached log-probs: the ratio is exactly 1 in bf16 as the paper's on-policy setting
+    # intends, at no extra pass. No importance correction for the sampler: the DRA reference
+    # (open-r1 / TRL, 2025) trained without one, and here sampler and trainer are the same JAX
+    # model, so the gap is bf16 rounding, logged as mismatch/*; if mismatch/k3 grows, TRL's
+    # default is loss.sampler_correction='sequence_mask' with cap 3 (verl: 'token_truncate', 2).
+    c.train.pi_old = "trainer"
+    c.loss.sampler_correction = "none"
     # 2 micro-batches of 24 rows = 4 whole groups each; 24 divides over 1, 2, 4, 6, 8, 12 or 24
     # batch devices (mesh.data * mesh.fsdp). On 4 x 40 GB GPUs grad_accum = 4 (12 rows, 3 per
     # device) also fits the rules; 12 rows do not divide over 8 devices.
