@@ -106,6 +106,7 @@ def main():
         "framework": os.environ.get("JAXGRPO_BENCH_LABEL", "jaxgrpo"),
         "version": __import__("jaxgrpo").__version__,
         "overrides": a.set or [],
+        "grad_accum": trainer.grad_accum,  # the micro-batches the update ran (auto: chosen)
         "cpu_settings": {**{k: os.environ.get(k) for k in ("XLA_FLAGS", "GLIBC_TUNABLES")},
                          "warm_memory": warm_memory.enabled()},
         "load_s": t_ready - T_START, "first_step_end_s": ends[0] - T_START, "step_s": steps,
