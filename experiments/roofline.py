@@ -1,5 +1,5 @@
 """Roofline time estimates: a table of accelerators and the arithmetic that turns a compiled
-program's ``cost_analysis()`` (FLOPs, bytes accessed) into a lower bound of its run time.
+program's ``cost_analysis()`` (FLOPs, bytes accessed) into a roofline estimate of its run time.
 
 The table (``DEVICES``) holds each device's published peak dense bf16 matrix rate, HBM bandwidth
 and memory, per chip (no sparsity, no boost beyond the datasheet):
@@ -24,7 +24,8 @@ device's module):
   + ``max_new_tokens`` decode steps (each a roofline bound of its own: decode is bytes-bound).
 * run time = steps x step time; device-hours = run hours x devices; cost = device-hours x price.
 
-The estimate is a lower bound and unvalidated until the device check measures the same programs
+The estimate is unvalidated until the device check measures the same programs (and XLA:CPU's
+bytes count its bf16 -> f32 weight upcasts, so it is not a strict lower bound)
 (``experiments.device_check``): it leaves out the host (rewards, tokenising), launch gaps,
 communication between devices and the compiler's distance from the roofline.
 

@@ -29,7 +29,7 @@ Any ``--config.<key>=<value>`` override of ``experiments.run`` works. What it do
 adds the time-and-cost plan: the update, the sampler's prefill and one decode step are compiled
 again at 1 and 2 layers with every scan unrolled and ``naive`` attention (XLA's cost analysis
 counts a loop body once), their ``cost_analysis()`` FLOPs and bytes extrapolated to the model's
-depth, and the roofline lower bound of a step (update + prefill + max_new_tokens decode steps),
+depth, and the roofline time of a step (update + prefill + max_new_tokens decode steps),
 of the run (``steps``) and its device-hours (``--price`` per device-hour: its cost) printed per
 device, each ending with ``step_seconds_estimate[<device>]=<s>`` and
 ``run_hours_estimate[<device>]=<h>``, before the last line. The sampler programs are costed on
@@ -667,7 +667,7 @@ def print_cost_plan(c, cost, devices, n_dev, price):
     """The time-and-cost lines for each of ``devices`` (see the module docstring)."""
     from experiments import roofline
 
-    print(f"\n== time-and-cost plan (roofline lower bound; unvalidated), {n_dev} device(s), "
+    print(f"\n== time-and-cost plan (roofline of XLA:CPU's cost analysis; unvalidated), {n_dev} device(s), "
           f"{c.steps} steps ==")
     print(f"  per device: update {cost.update[0]:.4g} FLOP / {cost.update[1]:.4g} B; prefill "
           f"{cost.prefill[0]:.4g} FLOP / {cost.prefill[1]:.4g} B; decode step "
@@ -682,7 +682,7 @@ def print_cost_plan(c, cost, devices, n_dev, price):
             print(line)
         if paper and paper[0] == name and paper[1] == n_dev:
             print(f"    the paper: {paper[2]} h on {paper[1]} x {paper[0]} (estimate "
-                  f"{est['run_hours']:.4g} h: a lower bound, without the host, rewards and "
+                  f"{est['run_hours']:.4g} h: a roofline without the host, rewards and "
                   "communication)")
         for line in lines[-2:]:
             print(line)
