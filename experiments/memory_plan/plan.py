@@ -300,12 +300,10 @@ def abstract_update_args(c, factory, mesh, group_size):
     NamedShardings on ``mesh``, the arguments of ``update`` as ``jaxgrpo.step`` calls it (the
     advantages are computed inside the update, from the rollout's extras for the chain)."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-    from jaxgrpo import sharding as shd
     from jaxgrpo import train as train_lib
-    from jaxgrpo.rollout import Rollout
+    from jaxgrpo.micro_batch import abstract_rollout
 
     abstract = nnx.eval_shape(factory)
     graphdef, params, _ = train_lib.split_model(abstract)
@@ -322,50 +320,15 @@ def abstract_update_args(c, factory, mesh, group_size):
                              for k, v in shardings.items() if v is not None})
     ref = state.params if c.loss.beta > 0 else None
 
-    p, g = c.train.prompts_per_step, group_size
-    tp, tc = c.data.max_prompt_tokens, c.sampling.max_new_tokens
-    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
-    # As Trainer.put_batch: prompts split over (data, fsdp) when they divide, else replicated.
-    bs = shd.batch_sharding(mesh) if p % n_batch == 0 else shd.replicated(mesh)
-
-    def arr(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=bs)
-
-    # The extras the step assembles for this chain (jaxgrpo.step.rollout_needs), as it does.
-    from jaxgrpo.step import rollout_needs
-    need = rollout_needs(c)
-    extras = {}
-    if "embeddings" in need:
-        extras["embeddings"] = arr((p, g, _embedding_dim(c, abstract)), jnp.float32)
-    if "fine_scores" in need:
-        extras["fine_scores"] = arr((p, g), jnp.float32)
-    if "question_mask" in need:
-        extras["question_mask"] = arr((p, tp), jnp.bool_)
-    if c.loss.mask_truncated_completions:
-        extras["truncated"] = arr((p, g), jnp.bool_)
-    rollout = Rollout(
-        prompt_tokens=arr((p, tp), jnp.int32), prompt_mask=arr((p, tp), jnp.bool_),
-        completion_tokens=arr((p, g, tc), jnp.int32), completion_mask=arr((p, g, tc), jnp.bool_),
-        logprobs=arr((p, g, tc), jnp.float32), prompt_logprobs=arr((p, tp), jnp.float32),
-        rewards=arr((p, g), jnp.float32), correct=arr((p, g), jnp.bool_),
-        member_mask=arr((p, g), jnp.bool_), is_anchor=arr((p, g), jnp.bool_), **extras)
-    return state, rollout, ref, graphdef, rest, tx, notes
-
-
-def _embedding_dim(c, abstract_model) -> int:
-    """D of rollout.embeddings: the policy's hidden size (embedding.model='policy') or the
-    sentence encoder's (config.json of embedding.encoder_path, or of the packaged MiniLM)."""
-    from jaxgrpo.models.encoder import default_encoder_path
-
-    if c.embedding.model == "policy":
-        return abstract_model.config.hidden_size
-    path = os.path.join(c.embedding.encoder_path or str(default_encoder_path()), "config.json")
+    # The rollout the step assembles for this chain, as the Trainer's micro-batch choice
+    # builds it (full widths, the chain's extras, prompts over data x fsdp when they divide).
     try:
-        with open(path) as f:
-            return int(json.load(f)["hidden_size"])
+        rollout = abstract_rollout(c, mesh, abstract.config.hidden_size)
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"memory_plan: config.embedding.encoder_path: cannot read the encoder's "
-                         f"hidden_size from {path} ({e!r})") from None
+        raise SystemExit(f"memory_plan: config.embedding.encoder_path: cannot read the "
+                         f"encoder's hidden_size ({e!r})") from None
+    assert rollout.rewards.shape[1] == group_size, (rollout.rewards.shape, group_size)
+    return state, rollout, ref, graphdef, rest, tx, notes
 
 
 def abstract_sampler_args(c, state, rest, mesh):
