@@ -58,7 +58,7 @@ from jaxgrpo.models.policy import PolicyConfig
 from jaxgrpo.rewards.tasks import OWN_TASKS, make_task
 from jaxgrpo.sampling import UNROLL_LAYERS, SamplingConfig  # UNROLL_LAYERS: re-exported
 from jaxgrpo.sharding import MeshConfig
-from jaxgrpo.micro_batch import grad_accum_candidates
+from jaxgrpo.micro_batch import require_candidates
 from jaxgrpo.train import MICRO_BATCH_KEYS, OptimConfig, TrainConfig, check_micro_batch
 
 __all__ = ["RunConfig", "SECTIONS", "base_config", "validate", "sections", "check_inputs",
@@ -158,11 +158,7 @@ def check_across(c: mc.ConfigDict, s: Dict[str, config.Section]) -> None:
     group = sampling.num_generations + (1 if s["anchors"].enabled else 0)
     batch_devices = mesh.data * mesh.fsdp if min(mesh.data, mesh.fsdp) > 0 else 1
     if train.grad_accum == 0:  # auto: some count must be allowed (chosen when training starts)
-        if not grad_accum_candidates(c, batch_devices):
-            raise ConfigError(
-                f"config.train.grad_accum=0 (auto): no micro-batch count gives whole groups of "
-                f"{group} that {batch_devices} batch devices divide: change "
-                "train.prompts_per_step, train.num_minibatches or the mesh")
+        require_candidates(c, batch_devices)
     else:
         n_micro = train.num_minibatches * train.grad_accum
         check_micro_batch(train.prompts_per_step * sampling.num_generations,

@@ -39,7 +39,7 @@ from jaxgrpo.logger import MetricsLogger, MetricsWindow, to_python
 from jaxgrpo.models.policy import eos_ids, load_policy, pad_id
 from jaxgrpo.step import make_step
 from jaxgrpo.lora import branch_supported, init_adapters, lora_config
-from jaxgrpo.micro_batch import choose_grad_accum, grad_accum_candidates, with_grad_accum
+from jaxgrpo.micro_batch import choose_grad_accum, require_candidates, with_grad_accum
 from jaxgrpo.train import build_optimizer, init_train_state, policy_params, split_model
 
 # Re-exported for callers of the old location (jaxgrpo.loop.load_policy / eos_ids / pad_id).
@@ -421,11 +421,7 @@ def check_mesh_layout(c, n_devices: Optional[int] = None) -> Tuple[int, int, int
                                                  n_devices)
     group = c.sampling.num_generations + (1 if c.anchors.enabled else 0)
     if c.train.grad_accum == 0:  # auto: chosen after the model loads, among the allowed counts
-        if not grad_accum_candidates(c, data * fsdp):
-            raise ConfigError(
-                f"config.train.grad_accum=0 (auto): no micro-batch count gives whole groups of "
-                f"{group} that the mesh's {data * fsdp} batch devices (mesh.data * mesh.fsdp) "
-                "divide: change train.prompts_per_step, train.num_minibatches or the mesh")
+        require_candidates(c, data * fsdp)
     else:
         check_micro_batch(c.train.prompts_per_step * group, group,
                           c.train.num_minibatches * c.train.grad_accum, data * fsdp)

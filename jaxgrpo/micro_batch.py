@@ -38,7 +38,7 @@ from jaxgrpo.rollout import Rollout
 from jaxgrpo.train import advantage_chain, check_micro_batch, make_update_fn
 
 __all__ = ["CPU_TOKENS_PER_MICRO_BATCH", "Choice", "grad_accum_candidates", "preference",
-           "memory_budget", "with_grad_accum", "abstract_rollout", "choose_grad_accum"]
+           "require_candidates", "memory_budget", "with_grad_accum", "abstract_rollout", "choose_grad_accum"]
 
 # Tokens per micro-batch the CPU order prefers at most, counted as the choice counts them
 # (rows x (data.max_prompt_tokens + sampling.max_new_tokens)): SmolLM2-135M's update in the race
@@ -83,6 +83,16 @@ def grad_accum_candidates(c: mc.ConfigDict, batch_devices: int = 1) -> List[int]
             continue
         out.append(n)
     return out
+
+
+def require_candidates(c: mc.ConfigDict, batch_devices: int) -> None:
+    """ConfigError naming the keys when ``train.grad_accum = 0`` has no allowed count
+    (:func:`grad_accum_candidates`) for ``batch_devices`` (mesh.data * mesh.fsdp)."""
+    if not grad_accum_candidates(c, batch_devices):
+        raise ConfigError(
+            f"config.train.grad_accum=0 (auto): no micro-batch count gives whole groups of "
+            f"{_group(c)} that the mesh's {batch_devices} batch devices (mesh.data * mesh.fsdp) "
+            "divide: change train.prompts_per_step, train.num_minibatches or the mesh")
 
 
 def preference(c: mc.ConfigDict, candidates: List[int], platform: str) -> List[int]:
